@@ -1,0 +1,38 @@
+"""kdistill: knowledge distillation for PyTorch.
+
+Turn a large model, or an ensemble of them, into a small, fast model that keeps most of
+their accuracy (Hinton, Vinyals & Dean 2015 and the work after it).
+
+    >>> import kdistill as kd
+    >>> distiller = kd.methods.create("kd", student=student, teacher=teacher, temperature=4.0, alpha=0.9)
+    >>> out = distiller(batch)   # {"loss", "logits", "loss_ce", "loss_kd"}
+"""
+
+from . import data, losses, methods, metrics, models
+from .config import RunConfig, load_config
+from .errors import KdistillError
+from .losses import kd_loss, soft_targets
+from .methods import Distiller, create
+from .models import create_model
+from .teachers import EnsembleTeacher, ModuleTeacher, TeacherOutput
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Distiller",
+    "EnsembleTeacher",
+    "KdistillError",
+    "ModuleTeacher",
+    "RunConfig",
+    "TeacherOutput",
+    "create",
+    "create_model",
+    "data",
+    "kd_loss",
+    "load_config",
+    "losses",
+    "methods",
+    "metrics",
+    "models",
+    "soft_targets",
+]

@@ -1,0 +1,117 @@
+"""In-memory datasets: tensors of inputs and labels, with integrity fingerprints."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+
+from ..errors import DataError
+
+UNLABELED = -1
+
+
+@dataclass
+class ArrayDataset:
+    """Inputs ``x`` (float32, channels first) and labels ``y`` (int64; -1 = unlabelled).
+
+    A sample's position in ``x`` is its ``index``: what teacher caches and transfer sets
+    key on.
+    """
+
+    x: Tensor
+    y: Tensor
+    num_classes: int
+    name: str = "data"
+
+    def __post_init__(self):
+        self.x = torch.as_tensor(self.x, dtype=torch.float32)
+        self.y = torch.as_tensor(self.y, dtype=torch.int64)
+        if self.x.shape[0] != self.y.shape[0]:
+            raise DataError(
+                f"{self.name}: {self.x.shape[0]} inputs but {self.y.shape[0]} labels; they must match."
+            )
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    def fingerprint(self) -> str:
+        """SHA-256 over shapes, inputs and labels (what a teacher cache is checked against)."""
+        h = hashlib.sha256()
+        h.update(repr((tuple(self.x.shape), self.num_classes)).encode())
+        h.update(self.x.contiguous().numpy().tobytes())
+        h.update(self.y.contiguous().numpy().tobytes())
+        return h.hexdigest()[:32]
+
+    def validate(self, require_labels: bool = True) -> None:
+        """Refuse empty data, non-finite inputs and labels outside ``[0, num_classes)``."""
+        if len(self) == 0:
+            raise DataError(f"{self.name}: the dataset is empty.")
+        bad = ~torch.isfinite(self.x).reshape(len(self), -1).all(1)
+        if bad.any():
+            idx = bad.nonzero().flatten()[:5].tolist()
+            raise DataError(
+                f"{self.name}: {int(bad.sum())} inputs contain NaN or Inf (first at indices {idx}); "
+                "clean the data before training."
+            )
+        labelled = self.y[self.y != UNLABELED]
+        if require_labels and labelled.numel() == 0:
+            raise DataError(f"{self.name}: no sample has a label.")
+        out = (labelled < 0) | (labelled >= self.num_classes)
+        if out.any():
+            vals = sorted(set(labelled[out].tolist()))[:5]
+            raise DataError(
+                f"{self.name}: labels must lie in [0, {self.num_classes}); found {vals}. "
+                "Check the label encoding or the number of classes."
+            )
+
+    def subset(self, n: int, seed: int = 0) -> ArrayDataset:
+        """A random subset of ``n`` samples (all of them if ``n >= len``)."""
+        if n >= len(self):
+            return self
+        idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+        return replace(self, x=self.x[idx], y=self.y[idx])
+
+    def split(self, fraction: float, seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
+        """``(rest, held_out)`` with ``fraction`` of the samples held out (a validation split)."""
+        n_out = int(round(len(self) * fraction))
+        perm = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        keep, out = perm[n_out:].sort().values, perm[:n_out].sort().values
+        return (
+            replace(self, x=self.x[keep], y=self.y[keep]),
+            replace(self, x=self.x[out], y=self.y[out], name=f"{self.name}-val"),
+        )
+
+    def unlabeled(self) -> ArrayDataset:
+        return replace(self, y=torch.full_like(self.y, UNLABELED))
+
+    def concat(self, other: ArrayDataset) -> ArrayDataset:
+        if other.input_shape != self.input_shape:
+            raise DataError(
+                f"Cannot join {other.name} {other.input_shape} to {self.name} {self.input_shape}: "
+                "input shapes differ."
+            )
+        return replace(self, x=torch.cat([self.x, other.x]), y=torch.cat([self.y, other.y]))
+
+
+@dataclass
+class DataSplits:
+    """The parts of one dataset a run uses."""
+
+    train: ArrayDataset
+    test: ArrayDataset
+    val: ArrayDataset | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return self.train.num_classes
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.train.input_shape

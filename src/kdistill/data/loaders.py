@@ -1,0 +1,132 @@
+"""A device-resident batch loader (the airbench way: no DataLoader, no workers).
+
+The whole dataset is moved to the device once; each epoch's order is a ``randperm`` drawn
+from a generator seeded by ``(seed, epoch)``, and augmentation parameters for the epoch are
+drawn the same way, so any step of any epoch can be reproduced exactly: resuming in the
+middle of an epoch needs only ``(epoch, step)``. With several processes each takes every
+``world``-th sample of the permutation (a sharded sampler).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .arrays import ArrayDataset
+
+
+@dataclass
+class Augment:
+    """On-device, vectorised augmentation.
+
+    Attributes:
+        shift: random translation of up to ``shift`` pixels (zero padding), per sample; on
+            images the FitNets/Hinton "jitter", and random crop with padding.
+        flip: random horizontal flip with probability 0.5.
+    """
+
+    shift: int = 0
+    flip: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.shift > 0 or self.flip
+
+    def params(self, n: int, ndim: int, g: torch.Generator) -> Tensor:
+        """``(n, 3)`` ints: row offset, column offset, flip flag, for ``n`` samples."""
+        s = self.shift
+        off = torch.randint(0, 2 * s + 1, (n, 2), generator=g) if s else torch.full((n, 2), 0)
+        flip = torch.randint(0, 2, (n, 1), generator=g) if self.flip else torch.zeros((n, 1), dtype=torch.long)
+        return torch.cat([off, flip], 1)
+
+    def apply(self, x: Tensor, p: Tensor) -> Tensor:
+        """Apply per-sample parameters ``p`` (from :meth:`params`) to a batch."""
+        s = self.shift
+        if s:
+            if x.dim() == 4:
+                b, c, h, w = x.shape
+                xp = F.pad(x, (s, s, s, s))
+                rows = (p[:, 0:1] + torch.arange(h, device=x.device)).view(b, 1, h, 1).expand(b, c, h, w + 2 * s)
+                xp = xp.gather(2, rows)
+                cols = (p[:, 1:2] + torch.arange(w, device=x.device)).view(b, 1, 1, w).expand(b, c, h, w)
+                x = xp.gather(3, cols)
+            else:
+                b, c, length = x.shape
+                xp = F.pad(x, (s, s))
+                idx = (p[:, 1:2] + torch.arange(length, device=x.device)).view(b, 1, length).expand(b, c, length)
+                x = xp.gather(2, idx)
+        if self.flip:
+            x = torch.where(p[:, 2].view(-1, *([1] * (x.dim() - 1))).bool(), x.flip(-1), x)
+        return x
+
+
+class DeviceLoader:
+    """Batches ``{"x", "y", "index"}`` of an :class:`ArrayDataset` from device memory.
+
+    Args:
+        data: the dataset.
+        batch_size: samples per batch (per process).
+        shuffle: a new permutation each epoch (else dataset order).
+        seed: base seed of permutations and augmentations.
+        device: where batches live; the data is copied there once.
+        drop_last: drop a last incomplete batch.
+        augment: on-device augmentation for training.
+        rank, world: this process's shard.
+    """
+
+    def __init__(
+        self,
+        data: ArrayDataset,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        drop_last: bool = False,
+        augment: Augment | None = None,
+        rank: int = 0,
+        world: int = 1,
+    ):
+        self.data = data
+        self.batch_size = int(batch_size)
+        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
+        self.device = torch.device(device)
+        self.augment = augment if augment is not None and augment.active else None
+        self.rank, self.world = rank, world
+        self.x = data.x.to(self.device)
+        self.y = data.y.to(self.device)
+        self.epoch = 0
+
+    def _order(self, epoch: int) -> tuple[Tensor, Tensor | None]:
+        n = len(self.data)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
+        aug = self.augment.params(n, self.x.dim(), g) if self.augment else None
+        if self.world > 1:
+            # pad so every rank gets the same number of samples (as DistributedSampler does)
+            per = -(-n // self.world)
+            order = torch.cat([order, order[: per * self.world - n]])[self.rank :: self.world]
+        return order.to(self.device), (aug.to(self.device) if aug is not None else None)
+
+    def __len__(self) -> int:
+        n = -(-len(self.data) // self.world)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def iterate(self, epoch: int | None = None, start: int = 0) -> Iterator[dict[str, Tensor]]:
+        """Batches of ``epoch`` from batch number ``start`` on."""
+        order, aug = self._order(self.epoch if epoch is None else epoch)
+        for b in range(start, len(self)):
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            x = self.x[idx]
+            if aug is not None:
+                x = self.augment.apply(x, aug[idx])
+            yield {"x": x, "y": self.y[idx], "index": idx}
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        return self.iterate()

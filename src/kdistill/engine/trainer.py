@@ -1,0 +1,345 @@
+"""The training loop, on HF Accelerate.
+
+One loop trains every network kdistill trains (teacher, scratch student, distilled
+student): a :class:`~kdistill.methods.Distiller` whose ``forward(batch)`` returns the
+weighted loss and its parts. The trainer sums nothing itself: it steps, schedules the
+learning rate, evaluates, logs ``metrics.jsonl`` and checkpoints.
+
+Exact resume: batches come from a :class:`~kdistill.data.DeviceLoader` whose order and
+augmentation are a function of ``(seed, epoch)``, the learning rate is a function of the
+step, and checkpoints hold the optimizer and RNG states; so a run stopped at any optimizer
+step and resumed ends with the same weights as one that never stopped (bit-identical on
+CPU with ``train.deterministic``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..config import TrainConfig
+from ..data import ArrayDataset, Augment, DeviceLoader
+from ..errors import Interrupted, NonFiniteError
+from ..methods import Distiller
+from ..metrics import classification_metrics, predict_logits
+from .checkpoint import atomic_write_json, find_checkpoint, load_into, load_train_state, save_checkpoint
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+_ACCELERATORS: dict[tuple, Any] = {}
+
+
+def get_accelerator(device: torch.device, precision: str):
+    """One Accelerate ``Accelerator`` per (device type, precision) in this process."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+    key = (device.type, mp)
+    if key not in _ACCELERATORS:
+        if _ACCELERATORS:  # Accelerate keeps global state; switching settings needs a reset
+            AcceleratorState._reset_state(reset_partial_state=False)
+            _ACCELERATORS.clear()
+        _ACCELERATORS[key] = Accelerator(cpu=device.type == "cpu", mixed_precision=mp)
+    return _ACCELERATORS[key]
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str, milestones, gamma: float) -> float:
+    """Learning-rate multiplier at optimizer step ``step`` of ``total``."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "cosine":
+        span = max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / span)))
+    if schedule == "step":
+        return gamma ** sum(step >= m * total for m in milestones)
+    return 1.0
+
+
+def make_optimizer(params, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    fused = {"fused": True} if device.type == "cuda" else {}
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+            weight_decay=cfg.weight_decay, **fused,
+        )
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+
+
+class Trainer:
+    """Train a distiller and evaluate its student.
+
+    Args:
+        distiller: what to train (student + terms; the teacher stays frozen).
+        train_data: training samples (labels -1 mark teacher-labelled transfer samples).
+        eval_sets: ``{"val": ..., "test": ...}``; the best checkpoint is chosen on ``val``
+            when present, else on ``test`` (then "best" is optimistic, and says so).
+        cfg: the train section.
+        run_dir: the run folder (checkpoints/, metrics.jsonl).
+        batch_size: training batch size.
+        augment: on-device augmentation of training inputs.
+        teacher_logits: teacher logits for each eval set (agreement and KL metrics).
+        log: a function that prints one line.
+    """
+
+    def __init__(
+        self,
+        distiller: Distiller,
+        train_data: ArrayDataset,
+        eval_sets: dict[str, ArrayDataset],
+        cfg: TrainConfig,
+        run_dir: str | Path,
+        batch_size: int = 128,
+        eval_batch_size: int = 1024,
+        augment: Augment | None = None,
+        teacher_logits: dict[str, Tensor] | None = None,
+        log: Callable[[str], None] = print,
+    ):
+        self.distiller = distiller
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.eval_sets = eval_sets
+        self.eval_batch_size = eval_batch_size
+        self.teacher_logits = teacher_logits or {}
+        self.log = log
+        self.device = resolve_device(cfg.device)
+        self.accelerator = get_accelerator(self.device, cfg.precision)
+        self.device = self.accelerator.device
+        self.loader = DeviceLoader(
+            train_data, batch_size, shuffle=True, seed=cfg.seed, device=self.device, augment=augment,
+            rank=self.accelerator.process_index, world=self.accelerator.num_processes,
+        )
+        self.select_on = "val" if "val" in eval_sets else "test"
+        self._stop_signal: int | None = None
+        self.skipped_steps = 0
+
+    # -- signals -------------------------------------------------------------------------
+    def _on_signal(self, signum, _frame):
+        self._stop_signal = signum
+
+    def _install_signals(self):
+        saved = {}
+        try:
+            for s in (signal.SIGINT, signal.SIGTERM):
+                saved[s] = signal.signal(s, self._on_signal)
+        except ValueError:  # not the main thread
+            pass
+        return saved
+
+    # -- evaluation ----------------------------------------------------------------------
+    def evaluate(self) -> dict[str, dict[str, float]]:
+        student = self.accelerator.unwrap_model(self.model).student
+        out = {}
+        for name, ds in self.eval_sets.items():
+            with self.accelerator.autocast():
+                logits = predict_logits(student, ds.x, self.eval_batch_size, self.device)
+            out[name] = classification_metrics(logits, ds.y, self.teacher_logits.get(name))
+        return out
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def _save(self, kind: str, state: dict[str, Any], keep: int = 2):
+        if not self.accelerator.is_main_process:
+            return None
+        train_state = {
+            "optimizer": self.optimizer.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+        }
+        return save_checkpoint(
+            self.ckpt_dir, kind, state["step"], self.accelerator.unwrap_model(self.model), state,
+            train_state if kind == "last" else None, keep=keep,
+        )
+
+    def _restore(self) -> dict[str, Any] | None:
+        found = find_checkpoint(self.ckpt_dir, "last")
+        if found is None:
+            return None
+        path, meta = found
+        from safetensors.torch import load_file
+
+        load_into(self.accelerator.unwrap_model(self.model), load_file(str(path / "model.safetensors")), "distiller")
+        ts = load_train_state(path)
+        self.optimizer.load_state_dict(ts["optimizer"])
+        torch.set_rng_state(ts["rng_cpu"])
+        if ts.get("rng_cuda") and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(ts["rng_cuda"])
+        self.log(f"Resuming from {path} (epoch {meta['epoch']}, step {meta['step']}).")
+        return meta
+
+    def _append_metrics(self, row: dict[str, Any]) -> None:
+        if self.accelerator.is_main_process:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def _truncate_metrics(self, epoch: int) -> None:
+        """Drop rows of epochs at or after ``epoch`` (they will be redone after a resume)."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.exists() or not self.accelerator.is_main_process:
+            return
+        rows = []
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a line cut by a kill
+            if row.get("epoch", 0) < epoch:
+                rows.append(line)
+        from .checkpoint import atomic_write_text
+
+        atomic_write_text(path, "".join(r + "\n" for r in rows))
+
+    # -- the loop ------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg.seed)
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self.optimizer = make_optimizer(self.distiller.trainable_parameters(), cfg, self.device)
+        self.model, self.optimizer = self.accelerator.prepare(self.distiller, self.optimizer)
+        distiller = self.accelerator.unwrap_model(self.model)
+        distiller.to(self.device)
+
+        batches = len(self.loader)
+        steps_per_epoch = -(-batches // cfg.grad_accum)
+        total = max(1, cfg.epochs * steps_per_epoch)
+        warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+        epoch, start_batch, step = 0, 0, 0
+        best = {"score": -1.0, "epoch": None, "metrics": None}
+        history: list[dict] = []
+        meta = self._restore() if resume else None
+        if meta is not None:
+            epoch, start_batch, step = meta["epoch"], meta["batch"], meta["step"]
+            best = meta.get("best", best)
+            history = meta.get("history", [])
+            self.skipped_steps = meta.get("skipped_steps", 0)
+            self._truncate_metrics(epoch if start_batch == 0 else epoch)
+        elif self.accelerator.is_main_process:
+            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+
+        saved_handlers = self._install_signals()
+        t_start = time.perf_counter()
+        last_good = None
+        try:
+            while epoch < cfg.epochs:
+                distiller.set_epoch(epoch, cfg.epochs)
+                self.model.train()
+                sums: dict[str, Tensor] = {}
+                n_seen = 0
+                t0 = time.perf_counter()
+                for b, batch in enumerate(self.loader.iterate(epoch, start_batch), start=start_batch):
+                    for g in self.optimizer.param_groups:
+                        g["lr"] = cfg.lr * lr_factor(step, total, warmup, cfg.schedule, cfg.milestones, cfg.gamma)
+                    with self.accelerator.autocast():
+                        out = self.model(batch)
+                    loss = out["loss"]
+                    if not torch.isfinite(loss):
+                        bad = [k for k, v in out.items() if k.startswith("loss") and not torch.isfinite(v).all()]
+                        if cfg.on_nonfinite == "skip":
+                            self.skipped_steps += 1
+                            self.optimizer.zero_grad(set_to_none=True)
+                            continue
+                        where = f"The last good checkpoint is {last_good}." if last_good else "No checkpoint was saved yet."
+                        raise NonFiniteError(
+                            f"Non-finite loss at epoch {epoch}, step {step}: {', '.join(bad)} went NaN/Inf. "
+                            f"{where} Lower train.lr, set train.grad_clip, or set train.on_nonfinite=skip."
+                        )
+                    self.accelerator.backward(loss / cfg.grad_accum)
+                    last_of_epoch = b + 1 == batches
+                    if (b + 1) % cfg.grad_accum == 0 or last_of_epoch:
+                        params = distiller.trainable_parameters()
+                        norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf"))
+                        if not torch.isfinite(norm):
+                            if cfg.on_nonfinite == "skip":
+                                self.skipped_steps += 1
+                                self.optimizer.zero_grad(set_to_none=True)
+                                continue
+                            where = f"The last good checkpoint is {last_good}." if last_good else "No checkpoint was saved yet."
+                            raise NonFiniteError(
+                                f"Non-finite gradient at epoch {epoch}, step {step} (loss {float(loss):.4g}). "
+                                f"{where} Lower train.lr or set train.grad_clip."
+                            )
+                        self.optimizer.step()
+                        self.optimizer.zero_grad(set_to_none=True)
+                        step += 1
+                        bs = batch["y"].shape[0]
+                        n_seen += bs
+                        for k, v in out.items():
+                            if k.startswith("loss"):
+                                sums[k] = sums.get(k, 0.0) + v.detach().float() * bs
+                        at_boundary = not last_of_epoch
+                        if at_boundary and (self._stop_signal is not None or
+                                            (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
+                            last_good = self._save("last", self._state(epoch, b + 1, step, best, history))
+                            if self._stop_signal is not None:
+                                raise Interrupted(self._interrupt_message(last_good))
+                epoch_time = time.perf_counter() - t0
+                start_batch = 0
+                row: dict[str, Any] = {"epoch": epoch, "step": step, "lr": self.optimizer.param_groups[0]["lr"]}
+                row.update({f"train_{k}": float(v) / max(1, n_seen) for k, v in sums.items()})
+                row["epoch_time_s"] = round(epoch_time, 3)
+                if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+                    ev = self.evaluate()
+                    for split, m in ev.items():
+                        row.update({f"{split}_{k}": v for k, v in m.items()})
+                    score = ev[self.select_on]["acc"]
+                    if score > best["score"]:
+                        best = {"score": score, "epoch": epoch, "metrics": ev}
+                        self._save("best", self._state(epoch + 1, 0, step, best, history), keep=1)
+                history.append(row)
+                self._append_metrics(row)
+                epoch += 1
+                last_good = self._save("last", self._state(epoch, 0, step, best, history))
+                self.log(_epoch_line(row, cfg.epochs))
+                if self._stop_signal is not None and epoch < cfg.epochs:
+                    raise Interrupted(self._interrupt_message(last_good))
+        finally:
+            for s, h in saved_handlers.items():
+                signal.signal(s, h)
+        final = self.evaluate() if cfg.epochs else {}
+        return {
+            "final": final,
+            "best": {"epoch": best["epoch"], "selected_on": self.select_on, **(best["metrics"] or {})},
+            "epochs": cfg.epochs,
+            "steps": step,
+            "skipped_steps": self.skipped_steps,
+            "train_time_s": round(time.perf_counter() - t_start, 2),
+            "device": str(self.device),
+        }
+
+    def _state(self, epoch: int, batch: int, step: int, best: dict, history: list) -> dict[str, Any]:
+        return {"epoch": epoch, "batch": batch, "step": step, "best": best, "history": history,
+                "skipped_steps": self.skipped_steps}
+
+    def _interrupt_message(self, path) -> str:
+        name = signal.Signals(self._stop_signal).name
+        return (f"Stopped by {name}; checkpoint saved at {path}. Resume with the same command plus "
+                f"--resume (run folder {self.run_dir}).")
+
+
+def _epoch_line(row: dict[str, Any], epochs: int) -> str:
+    parts = [f"epoch {row['epoch'] + 1}/{epochs}"]
+    if "train_loss" in row:
+        parts.append(f"loss {row['train_loss']:.4f}")
+    for k in ("val_acc", "test_acc"):
+        if k in row:
+            parts.append(f"{k} {row[k]:.4f}")
+    parts.append(f"{row['epoch_time_s']:.1f}s")
+    return "  ".join(parts)

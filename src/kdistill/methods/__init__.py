@@ -1,0 +1,7 @@
+"""Distillation methods: one file per method, each a registered loss term."""
+
+from . import ce, kd  # noqa: F401  (register)
+from ._base import Context, Distiller, Method
+from ._registry import METHODS, build_term, create, register_method
+
+__all__ = ["METHODS", "Context", "Distiller", "Method", "build_term", "create", "register_method"]

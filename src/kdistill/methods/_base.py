@@ -1,0 +1,177 @@
+"""The Distiller: student + frozen teacher + weighted loss terms.
+
+A *method* is a loss term (:class:`Method`): a small ``nn.Module`` that holds the
+method's own trainable parts (connectors, paraphrasers, memory banks) and maps a
+:class:`Context` (student logits and features, teacher output, labels) to its loss. A
+:class:`Distiller` owns the student, the teacher and a list of terms with weights, and its
+``forward(batch)`` returns ``{"loss", "logits", "loss_<term>"...}``. The seeds' total
+losses (``alpha*KD + (1-alpha)*CE``, ``alpha*L_resp + L_feat``, ``beta*L_distill + L_CE``)
+are all lists of weighted terms; hard-label cross-entropy is the term ``ce``. No method
+special-cases another, and the trainer only sums, logs and steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError, did_you_mean
+from ..taps import FeatureTaps
+from ..teachers import ModuleTeacher, Teacher, TeacherOutput
+
+
+@dataclass
+class Context:
+    """Everything a loss term may read for one batch."""
+
+    batch: dict
+    student_logits: Tensor
+    student_features: dict[str, Tensor] = field(default_factory=dict)
+    teacher: TeacherOutput | None = None
+    epoch: int = 0
+    total_epochs: int = 1
+
+    @property
+    def labels(self) -> Tensor:
+        return self.batch["y"]
+
+    @property
+    def teacher_logits(self) -> Tensor:
+        if self.teacher is None:
+            raise ConfigError("This method needs a teacher, but the distiller has none.")
+        return self.teacher.logits
+
+
+class Method(nn.Module):
+    """A loss term. Subclasses set ``name``, ``Config`` (a dataclass of hyperparameters),
+    ``default_weight`` and ``needs_teacher``, and implement :meth:`forward`.
+
+    ``student_taps`` and ``teacher_taps`` list the features the term reads (tap specs,
+    see :mod:`kdistill.taps`); the distiller records their union once per step.
+    """
+
+    name: ClassVar[str] = ""
+    default_weight: ClassVar[float] = 1.0
+    #: weight of the hard-label CE term added when the method is used alone
+    default_ce_weight: ClassVar[float] = 1.0
+    needs_teacher: ClassVar[bool] = True
+
+    @dataclass
+    class Config:
+        pass
+
+    def __init__(self, cfg: Any, student: nn.Module, teacher: Teacher | None, example: Tensor | None):
+        super().__init__()
+        self.cfg = cfg
+        self.student_taps: list[str] = []
+        self.teacher_taps: list[str] = []
+
+    def forward(self, ctx: Context) -> Tensor | dict[str, Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def on_epoch_start(self, epoch: int, total_epochs: int) -> None:
+        """Called by the trainer before each epoch (warm-ups, schedules)."""
+
+    @classmethod
+    def make_config(cls, **kwargs: Any) -> Any:
+        """The typed config from keyword arguments; unknown keys name the closest valid one."""
+        names = [f.name for f in dataclasses.fields(cls.Config)]
+        for key in kwargs:
+            if key not in names:
+                valid = ", ".join(names) or "none"
+                raise ConfigError(
+                    f"Method {cls.name!r} has no setting {key!r}.{did_you_mean(key, names)} "
+                    f"Its settings: {valid} (plus 'weight')."
+                )
+        return cls.Config(**kwargs)
+
+
+class Distiller(nn.Module):
+    """Student + frozen teacher + weighted loss terms.
+
+    The teacher is kept outside the module tree: it is never in ``parameters()``, the
+    optimizer, ``state_dict()`` or a DDP wrapper. ``.to()`` moves it along.
+
+    Args:
+        student: the network being trained.
+        teacher: a module (wrapped in :class:`ModuleTeacher`), any :class:`Teacher`, or None.
+        terms: ``(weight, Method)`` pairs.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module | Teacher | None,
+        terms: Sequence[tuple[float, Method]],
+    ):
+        super().__init__()
+        self.student = student
+        self.terms = nn.ModuleList([m for _, m in terms])
+        self.weights = [float(w) for w, _ in terms]
+        self._teacher = [as_teacher(teacher)] if teacher is not None else []
+        self.epoch, self.total_epochs = 0, 1
+        s_specs = [s for m in self.terms for s in m.student_taps]
+        self.teacher_specs = list(dict.fromkeys(t for m in self.terms for t in m.teacher_taps))
+        self._taps = FeatureTaps(student, s_specs) if s_specs else None
+        self.uses_teacher = any(m.needs_teacher for m in self.terms)
+        if self.uses_teacher and teacher is None:
+            need = [m.name for m in self.terms if m.needs_teacher]
+            raise ConfigError(f"Method(s) {', '.join(need)} need a teacher; none was given.")
+
+    @property
+    def teacher(self) -> Teacher | None:
+        return self._teacher[0] if self._teacher else None
+
+    def to(self, *args, **kwargs):
+        super().to(*args, **kwargs)
+        device = torch._C._nn._parse_to(*args, **kwargs)[0]
+        if device is not None and self.teacher is not None:
+            self.teacher.to(device)
+        return self
+
+    def set_epoch(self, epoch: int, total_epochs: int) -> None:
+        self.epoch, self.total_epochs = epoch, total_epochs
+        for m in self.terms:
+            m.on_epoch_start(epoch, total_epochs)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """What the optimizer gets: the student's and every term's parameters."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def teacher_output(self, batch: dict) -> TeacherOutput | None:
+        if not self.uses_teacher:
+            return None
+        return self.teacher(batch, self.teacher_specs)
+
+    def forward(self, batch: dict) -> dict[str, Tensor]:
+        t_out = self.teacher_output(batch)
+        if self._taps is not None:
+            with self._taps as taps:
+                logits = self.student(batch["x"])
+            feats = dict(taps.features)
+        else:
+            logits, feats = self.student(batch["x"]), {}
+        ctx = Context(batch, logits, feats, t_out, self.epoch, self.total_epochs)
+        out: dict[str, Tensor] = {}
+        total = logits.new_zeros((), dtype=torch.float32)
+        for w, term in zip(self.weights, self.terms):
+            if w == 0:
+                continue
+            value = term(ctx)
+            parts = value if isinstance(value, dict) else {"": value}
+            for part, v in parts.items():
+                key = f"loss_{term.name}" + (f"_{part}" if part else "")
+                out[key] = w * v
+                total = total + out[key]
+        return {"loss": total, "logits": logits, **out}
+
+
+def as_teacher(teacher: nn.Module | Teacher) -> Teacher:
+    if isinstance(teacher, nn.Module):
+        return ModuleTeacher(teacher)
+    return teacher

@@ -1,0 +1,26 @@
+"""Hard-label cross-entropy: the student trained alone, and the CE term of every total loss."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from ..losses import hard_label_ce
+from ._base import Context, Method
+from ._registry import register_method
+
+
+@register_method("ce")
+class CrossEntropy(Method):
+    """Cross-entropy with the dataset's labels (unlabelled transfer samples, label -1, skipped)."""
+
+    name = "ce"
+    needs_teacher = False
+
+    @dataclass
+    class Config:
+        label_smoothing: float = 0.0
+
+    def forward(self, ctx: Context) -> Tensor:
+        return hard_label_ce(ctx.student_logits, ctx.labels, self.cfg.label_smoothing)

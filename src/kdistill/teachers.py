@@ -1,0 +1,148 @@
+"""Teachers: anything that maps a batch to :class:`TeacherOutput`.
+
+* :class:`ModuleTeacher` wraps a trained ``nn.Module``: frozen, always in eval mode, run
+  without a graph.
+* :class:`EnsembleTeacher` combines members as Hinton et al. (2015) do: arithmetic mean
+  of their probabilities, mean of their logits, or the normalised geometric mean of their
+  probabilities (which equals the softmax of the mean logits at every temperature).
+
+The teacher is deliberately *not* a submodule of a distiller: it never enters the
+optimizer, a ``state_dict`` of the student, or a DDP wrapper.
+
+Teachers run under ``torch.no_grad`` rather than ``torch.inference_mode``: features from
+inference mode cannot be saved for the student's backward pass (a bilinear loss such as
+FSP or a Gram matrix needs them), and ``no_grad`` keeps no graph either.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import ConfigError
+from .taps import FeatureTaps
+
+
+@dataclass
+class TeacherOutput:
+    """What a teacher gives for one batch.
+
+    Attributes:
+        logits: ``(N, C)`` combined logits (for a mean-of-probabilities ensemble, the log of
+            the mean probabilities at T=1).
+        features: recorded features by tap spec.
+        member_logits: ``(M, N, C)`` for ensembles, so soft targets can be formed at any T.
+        combine: how members are combined (``None`` for a single teacher).
+    """
+
+    logits: Tensor
+    features: dict[str, Tensor] = field(default_factory=dict)
+    member_logits: Tensor | None = None
+    combine: str | None = None
+
+    def log_soft_targets(self, temperature: float) -> Tensor:
+        """Log of the soft targets at temperature ``T``."""
+        if self.member_logits is not None and self.combine == "mean_prob":
+            lp = F.log_softmax(self.member_logits.float() / temperature, dim=-1)
+            return torch.logsumexp(lp, dim=0) - math.log(lp.shape[0])
+        return F.log_softmax(self.logits.float() / temperature, dim=-1)
+
+    def soft_targets(self, temperature: float) -> Tensor:
+        return self.log_soft_targets(temperature).exp()
+
+
+@runtime_checkable
+class Teacher(Protocol):
+    """The teacher protocol. ``features`` are tap specs (see :mod:`kdistill.taps`)."""
+
+    num_classes: int | None
+
+    def __call__(self, batch: dict, features: Sequence[str] = ()) -> TeacherOutput: ...
+
+    def to(self, device) -> Teacher: ...
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    module.eval()
+    module.requires_grad_(False)
+    return module
+
+
+class ModuleTeacher:
+    """A frozen module used as a teacher.
+
+    Args:
+        module: the trained network. It is put in eval mode and its parameters stop
+            requiring gradients; ``train()`` on the module is overridden to stay in eval.
+        num_classes: logit width, if known (checked against the student's).
+    """
+
+    def __init__(self, module: nn.Module, num_classes: int | None = None):
+        self.module = freeze(module)
+        # stay in eval mode whatever a caller does
+        self.module.train = lambda mode=True: self.module  # type: ignore[method-assign]
+        self.num_classes = num_classes
+
+    def __call__(self, batch: dict, features: Sequence[str] = ()) -> TeacherOutput:
+        with torch.no_grad():
+            if features:
+                with FeatureTaps(self.module, features) as taps:
+                    logits = self.module(batch["x"])
+                return TeacherOutput(logits, dict(taps.features))
+            return TeacherOutput(self.module(batch["x"]))
+
+    def to(self, device) -> ModuleTeacher:
+        self.module.to(device)
+        return self
+
+    def parameters(self):
+        return self.module.parameters()
+
+
+COMBINE_MODES = ("mean_prob", "mean_logit", "geometric")
+
+
+class EnsembleTeacher:
+    """Several teachers combined into one (Hinton et al. 2015, section 1 and 3).
+
+    Args:
+        members: modules or teachers.
+        combine: ``"mean_prob"`` (arithmetic mean of probabilities at the loss's
+            temperature), ``"mean_logit"`` or ``"geometric"`` (normalised geometric mean of
+            probabilities; identical to ``"mean_logit"`` because the per-member normalisers
+            cancel).
+    """
+
+    def __init__(self, members: Sequence[nn.Module | ModuleTeacher], combine: str = "mean_prob"):
+        if combine not in COMBINE_MODES:
+            raise ConfigError(f"Unknown ensemble combine mode {combine!r}; use one of {COMBINE_MODES}.")
+        if not members:
+            raise ConfigError("An ensemble teacher needs at least one member.")
+        self.members = [m if isinstance(m, ModuleTeacher) else ModuleTeacher(m) for m in members]
+        self.combine = combine
+        self.num_classes = self.members[0].num_classes
+
+    def __call__(self, batch: dict, features: Sequence[str] = ()) -> TeacherOutput:
+        outs = [m(batch, features) for m in self.members]
+        stacked = torch.stack([o.logits.float() for o in outs])
+        if self.combine == "mean_prob":
+            logits = torch.logsumexp(F.log_softmax(stacked, -1), 0) - math.log(len(outs))
+        else:
+            logits = stacked.mean(0)
+        # features: the first member's (feature methods distil from one network)
+        return TeacherOutput(logits, outs[0].features, stacked, self.combine)
+
+    def to(self, device) -> EnsembleTeacher:
+        for m in self.members:
+            m.to(device)
+        return self
+
+    def parameters(self):
+        for m in self.members:
+            yield from m.parameters()
