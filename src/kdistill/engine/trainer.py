@@ -234,6 +234,11 @@ class Trainer:
         elif self.accelerator.is_main_process:
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
 
+        if meta is None:
+            from .stages import run_pre_stages
+
+            for row in run_pre_stages(self):
+                self._append_metrics(row)
         saved_handlers = self._install_signals()
         t_start = time.perf_counter()
         last_good = None

@@ -47,6 +47,26 @@ class Context:
         return self.teacher.logits
 
 
+@dataclass
+class PreStage:
+    """A first stage run by the trainer before the main loop.
+
+    Attributes:
+        name: shown in logs and metrics.jsonl.
+        epochs: passes over the training data.
+        params: what this stage's optimizer updates (e.g. student layers up to the hint,
+            plus the regressor).
+        loss: maps a :class:`Context` to the stage's loss.
+        lr: learning rate (default: the run's).
+    """
+
+    name: str
+    epochs: int
+    params: list
+    loss: Any
+    lr: float | None = None
+
+
 class Method(nn.Module):
     """A loss term. Subclasses set ``name``, ``Config`` (a dataclass of hyperparameters),
     ``default_weight`` and ``needs_teacher``, and implement :meth:`forward`.
@@ -76,6 +96,11 @@ class Method(nn.Module):
 
     def on_epoch_start(self, epoch: int, total_epochs: int) -> None:
         """Called by the trainer before each epoch (warm-ups, schedules)."""
+
+    def pre_stage(self) -> PreStage | None:
+        """A first training stage this method needs before the main one (FitNets hints,
+        FT's paraphraser, AB's initialisation), or None."""
+        return None
 
     @classmethod
     def make_config(cls, **kwargs: Any) -> Any:
@@ -148,7 +173,8 @@ class Distiller(nn.Module):
             return None
         return self.teacher(batch, self.teacher_specs)
 
-    def forward(self, batch: dict) -> dict[str, Tensor]:
+    def context(self, batch: dict) -> Context:
+        """Run teacher and student once and collect what every term reads."""
         t_out = self.teacher_output(batch)
         if self._taps is not None:
             with self._taps as taps:
@@ -156,7 +182,11 @@ class Distiller(nn.Module):
             feats = dict(taps.features)
         else:
             logits, feats = self.student(batch["x"]), {}
-        ctx = Context(batch, logits, feats, t_out, self.epoch, self.total_epochs)
+        return Context(batch, logits, feats, t_out, self.epoch, self.total_epochs)
+
+    def forward(self, batch: dict) -> dict[str, Tensor]:
+        ctx = self.context(batch)
+        logits = ctx.student_logits
         out: dict[str, Tensor] = {}
         total = logits.new_zeros((), dtype=torch.float32)
         for w, term in zip(self.weights, self.terms):

@@ -1,0 +1,38 @@
+"""First stages that some methods need before the main training (FitNets stage 1, FT's
+paraphraser, AB's initialisation), run by the trainer inside the same ``kdistill train``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
+
+
+def run_pre_stages(trainer: Trainer) -> list[dict]:
+    """Run every term's :meth:`~kdistill.methods.Method.pre_stage`; returns one log row each."""
+    distiller = trainer.accelerator.unwrap_model(trainer.model)
+    rows = []
+    for term in distiller.terms:
+        stage = term.pre_stage()
+        if stage is None or stage.epochs <= 0:
+            continue
+        params = [p for p in stage.params if p.requires_grad]
+        opt = torch.optim.Adam(params, lr=stage.lr or trainer.cfg.lr)
+        distiller.train()
+        for epoch in range(stage.epochs):
+            total, n = 0.0, 0
+            for batch in trainer.loader.iterate(epoch):
+                with trainer.accelerator.autocast():
+                    loss = stage.loss(distiller.context(batch))
+                opt.zero_grad(set_to_none=True)
+                trainer.accelerator.backward(loss)
+                opt.step()
+                total += float(loss.detach()) * batch["y"].shape[0]
+                n += batch["y"].shape[0]
+            row = {"stage": stage.name, "stage_epoch": epoch, "stage_loss": total / max(1, n)}
+            rows.append(row)
+            trainer.log(f"{stage.name} epoch {epoch + 1}/{stage.epochs}  loss {row['stage_loss']:.4f}")
+    return rows
