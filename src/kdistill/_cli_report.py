@@ -1,9 +1,159 @@
-"""`kdistill` commands of the report area, wired into the app by cli.py."""
+"""`kdistill` commands of the report area (compare, sweep, report), wired into the app by cli.py."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+SeedsOpt = Annotated[str, typer.Option("--seeds", help="Comma-separated seeds, e.g. 0,1,2.")]
+OutOpt = Annotated[
+    Path | None, typer.Option("--out", help="Folder of the grid (default: output.dir/compare-<config>).")
+]
+TeacherOpt = Annotated[
+    str, typer.Option("--teacher", help="per-seed: one teacher per seed (default); shared: one for all.")
+]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a config key: section.key=value (repeatable).")
+]
+ReportOpt = Annotated[
+    bool, typer.Option("--report/--no-report", help="Also write report.md/report.html with plots.")
+]
+
+
+def _log(line: str) -> None:
+    from .cli import console
+
+    console.print(line, highlight=False)
+
+
+def _finish(agg: dict, out: Path, title: str, report: bool) -> None:
+    from .cli import console
+    from .report.tables import rich_table, table_legend
+
+    console.print(rich_table(agg, title))
+    console.print(table_legend(agg).replace("**", ""), highlight=False)
+    if report:
+        from .report.html import build_report
+
+        res = build_report(out, log=_log)
+        console.print(f"Report: {res['html']}")
+    console.print(f"Compare folder: {out} (compare.json, compare.md)")
 
 
 def register(app: typer.Typer, list_app: typer.Typer) -> None:
-    """Add this area's commands to the app (none yet)."""
+    """Add ``compare``, ``sweep`` and ``report`` to the app."""
+
+    @app.command("compare")
+    def compare_cmd(
+        config: Annotated[
+            list[Path] | None,
+            typer.Argument(help="A YAML config (with --methods), or several configs to compare."),
+        ] = None,
+        methods: Annotated[
+            str | None,
+            typer.Option(
+                "--methods",
+                help="Comma-separated method names (`kdistill list methods`); kd+at combines terms.",
+            ),
+        ] = None,
+        configs: Annotated[
+            list[Path] | None,
+            typer.Option("--configs", help="Configs to compare with each other (each one a row)."),
+        ] = None,
+        seeds: SeedsOpt = "0",
+        out: OutOpt = None,
+        teacher: TeacherOpt = "per-seed",
+        set_: SetOpt = None,
+        report: ReportOpt = True,
+        trust_checkpoint: Annotated[
+            bool, typer.Option("--trust-checkpoint", help="Allow checkpoints that need pickle.")
+        ] = False,
+    ) -> None:
+        """Run methods (or configs) x seeds with a scratch student and one teacher per seed; print
+        mean, std and 95% intervals, and the paired gain over the scratch student. Re-running the
+        same command skips finished cells."""
+        from .errors import ConfigError
+        from .report.compare import compare, parse_seeds
+
+        paths = list(configs or []) + list(config or [])
+        if methods is not None:
+            if len(paths) != 1:
+                raise ConfigError("--methods compares methods on exactly one config file.")
+            result = compare(
+                paths[0],
+                methods=methods.split(","),
+                seeds=parse_seeds(seeds),
+                overrides=set_ or [],
+                out=out,
+                teacher=teacher,
+                log=_log,
+                trust=trust_checkpoint,
+            )
+        else:
+            if len(paths) < 2:
+                raise ConfigError("Give --methods m1,m2 with one config, or two or more configs to compare.")
+            result = compare(
+                None,
+                configs=paths,
+                seeds=parse_seeds(seeds),
+                overrides=set_ or [],
+                out=out,
+                teacher=teacher,
+                log=_log,
+                trust=trust_checkpoint,
+            )
+        _finish(result, Path(result["out"]), "compare", report)
+
+    @app.command("sweep")
+    def sweep_cmd(
+        config: Annotated[Path, typer.Argument(help="The base YAML config.")],
+        grid: Annotated[
+            list[str],
+            typer.Option("--grid", help="section.key=v1,v2,... (repeatable; the grid is the product)."),
+        ],
+        seeds: SeedsOpt = "0",
+        out: OutOpt = None,
+        teacher: TeacherOpt = "per-seed",
+        set_: SetOpt = None,
+        report: ReportOpt = True,
+        trust_checkpoint: Annotated[
+            bool, typer.Option("--trust-checkpoint", help="Allow checkpoints that need pickle.")
+        ] = False,
+    ) -> None:
+        """Grid over config keys (e.g. method.temperature x method.alpha), each point over seeds,
+        with a scratch student per seed; a temperature x alpha heatmap in the report."""
+        from .report.compare import parse_seeds, sweep
+
+        result = sweep(
+            config,
+            grid,
+            seeds=parse_seeds(seeds),
+            overrides=set_ or [],
+            out=out,
+            teacher=teacher,
+            log=_log,
+            trust=trust_checkpoint,
+        )
+        _finish(result, Path(result["out"]), "sweep", report)
+
+    @app.command("report")
+    def report_cmd(
+        run_dir: Annotated[Path, typer.Argument(help="A run folder or a compare/sweep folder.")],
+        calibration: Annotated[
+            bool,
+            typer.Option(
+                "--calibration/--no-calibration",
+                help="Rebuild networks and data for the reliability and per-class plots.",
+            ),
+        ] = True,
+    ) -> None:
+        """Write report.md and a self-contained report.html (plots embedded) from run folders alone."""
+        from .cli import console
+        from .report.html import build_report
+        from .report.tables import rich_table
+
+        res = build_report(run_dir, log=_log, calibration=calibration)
+        console.print(rich_table(res["aggregate"], str(run_dir)))
+        console.print(f"Wrote {res['markdown']} and {res['html']} ({len(res['plots'])} plots).")

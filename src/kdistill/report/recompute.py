@@ -1,0 +1,112 @@
+"""Rebuild a run's saved networks and data, for what ``results.json`` does not hold.
+
+Reliability diagrams and per-class accuracy need logits. Rather than storing predictions in
+every run, the report rebuilds the student from ``model.json`` + ``model.safetensors``
+(and the teacher from its record and checkpoint), regenerates the test set from
+``config.yaml`` and checks it is the data the run trained on (the training-set fingerprint
+in ``results.json``). Anything that cannot be rebuilt is reported, not guessed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import KdistillError
+from .tables import RunRecord
+
+
+class RecomputeError(Exception):
+    """What cannot be rebuilt, in words for the report."""
+
+
+def build_saved_model(record: dict[str, Any], weights: Path) -> nn.Module:
+    """A zoo model from its ``model.json``-style record, with weights loaded (no pickle)."""
+    from ..engine.checkpoint import load_into, load_weights
+    from ..models import create_model
+
+    try:
+        model = create_model(
+            record["model"],
+            int(record["num_classes"]),
+            tuple(record["input_shape"]),
+            **(record.get("kwargs") or {}),
+        )
+        load_into(model, load_weights(weights), record["model"])
+    except (KeyError, TypeError) as e:
+        raise RecomputeError(f"model record incomplete ({e})") from None
+    except KdistillError as e:
+        raise RecomputeError(str(e)) from None
+    return model.eval()
+
+
+def student_model(run: RunRecord) -> nn.Module:
+    weights = run.path / "model.safetensors"
+    if not weights.is_file():
+        raise RecomputeError(f"{run.name}: no model.safetensors")
+    record = run.results["student"]
+    if (run.path / "model.json").is_file():
+        try:
+            record = json.loads((run.path / "model.json").read_text())
+        except ValueError:
+            pass
+    return build_saved_model(record, weights)
+
+
+def teacher_weights(run: RunRecord) -> Path | None:
+    """The teacher's weight file: in the run, at its recorded checkpoint, or in a sibling cell."""
+    own = run.path / "teacher" / "model.safetensors"
+    if own.is_file():
+        return own
+    ckpt = run.teacher.get("checkpoint")
+    if not ckpt:
+        return None
+    p = Path(ckpt)
+    for cand in (p, run.path.parent / p.parent.parent.name / p.parent.name / p.name):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def teacher_model(run: RunRecord) -> nn.Module:
+    t = run.teacher
+    if not t.get("model"):
+        raise RecomputeError(f"{run.name}: the teacher is not a single saved model (ensemble or cache)")
+    weights = teacher_weights(run)
+    if weights is None:
+        raise RecomputeError(f"{run.name}: the teacher's weights were not found")
+    return build_saved_model(t, weights)
+
+
+def test_data(run: RunRecord):
+    """The run's test set, regenerated from its config and checked against its fingerprint."""
+    from ..config import validate_config
+    from ..engine.run import prepare_data
+
+    try:
+        cfg = validate_config(run.config)
+        data = prepare_data(cfg)
+    except KdistillError as e:
+        raise RecomputeError(f"{run.name}: cannot rebuild its data ({e})") from None
+    want = run.results["dataset"].get("fingerprint")
+    if want and data.train.fingerprint() != want:
+        raise RecomputeError(f"{run.name}: the data rebuilt from config.yaml differs from what it trained on")
+    return data.test
+
+
+@torch.no_grad()
+def logits_of(model: nn.Module, x: Tensor, batch_size: int = 1024) -> Tensor:
+    from ..metrics import predict_logits
+
+    return predict_logits(model, x, batch_size, torch.device("cpu"))
+
+
+def measure_latency(model: nn.Module, input_shape) -> dict[str, Any]:
+    """Median CPU latency at batch size 1, with the settings ``engine.run`` uses for students."""
+    from ..profile import latency_ms
+
+    return latency_ms(model.to("cpu"), tuple(input_shape), batch_size=1, repeats=30, warmup=5)
