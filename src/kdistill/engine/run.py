@@ -3,6 +3,7 @@ training, and the run folder (config.yaml, metrics.jsonl, results.json, model fi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import time
@@ -132,6 +133,7 @@ def _train_model(cfg_train: TrainConfig, model: nn.Module, data: DataSplits, tra
                  run_dir: Path, cfg: RunConfig, resume: bool, log, teacher: Teacher | None = None,
                  method: Any = None, teacher_logits: dict | None = None) -> dict:
     eval_sets = {"test": data.test} | ({"val": data.val} if data.val is not None else {})
+    method = with_num_data(method, len(train))
     if method is None:
         distiller = create("ce", model)
     elif isinstance(method, dict):
@@ -143,6 +145,22 @@ def _train_model(cfg_train: TrainConfig, model: nn.Module, data: DataSplits, tra
     trainer = Trainer(distiller, train, eval_sets, cfg_train, run_dir, cfg.data.batch_size,
                       cfg.data.eval_batch_size, aug, teacher_logits, log)
     return trainer.fit(resume=resume) | {"distiller": distiller}
+
+
+def with_num_data(method: Any, num_data: int) -> Any:
+    """Fill ``num_data`` (the training-set size) into every term whose config has that
+    setting and leaves it unset: methods with per-sample state, such as CRD's memory banks."""
+    from ..methods import METHODS
+
+    def fill(term: Any) -> Any:
+        if not isinstance(term, dict) or term.get("num_data") is not None:
+            return term
+        cls = METHODS.get(term.get("name", "kd"))
+        if "num_data" in {f.name for f in dataclasses.fields(cls.Config)}:
+            return {**term, "num_data": num_data}
+        return term
+
+    return [fill(t) for t in method] if isinstance(method, list) else fill(method)
 
 
 def ensure_teacher(cfg: RunConfig, data: DataSplits, run_dir: Path, resume: bool, log, trust: bool) -> tuple[Teacher | None, dict]:
