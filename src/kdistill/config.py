@@ -83,6 +83,8 @@ class TrainConfig(Strict):
     compile: bool = False
     channels_last: bool = False
     eval_every: PosInt = 1
+    # on CUDA, NaN/Inf is tested every log_every steps (a per-step test is a host sync)
+    log_every: PosInt = 50
     checkpoint_every: Annotated[int, Field(ge=0, le=10**9)] = 0
     on_nonfinite: Literal["stop", "skip"] = "stop"
     progress: bool = True

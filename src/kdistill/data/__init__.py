@@ -2,7 +2,7 @@
 
 from .arrays import UNLABELED, ArrayDataset, DataSplits
 from .datasets import DATASETS, load_dataset, mnist1d_transfer, register_dataset
-from .loaders import Augment, DeviceLoader
+from .loaders import Augment, DeviceLoader, StoredViews
 
 __all__ = [
     "DATASETS",
@@ -13,5 +13,6 @@ __all__ = [
     "DeviceLoader",
     "load_dataset",
     "mnist1d_transfer",
+    "StoredViews",
     "register_dataset",
 ]

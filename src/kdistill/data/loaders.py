@@ -64,6 +64,28 @@ class Augment:
         return x
 
 
+@dataclass
+class StoredViews:
+    """``K`` augmented views per sample whose parameters were fixed in advance.
+
+    A teacher cache made with ``views=K`` stores the teacher's outputs for ``K`` augmented
+    copies of each sample; the loader then shows the student one of exactly those copies
+    each epoch, so student and teacher see the same input ("consistent teaching", Beyer et
+    al. 2022, arXiv:2106.05237; FKD, Shen & Xing 2021, arXiv:2112.01528).
+
+    Attributes:
+        augment: the augmentation whose :meth:`Augment.apply` the parameters are for.
+        params: ``(N, K, 3)`` int64 parameters (:meth:`Augment.params` layout) per sample and view.
+    """
+
+    augment: Augment
+    params: Tensor
+
+    @property
+    def count(self) -> int:
+        return int(self.params.shape[1])
+
+
 class DeviceLoader:
     """Batches ``{"x", "y", "index"}`` of an :class:`ArrayDataset` from device memory.
 
@@ -76,6 +98,9 @@ class DeviceLoader:
         drop_last: drop a last incomplete batch.
         augment: on-device augmentation for training.
         rank, world: this process's shard.
+        views: stored views (from a teacher cache): each epoch every sample gets one of its
+            ``K`` views at random, its stored parameters are applied, and batches carry its
+            number as ``"view"``. Replaces ``augment``.
     """
 
     def __init__(
@@ -89,6 +114,7 @@ class DeviceLoader:
         augment: Augment | None = None,
         rank: int = 0,
         world: int = 1,
+        views: StoredViews | None = None,
     ):
         self.data = data
         self.batch_size = int(batch_size)
@@ -96,6 +122,13 @@ class DeviceLoader:
         self.device = torch.device(device)
         self.augment = augment if augment is not None and augment.active else None
         self.rank, self.world = rank, world
+        if views is not None:
+            if tuple(views.params.shape[::2]) != (len(data), 3):
+                shape = tuple(views.params.shape)
+                raise ValueError(f"views.params must have shape ({len(data)}, K, 3), got {shape}")
+            self.augment = None
+            views = StoredViews(views.augment, views.params.to(self.device))
+        self.views = views
         self.x = data.x.to(self.device)
         self.y = data.y.to(self.device)
         self.epoch = 0
@@ -105,6 +138,8 @@ class DeviceLoader:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
         aug = self.augment.params(n, self.x.dim(), g) if self.augment else None
+        if self.views is not None:  # drawn after the order, so the order does not change
+            aug = torch.randint(0, self.views.count, (n,), generator=g)
         if self.world > 1:
             # pad so every rank gets the same number of samples (as DistributedSampler does)
             per = -(-n // self.world)
@@ -124,6 +159,11 @@ class DeviceLoader:
         for b in range(start, len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             x = self.x[idx]
+            if self.views is not None:
+                view = aug[idx]
+                x = self.views.augment.apply(x, self.views.params[idx, view])
+                yield {"x": x, "y": self.y[idx], "index": idx, "view": view}
+                continue
             if aug is not None:
                 x = self.augment.apply(x, aug[idx])
             yield {"x": x, "y": self.y[idx], "index": idx}

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..bench import peak_memory_bytes
 from ..config import TrainConfig
 from ..data import ArrayDataset, Augment, DeviceLoader
 from ..errors import Interrupted, NonFiniteError
@@ -122,9 +123,11 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         self.accelerator = get_accelerator(self.device, cfg.precision)
         self.device = self.accelerator.device
+        views = getattr(distiller.teacher, "views", None)  # a teacher cache of augmented views
         self.loader = DeviceLoader(
-            train_data, batch_size, shuffle=True, seed=cfg.seed, device=self.device, augment=augment,
-            rank=self.accelerator.process_index, world=self.accelerator.num_processes,
+            train_data, batch_size, shuffle=True, seed=cfg.seed, device=self.device,
+            augment=augment if views is None else None,
+            rank=self.accelerator.process_index, world=self.accelerator.num_processes, views=views,
         )
         self.select_on = "val" if "val" in eval_sets else "test"
         self._stop_signal: int | None = None
@@ -216,6 +219,12 @@ class Trainer:
         self.model, self.optimizer = self.accelerator.prepare(self.distiller, self.optimizer)
         distiller = self.accelerator.unwrap_model(self.model)
         distiller.to(self.device)
+        self._fast_path(distiller)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        # on CUDA a finiteness test is a host sync: accumulate a device flag, test it every log_every steps
+        self._deferred = self.device.type == "cuda" and cfg.on_nonfinite == "stop" and cfg.log_every > 1
+        self._bad: Tensor | None = None
 
         batches = len(self.loader)
         steps_per_epoch = -(-batches // cfg.grad_accum)
@@ -252,10 +261,14 @@ class Trainer:
                 for b, batch in enumerate(self.loader.iterate(epoch, start_batch), start=start_batch):
                     for g in self.optimizer.param_groups:
                         g["lr"] = cfg.lr * lr_factor(step, total, warmup, cfg.schedule, cfg.milestones, cfg.gamma)
+                    if cfg.channels_last and batch["x"].dim() == 4:
+                        batch["x"] = batch["x"].contiguous(memory_format=torch.channels_last)
                     with self.accelerator.autocast():
                         out = self.model(batch)
                     loss = out["loss"]
-                    if not torch.isfinite(loss):
+                    if self._deferred:
+                        self._flag(loss)
+                    elif not torch.isfinite(loss):
                         bad = [k for k, v in out.items() if k.startswith("loss") and not torch.isfinite(v).all()]
                         if cfg.on_nonfinite == "skip":
                             self.skipped_steps += 1
@@ -271,7 +284,9 @@ class Trainer:
                     if (b + 1) % cfg.grad_accum == 0 or last_of_epoch:
                         params = distiller.trainable_parameters()
                         norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf"))
-                        if not torch.isfinite(norm):
+                        if self._deferred:
+                            self._flag(norm)
+                        elif not torch.isfinite(norm):
                             if cfg.on_nonfinite == "skip":
                                 self.skipped_steps += 1
                                 self.optimizer.zero_grad(set_to_none=True)
@@ -284,6 +299,8 @@ class Trainer:
                         self.optimizer.step()
                         self.optimizer.zero_grad(set_to_none=True)
                         step += 1
+                        if self._deferred and step % cfg.log_every == 0:
+                            self._check_flag(epoch, step, last_good)
                         bs = batch["y"].shape[0]
                         n_seen += bs
                         for k, v in out.items():
@@ -292,9 +309,16 @@ class Trainer:
                         at_boundary = not last_of_epoch
                         if at_boundary and (self._stop_signal is not None or
                                             (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
+                            self._check_flag(epoch, step, last_good)
                             last_good = self._save("last", self._state(epoch, b + 1, step, best, history))
                             if self._stop_signal is not None:
                                 raise Interrupted(self._interrupt_message(last_good))
+                self._check_flag(epoch, step, last_good)
+                if self.accelerator.num_processes > 1:  # log the epoch's means over every process's shard
+                    keys = sorted(sums)
+                    tot = self.accelerator.reduce(torch.stack(
+                        [sums[k] for k in keys] + [torch.tensor(float(n_seen), device=self.device)]), "sum")
+                    sums, n_seen = dict(zip(keys, tot[:-1], strict=True)), int(tot[-1])
                 epoch_time = time.perf_counter() - t0
                 start_batch = 0
                 row: dict[str, Any] = {"epoch": epoch, "step": step, "lr": self.optimizer.param_groups[0]["lr"]}
@@ -327,7 +351,40 @@ class Trainer:
             "skipped_steps": self.skipped_steps,
             "train_time_s": round(time.perf_counter() - t_start, 2),
             "device": str(self.device),
+            "peak_memory_bytes": peak_memory_bytes(self.device),
         }
+
+    # -- fast path -----------------------------------------------------------------------
+    def _fast_path(self, distiller: Distiller) -> None:
+        """``train.channels_last`` and ``train.compile`` on the student and the teacher's
+        network(s), once, before the loop (the airbench recipe). ``Module.compile`` compiles
+        in place, so state-dict keys and checkpoints are unchanged."""
+        teacher = distiller.teacher
+        members = getattr(teacher, "members", None) or ([teacher] if teacher is not None else [])
+        modules = [distiller.student] + [
+            m.module for m in members if isinstance(getattr(m, "module", None), torch.nn.Module)]
+        for m in modules:
+            if self.cfg.channels_last:
+                m.to(memory_format=torch.channels_last)
+            if self.cfg.compile:
+                m.compile()
+
+    def _flag(self, value: Tensor) -> None:
+        bad = ~torch.isfinite(value.detach())
+        self._bad = bad if self._bad is None else self._bad | bad
+
+    def _check_flag(self, epoch: int, step: int, last_good) -> None:
+        """Raise if a deferred finiteness flag tripped since the last check (one host sync)."""
+        if self._bad is None:
+            return
+        bad, self._bad = bool(self._bad), None
+        if bad:
+            where = f"The last good checkpoint is {last_good}." if last_good else "No checkpoint saved yet."
+            raise NonFiniteError(
+                f"Non-finite loss or gradient at epoch {epoch}, within the {self.cfg.log_every} optimizer "
+                f"steps before step {step} (checked every train.log_every steps on CUDA). {where} Lower "
+                "train.lr, set train.grad_clip, or set train.on_nonfinite=skip (checks every step)."
+            )
 
     def _state(self, epoch: int, batch: int, step: int, best: dict, history: list) -> dict[str, Any]:
         return {"epoch": epoch, "batch": batch, "step": step, "best": best, "history": history,

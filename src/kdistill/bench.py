@@ -1,0 +1,349 @@
+"""Training throughput: what the fast path buys, measured the same way for every path.
+
+``run_bench`` times optimizer steps (forward, backward, step) of one student on one
+dataset along four paths:
+
+* ``student``: the student alone (hard labels), fast path;
+* ``kd_live``: Hinton KD with the teacher run on every batch, fast path;
+* ``kd_cached``: Hinton KD reading the teacher's outputs from a cache of augmented views
+  (:mod:`kdistill.cache`), fast path;
+* ``naive``: KD with a live teacher the common way, as the reference: a
+  ``torch.utils.data.DataLoader`` over CPU tensors, augmentation per batch on the CPU,
+  a copy to the device per batch, fp32, no compile, no channels_last.
+
+The fast path is airbench's recipe (Keller Jordan, github.com/KellerJordan/cifar10-airbench):
+the whole dataset on the device, batches from an on-device permutation, vectorised
+augmentation on the device, bf16 autocast on CUDA, ``channels_last``, optional
+``torch.compile``, a fused optimizer. Warm-up steps (and compilation) are excluded from
+the timing; GPU time is measured with CUDA events, CPU time with ``perf_counter``. The
+networks are freshly initialised: throughput does not depend on what they learnt.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+PATHS = ("student", "kd_live", "kd_cached", "naive")
+
+
+def peak_memory_bytes(device: torch.device | str) -> int:
+    """Peak memory since the last :func:`reset_peak_memory`: CUDA bytes allocated by
+    tensors on a GPU, else the process's peak resident set (``VmHWM``, or
+    ``getrusage``'s ``ru_maxrss`` where /proc is missing)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)  # bytes on macOS, KiB on Linux
+
+
+def reset_peak_memory(device: torch.device | str) -> None:
+    """Start a new peak: CUDA's allocator statistics, or Linux's ``VmHWM`` (``clear_refs`` 5)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # the peak then covers the whole process so far
+
+
+def _timed(
+    step: Callable[[dict], None], batches: Iterator[dict], warmup: int, steps: int, device: torch.device
+) -> tuple[float, float]:
+    """``(seconds of the timed steps, seconds of the warm-up)``."""
+    cuda = device.type == "cuda"
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        step(next(batches))
+    if cuda:
+        torch.cuda.synchronize(device)
+    warm = time.perf_counter() - t0
+    if cuda:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(steps):
+            step(next(batches))
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3, warm
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step(next(batches))
+    return time.perf_counter() - t0, warm
+
+
+def _forever(loader) -> Iterator[dict]:
+    epoch = 0
+    while True:
+        yield from loader.iterate(epoch)
+        epoch += 1
+
+
+def _naive_batches(data, batch_size: int, augment, device: torch.device, seed: int) -> Iterator[dict]:
+    """The reference data path: DataLoader over CPU tensors, CPU augmentation, a copy per batch."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    ds = TensorDataset(data.x, data.y, torch.arange(len(data)))
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        for x, y, idx in DataLoader(ds, batch_size=batch_size, shuffle=True, generator=g):
+            if augment is not None:
+                x = augment.apply(x, augment.params(x.shape[0], x.dim(), g))
+            yield {"x": x.to(device), "y": y.to(device), "index": idx.to(device)}
+
+
+def run_bench(
+    teacher: str = "resnet32x4",
+    student: str = "resnet8x4",
+    dataset: str = "fashion-mnist",
+    data_options: dict[str, Any] | None = None,
+    batch_size: int = 128,
+    steps: int = 50,
+    warmup: int = 10,
+    device: str = "auto",
+    precision: str = "auto",
+    compile: bool = False,
+    channels_last: bool | None = None,
+    augment: bool = True,
+    cache_views: int = 4,
+    n_train: int | None = None,
+    temperature: float = 4.0,
+    paths: tuple[str, ...] = PATHS,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Time ``steps`` training steps along each path (see the module docstring).
+
+    Args:
+        teacher, student: model names (``kdistill list models``).
+        dataset: dataset name; ``data_options`` are its options (default for
+            ``fashion-mnist``: ``pad_to=32``, the CIFAR-size input of the resnet zoo).
+        batch_size: samples per step.
+        steps: timed steps per path; ``warmup`` untimed steps before them (compilation,
+            allocator and cuDNN autotuning happen there).
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda[:N]``.
+        precision: ``auto`` (bf16 on CUDA, fp32 on CPU), ``bf16`` or ``fp32``; the naive
+            path is always fp32.
+        compile: ``torch.compile`` student and teacher on the fast paths.
+        channels_last: NHWC memory layout on the fast paths (default: on CUDA with images).
+        augment: shift-by-4 + horizontal flip on image inputs (the CIFAR recipe).
+        cache_views: augmented views per sample in the ``kd_cached`` path's cache.
+        n_train: use only this many training samples (a quick run).
+        temperature: KD temperature (does not change the cost).
+        paths: which of :data:`PATHS` to run.
+        seed: seed of initialisation, data order and augmentation.
+        log: prints one line per path.
+
+    Returns:
+        ``{"paths": {name: {"images_per_s", "step_ms", "peak_memory_bytes", "warmup_s"}},
+        "cache": {...}, "config": {...}, "device", "torch", "host", ...}``.
+    """
+    from .cache import cache_teacher, describe
+    from .data import Augment, DeviceLoader, load_dataset
+    from .engine.trainer import make_optimizer, resolve_device
+    from .errors import ConfigError
+    from .methods import create
+    from .models import create_model
+    from .teachers import CachedTeacher, ModuleTeacher
+
+    unknown = [p for p in paths if p not in PATHS]
+    if unknown:
+        raise ConfigError(f"Unknown bench path(s) {unknown}; choose from {list(PATHS)}.")
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"bench precision must be auto, fp32 or bf16, got {precision!r}.")
+    for name, v in (("batch_size", batch_size), ("steps", steps)):
+        if v < 1:
+            raise ConfigError(f"{name} must be at least 1, got {v}.")
+    dev = resolve_device(device)
+    if data_options is None:
+        data_options = {"pad_to": 32} if dataset == "fashion-mnist" else {}
+    data = load_dataset(dataset, **data_options).train
+    if n_train:
+        data = data.subset(n_train, seed=seed)
+    images = data.x.dim() == 4
+    if channels_last is None:
+        channels_last = dev.type == "cuda" and images
+    bf16 = precision == "bf16" or (precision == "auto" and dev.type == "cuda")
+    aug = Augment(4, True) if augment and images else None
+    k, shape = data.num_classes, data.input_shape
+
+    def build(name: str) -> nn.Module:
+        torch.manual_seed(seed)
+        return create_model(name, k, shape).to(dev)
+
+    def live_teacher(fast: bool) -> ModuleTeacher:
+        t = ModuleTeacher(build(teacher), k)
+        if fast and channels_last:
+            t.module.to(memory_format=torch.channels_last)
+        if fast and compile:
+            t.module.compile()
+        return t
+
+    def fast_step(model: nn.Module, opt: torch.optim.Optimizer, fp32: bool = False) -> Callable[[dict], None]:
+        amp = torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 and not fp32 else nullcontext()
+        cl = channels_last and not fp32
+
+        def step(batch: dict) -> None:
+            if cl and batch["x"].dim() == 4:
+                batch["x"] = batch["x"].contiguous(memory_format=torch.channels_last)
+            with amp:
+                loss = model(batch)["loss"]
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        return step
+
+    results: dict[str, Any] = {}
+    cache_info: dict[str, Any] = {}
+    tmp = tempfile.TemporaryDirectory(prefix="kdistill-bench-")
+    try:
+        for path in paths:
+            s = build(student)
+            if path != "naive":
+                if channels_last:
+                    s.to(memory_format=torch.channels_last)
+                if compile:
+                    s.compile()
+            views = None
+            if path == "student":
+                model = create("ce", s)
+            elif path == "kd_live":
+                model = create("kd", s, live_teacher(True), temperature=temperature)
+            elif path == "kd_cached":
+                t0 = time.perf_counter()
+                meta = cache_teacher(
+                    live_teacher(False),
+                    data,
+                    Path(tmp.name) / "cache",
+                    dtype="fp16",
+                    views=cache_views if aug is not None else 1,
+                    augment=aug,
+                    seed=seed,
+                    batch_size=1024,
+                    device=dev,
+                    overwrite=True,
+                )
+                cache_info = {
+                    "build_s": round(time.perf_counter() - t0, 3),
+                    "views": meta["views"],
+                    "dtype": meta["dtype"],
+                    "bytes": meta["bytes"],
+                    "summary": describe(meta),
+                }
+                cached = CachedTeacher.open(Path(tmp.name) / "cache", data, k).to(dev)
+                views = cached.views
+                model = create("kd", s, cached, temperature=temperature)
+            else:
+                model = create("kd", s, live_teacher(False), temperature=temperature)
+            model.to(dev).train()
+            if path == "naive":
+                opt = torch.optim.SGD(model.trainable_parameters(), lr=0.01, momentum=0.9)
+                batches = _naive_batches(data, batch_size, aug, dev, seed)
+                step = fast_step(model, opt, fp32=True)
+            else:
+                from .config import TrainConfig
+
+                opt = make_optimizer(model.trainable_parameters(), TrainConfig(optimizer="sgd", lr=0.01), dev)
+                loader = DeviceLoader(
+                    data,
+                    batch_size,
+                    shuffle=True,
+                    seed=seed,
+                    device=dev,
+                    augment=aug if views is None else None,
+                    views=views,
+                )
+                batches = _forever(loader)
+                step = fast_step(model, opt)
+            reset_peak_memory(dev)
+            seconds, warm = _timed(step, batches, warmup, steps, dev)
+            n = steps * batch_size
+            results[path] = {
+                "images_per_s": n / seconds,
+                "step_ms": 1e3 * seconds / steps,
+                "peak_memory_bytes": peak_memory_bytes(dev),
+                "warmup_s": round(warm, 3),
+            }
+            if log is not None:
+                r = results[path]
+                log(
+                    f"{path:10s} {r['images_per_s']:10.1f} img/s  {r['step_ms']:8.2f} ms/step  "
+                    f"peak {r['peak_memory_bytes'] / 2**20:8.1f} MiB"
+                )
+            del model, opt, batches
+    finally:
+        tmp.cleanup()
+    if "naive" in results:
+        ref = results["naive"]["images_per_s"]
+        for r in results.values():
+            r["speedup_vs_naive"] = r["images_per_s"] / ref
+    return {
+        "paths": results,
+        "cache": cache_info,
+        "config": {
+            "teacher": teacher,
+            "student": student,
+            "dataset": dataset,
+            "data_options": data_options,
+            "n_train": len(data),
+            "batch_size": batch_size,
+            "steps": steps,
+            "warmup": warmup,
+            "precision": "bf16" if bf16 else "fp32",
+            "compile": compile,
+            "channels_last": channels_last,
+            "augment": aug is not None,
+            "cache_views": cache_views,
+            "seed": seed,
+        },
+        "device": _device_name(dev),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "host": platform.node(),
+    }
+
+
+def _device_name(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return f"{dev} ({torch.cuda.get_device_name(dev)})"
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def format_table(result: dict[str, Any]) -> list[tuple[str, ...]]:
+    """Rows ``(path, images/s, ms/step, peak MiB, x naive)`` for printing."""
+    rows = []
+    for name, r in result["paths"].items():
+        x = r.get("speedup_vs_naive", math.nan)
+        rows.append(
+            (
+                name,
+                f"{r['images_per_s']:.1f}",
+                f"{r['step_ms']:.2f}",
+                f"{r['peak_memory_bytes'] / 2**20:.1f}",
+                f"{x:.2f}",
+            )
+        )
+    return rows
