@@ -1,0 +1,216 @@
+"""What every scheme shares: its context, stages run as normal runs, and model folders."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..config import ModelConfig, RunConfig, TeacherConfig, TrainConfig, validate_config
+from ..data import ArrayDataset, Augment, DataSplits
+from ..engine.checkpoint import atomic_write_json, state_dict_tensors
+from ..engine.run import build_model, model_record, prepare_data, run_experiment, save_model
+from ..engine.trainer import Trainer
+from ..errors import ConfigError
+from ..methods import Distiller
+from ..metrics import classification_metrics, predict_logits
+
+#: a model in scheme settings: a zoo name or ``{model, kwargs, checkpoint}``
+ModelSpec = str | ModelConfig
+
+
+def as_model(spec: ModelSpec) -> ModelConfig:
+    return ModelConfig(model=spec) if isinstance(spec, str) else spec
+
+
+@dataclass
+class SchemeContext:
+    """The run a scheme writes into, and how."""
+
+    cfg: RunConfig
+    run_dir: Path
+    resume: bool = False
+    log: Callable[[str], None] = print
+    trust: bool = False
+    _data: DataSplits | None = field(default=None, repr=False)
+
+    @property
+    def data(self) -> DataSplits:
+        """The run's data (loaded once, as every stage's run loads it)."""
+        if self._data is None:
+            self._data = prepare_data(self.cfg)
+        return self._data
+
+    def scratch_train(self) -> TrainConfig:
+        """Train settings of networks trained from scratch: ``teacher.train`` over ``train``."""
+        return self.cfg.teacher_train() if self.cfg.teacher is not None else self.cfg.train
+
+    def finished(self, name: str) -> dict[str, Any] | None:
+        """A stage's results when ``--resume`` finds it finished, else None."""
+        path = self.run_dir / name / "results.json"
+        if self.resume and path.is_file():
+            try:
+                out = json.loads(path.read_text())
+            except ValueError:
+                return None
+            self.log(f"Stage {name}: finished earlier, reusing {path.parent}.")
+            return out | {"run_dir": str(path.parent)}
+        return None
+
+    def run_stage(
+        self,
+        name: str,
+        student: ModelConfig,
+        teacher: TeacherConfig | None = None,
+        method: dict | list | None = None,
+        train: TrainConfig | None = None,
+        transfer: dict | None = None,
+    ) -> dict[str, Any]:
+        """Run one stage as a normal run (``run_experiment``) in ``run_dir/name``.
+
+        Without a teacher the stage trains ``student`` from scratch with cross-entropy.
+        """
+        done = self.finished(name)
+        if done is not None:
+            return done
+        raw = self.cfg.model_dump(mode="json")
+        raw["scheme"] = None
+        raw["student"] = student.model_dump(mode="json")
+        raw["teacher"] = teacher.model_dump(mode="json") if teacher is not None else None
+        if teacher is None:
+            raw["method"] = {"name": "ce"}
+        else:
+            raw["method"] = self.cfg.method if method is None else method
+        raw["data"]["transfer"] = transfer
+        raw["output"] = {"dir": str(self.run_dir), "name": name}
+        if train is not None:
+            raw["train"] = train.model_dump(mode="json")
+        self.log(
+            f"Stage {name}: {student.model}"
+            + (f" taught by {teacher_label(teacher)}" if teacher else " from scratch")
+        )
+        return run_experiment(
+            validate_config(raw),
+            run_dir=self.run_dir / name,
+            resume=self.resume,
+            log=self.log,
+            trust=self.trust,
+        )
+
+    def init_checkpoint(self, spec: ModelConfig, seed: int, name: str) -> ModelConfig:
+        """``spec`` with a checkpoint of fresh weights drawn with ``seed``.
+
+        Networks that should differ only in their initialisation (Hinton's ensemble, BAN
+        generations) start from these files, so data order and subsets stay the run's.
+        """
+        if spec.checkpoint is not None:
+            return spec
+        path = self.run_dir / "init" / f"{name}.safetensors"
+        if not path.is_file():
+            torch.manual_seed(seed)
+            model = build_model(spec.model, spec.kwargs, self.data, None, self.trust, name)
+            from safetensors.torch import save_file
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_file(state_dict_tensors(model), str(path))
+        return spec.model_copy(update={"checkpoint": str(path)})
+
+    def eval_sets(self) -> dict:
+        d = self.data
+        return {"test": d.test} | ({"val": d.val} if d.val is not None else {})
+
+    def fit(
+        self,
+        distiller: Distiller,
+        name: str,
+        train: TrainConfig | None = None,
+        train_data: ArrayDataset | None = None,
+        eval_sets: dict | None = None,
+    ) -> dict[str, Any]:
+        """Train a scheme's own distiller (peer group, branches, exits) in ``run_dir/name``."""
+        cfg = self.cfg
+        sub = self.run_dir / name
+        sub.mkdir(parents=True, exist_ok=True)
+        aug = Augment(cfg.data.augment.shift, cfg.data.augment.flip)
+        trainer = Trainer(
+            distiller,
+            train_data or self.data.train,
+            eval_sets or self.eval_sets(),
+            train or cfg.train,
+            sub,
+            cfg.data.batch_size,
+            cfg.data.eval_batch_size,
+            aug,
+            None,
+            self.log,
+        )
+        return trainer.fit(resume=self.resume)
+
+    def evaluate(
+        self, model: nn.Module | Callable[[Tensor], Tensor], teacher_logits: dict | None = None
+    ) -> dict:
+        """Metrics of ``model`` on every eval set (``model`` maps inputs to logits)."""
+        out = {}
+        for split, ds in self.eval_sets().items():
+            logits = predict_logits(
+                model,
+                ds.x,
+                self.cfg.data.eval_batch_size,
+                None if isinstance(model, nn.Module) else torch.device("cpu"),
+            )
+            out[split] = classification_metrics(logits, ds.y, (teacher_logits or {}).get(split))
+        return out
+
+    def save_model_folder(
+        self, name: str, model: nn.Module, spec: ModelConfig, extra: dict
+    ) -> dict[str, Any]:
+        """``run_dir/name`` with ``model.safetensors`` + ``model.json`` (the plain
+        architecture ``spec``) and a ``results.json``; returns the results."""
+        sub = self.run_dir / name
+        sub.mkdir(parents=True, exist_ok=True)
+        record = model_record(model, spec.model, spec.kwargs, self.data)
+        save_model(sub, model.cpu(), record)
+        results = {"name": name, "student": record, **extra}
+        atomic_write_json(sub / "results.json", results)
+        return results | {"run_dir": str(sub)}
+
+
+def teacher_label(t: TeacherConfig) -> str:
+    if t.ensemble:
+        return f"an ensemble of {len(t.ensemble)} ({t.combine})"
+    return f"{t.model} ({t.checkpoint})" if t.checkpoint else str(t.model)
+
+
+def model_path(stage: dict[str, Any]) -> str:
+    """The deployable weights of a finished stage."""
+    path = Path(stage["run_dir"]) / "model.safetensors"
+    if not path.is_file():
+        raise ConfigError(
+            f"Stage folder {stage['run_dir']} has no model.safetensors; rerun it without --resume."
+        )
+    return str(path)
+
+
+def summary(stage: dict[str, Any]) -> dict[str, Any]:
+    """One line of the top-level report for a stage: where it is and its test accuracy."""
+    fin = stage.get("final", {}).get("test", {})
+    best = stage.get("best", {}).get("test", {})
+    s = stage.get("student", {})
+    return {
+        "dir": Path(stage["run_dir"]).name,
+        "model": s.get("model"),
+        "params": s.get("params"),
+        "test_acc": fin.get("acc"),
+        "best_test_acc": best.get("acc"),
+        "test_ece": fin.get("ece"),
+    }
+
+
+def deployable(stage: dict[str, Any]) -> dict[str, Any]:
+    """The keys of the deployed stage that ``kdistill train`` prints (student, teacher, final)."""
+    return {k: stage[k] for k in ("student", "teacher", "final", "best") if k in stage}

@@ -1,0 +1,123 @@
+"""The scheme registry and :func:`run_scheme`, the one entry point of multi-stage training.
+
+A *scheme* trains more than one network for one result: a chain of teachers (TAKD), a
+line of generations (born-again networks), peers trained together (DML, ONE), a network
+with early exits (BYOT), specialists beside a generalist, or a student on a transfer set.
+Each is a class registered here with a typed ``Config`` (pydantic, unknown keys refused
+with the closest valid one) and a ``run(ctx, settings)`` that writes one run folder: a
+subfolder per stage or model (each a normal run folder with ``results.json``) and a
+top-level ``results.json`` that reports every stage.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .._registry import Registry
+from ..config import RunConfig, dump_config
+from ..engine.checkpoint import atomic_write_json, atomic_write_text
+from ..errors import ConfigError, did_you_mean
+from ._common import SchemeContext
+
+
+class SchemeConfig(BaseModel):
+    """Base of every scheme's settings: strict (an unknown key is an error)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Scheme:
+    """A registered scheme: ``name``, a ``Config`` and :meth:`run`."""
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type[SchemeConfig]] = SchemeConfig
+
+    def run(self, ctx: SchemeContext, settings: Any) -> dict[str, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+SCHEMES: Registry[type[Scheme]] = Registry("scheme")
+
+
+def register_scheme(name: str) -> Callable[[type[Scheme]], type[Scheme]]:
+    def deco(cls: type[Scheme]) -> type[Scheme]:
+        cls.name = name
+        return SCHEMES.register(name)(cls)
+
+    return deco
+
+
+def parse_settings(name: str, raw: dict[str, Any]) -> Any:
+    """The scheme's typed settings from the ``scheme`` section (``name`` removed), or a
+    :class:`ConfigError` naming the bad key and the closest valid one."""
+    cls = SCHEMES.get(name)
+    try:
+        return cls.Config.model_validate(raw)
+    except ValidationError as e:
+        valid = list(cls.Config.model_fields)
+        lines = []
+        for err in e.errors():
+            loc = [str(p) for p in err["loc"]]
+            if err["type"] == "extra_forbidden" and len(loc) == 1:
+                lines.append(
+                    f"scheme {name!r} has no setting {loc[0]!r}.{did_you_mean(loc[0], valid)} "
+                    f"Its settings: {', '.join(valid)}."
+                )
+            else:
+                where = ".".join(["scheme", *loc])
+                lines.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
+        raise ConfigError("Invalid scheme settings:\n  " + "\n  ".join(lines)) from None
+
+
+def run_scheme(
+    cfg: RunConfig,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    log: Callable[[str], None] = print,
+    trust: bool = False,
+) -> dict[str, Any]:
+    """Run the scheme named in ``cfg.scheme["name"]`` and return its top-level results.
+
+    Args:
+        cfg: the run's config; ``cfg.scheme`` holds ``name`` and the scheme's settings.
+        run_dir: the run folder (default ``output.dir/output.name``).
+        resume: reuse finished stages and continue an unfinished one from its checkpoint.
+        log: prints one line.
+        trust: allow checkpoints that need pickle.
+    """
+    raw = dict(cfg.scheme or {})
+    if "name" not in raw:
+        raise ConfigError(f"The scheme section needs a 'name'; known schemes: {', '.join(SCHEMES.names())}.")
+    name = raw.pop("name")
+    if name not in SCHEMES:
+        raise ConfigError(
+            f"Unknown scheme {name!r}.{did_you_mean(str(name), SCHEMES.names())} "
+            f"Known schemes: {', '.join(SCHEMES.names())}."
+        )
+    settings = parse_settings(name, raw)
+    if run_dir is None:
+        stem = (
+            cfg.output.name
+            or f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-{cfg.student.model.replace(':', '_')}"
+        )
+        run_dir = Path(cfg.output.dir) / stem
+    run_dir = Path(run_dir)
+    if (run_dir / "results.json").exists() and not resume:
+        raise ConfigError(
+            f"Run folder {run_dir} already holds a finished run; pick another output.name or pass --resume."
+        )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    except OSError as e:
+        raise ConfigError(f"Cannot write to the run folder {run_dir}: {e.strerror or e}.") from None
+    ctx = SchemeContext(cfg, run_dir, resume, log, trust)
+    result = SCHEMES.get(name)().run(ctx, settings)
+    result = {"name": run_dir.name, "scheme": name, "settings": settings.model_dump(mode="json"), **result}
+    atomic_write_json(run_dir / "results.json", result)
+    return result | {"run_dir": str(run_dir)}
