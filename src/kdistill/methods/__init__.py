@@ -2,6 +2,7 @@
 
 from . import ce, kd  # noqa: F401  (register)
 from . import cc, crd, dist, dkd, pkt, reviewkd, sp, vid  # noqa: F401  (register)
+from . import ab, at, fitnet, fsp, ft, nst, rkd  # noqa: F401  (register)
 from ._base import Context, Distiller, Method
 from ._registry import METHODS, build_term, create, register_method
 
