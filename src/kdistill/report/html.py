@@ -191,9 +191,9 @@ def _heatmap(records: list[RunRecord], agg: dict[str, Any], out: Path) -> tuple[
 
 def _axis(key: str) -> str:
     if key.endswith("temperature"):
-        return f"{key}: temperature T (unitless)"
+        return f"{key} (T, unitless)"
     if key.endswith("alpha"):
-        return f"{key}: weight of the distillation term (fraction)"
+        return f"{key} (KD weight, fraction)"
     return key
 
 

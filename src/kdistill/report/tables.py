@@ -487,7 +487,7 @@ def table_rows(agg: dict[str, Any]) -> list[list[str]]:
     """The comparison table as strings, one list per row (columns: :data:`COLUMNS`)."""
     out = []
     for row in agg["rows"]:
-        label = row["label"] if row["role"] != SCRATCH else "scratch (student, CE)"
+        label = row["label"] if row["role"] != SCRATCH else "scratch (CE)"
         out.append(
             [
                 f"{label} [{row.get('model')}]",
