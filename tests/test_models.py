@@ -44,6 +44,7 @@ def test_grey_28x28_trains(name):
     out = model(torch.randn(2, 1, 28, 28))
     assert out.shape == (2, 10)
     out.logsumexp(1).sum().backward()
+    assert not any(m.inplace for m in model.modules() if isinstance(m, nn.ReLU))
     for pname, p in model.named_parameters():
         assert p.grad is not None, f"{name}: no gradient reaches {pname}"
         assert torch.isfinite(p.grad).all(), f"{name}: non-finite gradient in {pname}"
@@ -195,6 +196,20 @@ def test_identity_blocks_pass_input_through():
     nn.init.zeros_(wblock.conv2.weight)
     x = torch.randn(2, 32, 8, 8)
     torch.testing.assert_close(wblock(x), x)
+
+
+def test_input_taps_see_pre_activations():
+    """ReLUs are not in place, so ``:input`` taps keep their negative pre-activations."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 16, 16)
+    for name, spec in (("resnet8", "layer1.0.act"), ("wrn_16_1", "relu"), ("convnet2", "stage1.relu1")):
+        model = create_model(name, 10, (3, 16, 16))
+        shapes = [spec, f"{spec}:input"]
+        with torch.no_grad(), taps.FeatureTaps(model, shapes) as feats:
+            model(x)
+        pre, post = feats[f"{spec}:input"], feats[spec]
+        assert pre.min() < 0 and post.min() >= 0, name
+        torch.testing.assert_close(post, pre.relu())
 
 
 @pytest.mark.parametrize(

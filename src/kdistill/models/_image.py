@@ -1,4 +1,10 @@
-"""Shared pieces of the image zoo (convnet, resnet, wrn, mobilenetv2, shufflenetv2)."""
+"""Shared pieces of the image zoo (convnet, resnet, wrn, mobilenetv2, shufflenetv2).
+
+Conventions of the zoo: the classifier is ``fc`` and reads a globally pooled vector
+(``default_taps["embedding"] == "fc:input"``); no ReLU works in place, so a tap on a
+module's input (``"layer1.0.act:input"``, ``"relu:input"``) records the pre-activation
+rather than a tensor the ReLU has overwritten.
+"""
 
 from __future__ import annotations
 

@@ -105,7 +105,7 @@ class ConvNet(nn.Module):
             for i, width in enumerate(widths, 1):
                 mods[f"conv{i}"] = nn.Conv2d(c_in, width, 3, padding=1)
                 mods[f"bn{i}"] = nn.BatchNorm2d(width)
-                mods[f"relu{i}"] = nn.ReLU(inplace=True)
+                mods[f"relu{i}"] = nn.ReLU()
                 c_in = width
             # tap before the pool: the stage's full-resolution post-ReLU map
             stage_taps.append(f"stage{s}.relu{len(widths)}")
@@ -118,7 +118,7 @@ class ConvNet(nn.Module):
         head: OrderedDict[str, nn.Module] = OrderedDict()
         for i, width in enumerate(spec.hidden, 1):
             head[f"fc{i}"] = nn.Linear(c_in, width)
-            head[f"relu{i}"] = nn.ReLU(inplace=True)
+            head[f"relu{i}"] = nn.ReLU()
             c_in = width
         self.hidden = nn.Sequential(head)
         self.fc = nn.Linear(c_in, num_classes)

@@ -32,7 +32,7 @@ def _conv_bn(c_in: int, c_out: int, kernel: int, stride: int = 1, groups: int = 
         nn.BatchNorm2d(c_out),
     ]
     if relu:
-        layers.append(nn.ReLU(inplace=True))
+        layers.append(nn.ReLU())
     return nn.Sequential(*layers)
 
 

@@ -35,14 +35,14 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(c_out)
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = nn.ReLU()
         self.shortcut = nn.Identity()
         if stride != 1 or c_in != c_out:
             self.shortcut = nn.Sequential(
                 nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
             )
-        # a module of its own so the block output (post-ReLU) and, via "act:input", the
-        # pre-activation sum can both be tapped
+        # a module of its own (not self.relu, which runs earlier) so the block output and,
+        # via "act:input", the pre-activation sum can both be tapped
         self.act = nn.ReLU()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -78,7 +78,7 @@ class ResNet(nn.Module):
         self.depth, self.widths = depth, tuple(widths)
         self.conv1 = nn.Conv2d(c_in, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = nn.ReLU()
         c = widths[0]
         for i, (width, stride) in enumerate(zip(widths[1:], (1, 2, 2), strict=True), 1):
             blocks = [BasicBlock(c if b == 0 else width, width, stride if b == 0 else 1) for b in range(n)]

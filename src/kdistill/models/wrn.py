@@ -28,10 +28,10 @@ class WideBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, stride: int = 1, drop_rate: float = 0.0):
         super().__init__()
         self.bn1 = nn.BatchNorm2d(c_in)
-        self.relu1 = nn.ReLU(inplace=True)
+        self.relu1 = nn.ReLU()
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(c_out)
-        self.relu2 = nn.ReLU(inplace=True)
+        self.relu2 = nn.ReLU()
         self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
         self.drop_rate = drop_rate
         self.shortcut = None
@@ -87,7 +87,7 @@ class WideResNet(nn.Module):
             self.add_module(f"block{i}", nn.Sequential(*blocks))
             c = width
         self.bn1 = nn.BatchNorm2d(c)
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = nn.ReLU()
         self.pool = global_pool()
         self.fc = nn.Linear(c, num_classes)
         self.num_features = c
