@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -102,9 +103,18 @@ def model_record(model: nn.Module, name: str, kwargs: dict, data: DataSplits) ->
             "input_shape": list(data.input_shape), "params": count_params(model), "bytes": param_bytes(model)}
 
 
+def is_main_process() -> bool:
+    """Whether this process writes the run folder: rank 0 of a ``torchrun`` or ``accelerate
+    launch`` (both set ``RANK``), or the only process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def save_model(run_dir: Path, model: nn.Module, record: dict[str, Any]) -> None:
     """``model.safetensors`` + ``model.json``: the deployable network and how to rebuild it."""
     from safetensors.torch import save_file
+
+    if not is_main_process():
+        return
 
     tmp = run_dir / ".model.safetensors.tmp"
     save_file(state_dict_tensors(model), str(tmp))
@@ -197,7 +207,8 @@ def ensure_teacher(cfg: RunConfig, data: DataSplits, run_dir: Path, resume: bool
             res = _train_model(tcfg, model, data, data.train, sub, cfg, resume, log)
             res.pop("distiller")
             save_model(sub, model, record)
-            atomic_write_json(sub / "results.json", {"role": what, **record, **res})
+            if is_main_process():
+                atomic_write_json(sub / "results.json", {"role": what, **record, **res})
         record["checkpoint"] = ckpt or str(sub / "model.safetensors")
         members.append(model)
         records.append(record)
@@ -214,7 +225,8 @@ def run_experiment(cfg: RunConfig, run_dir: str | Path | None = None, resume: bo
         raise ConfigError(f"Run folder {run_dir} already holds a finished run; pick another output.name or pass --resume.")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+        if is_main_process():
+            atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
     except OSError as e:
         raise ConfigError(f"Cannot write to the run folder {run_dir}: {e.strerror or e}.") from None
     torch.manual_seed(cfg.train.seed)
@@ -262,7 +274,8 @@ def run_experiment(cfg: RunConfig, run_dir: str | Path | None = None, resume: bo
         "torch": torch.__version__,
         "host": platform.node(),
     }
-    atomic_write_json(run_dir / "results.json", results)
+    if is_main_process():
+        atomic_write_json(run_dir / "results.json", results)
     return results | {"run_dir": str(run_dir)}
 
 
