@@ -222,8 +222,7 @@ class Trainer:
         self._fast_path(distiller)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        # on CUDA a finiteness test is a host sync: accumulate a device flag, test it every log_every steps
-        self._deferred = self.device.type == "cuda" and cfg.on_nonfinite == "stop" and cfg.log_every > 1
+        self._deferred = self._defer_nonfinite_checks()
         self._bad: Tensor | None = None
 
         batches = len(self.loader)
@@ -368,6 +367,13 @@ class Trainer:
                 m.to(memory_format=torch.channels_last)
             if self.cfg.compile:
                 m.compile()
+
+    def _defer_nonfinite_checks(self) -> bool:
+        """On CUDA a finiteness test is a host sync that stalls the GPU queue: accumulate a
+        device flag instead and test it every ``train.log_every`` steps (skipping a bad step
+        needs the answer at once, so ``on_nonfinite=skip`` keeps per-step tests)."""
+        cfg = self.cfg
+        return self.device.type == "cuda" and cfg.on_nonfinite == "stop" and cfg.log_every > 1
 
     def _flag(self, value: Tensor) -> None:
         bad = ~torch.isfinite(value.detach())

@@ -1,0 +1,237 @@
+"""The fast path: bench, channels_last, compile wiring, deferred NaN checks, peak memory, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from kdistill.bench import PATHS, peak_memory_bytes, reset_peak_memory, run_bench
+from kdistill.config import TrainConfig, load_config
+from kdistill.data import load_dataset
+from kdistill.engine.trainer import Trainer
+from kdistill.errors import ConfigError, NonFiniteError
+from kdistill.methods import create
+from kdistill.models import create_model
+from kdistill.teachers import ModuleTeacher
+
+SYN = {"num_classes": 4, "input_shape": [1, 8, 8], "n_train": 96, "n_test": 64}
+
+
+def test_bench_times_all_four_paths_on_cpu(capsys):
+    from kdistill.cli import main
+
+    rc = main(
+        [
+            "bench",
+            "--teacher",
+            "mlp",
+            "--student",
+            "mlp",
+            "--dataset",
+            "synthetic",
+            "--option",
+            "n_train=128",
+            "--option",
+            "input_shape=[1, 8, 8]",
+            "--batch-size",
+            "16",
+            "--steps",
+            "3",
+            "--warmup",
+            "1",
+            "--cache-views",
+            "2",
+            "--device",
+            "cpu",
+            "--json",
+        ]
+    )
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)
+    assert list(res["paths"]) == list(PATHS)
+    for r in res["paths"].values():
+        assert r["images_per_s"] > 0 and r["step_ms"] > 0 and r["peak_memory_bytes"] > 0
+        # throughput and step time describe the same measurement
+        assert r["images_per_s"] * r["step_ms"] / 1e3 == pytest.approx(16, rel=1e-9)
+    assert res["paths"]["naive"]["speedup_vs_naive"] == 1.0
+    assert res["cache"]["views"] == 2 and res["cache"]["bytes"] > 0
+    assert res["config"]["precision"] == "fp32" and res["config"]["augment"] is True
+    with pytest.raises(ConfigError, match="Unknown bench path"):
+        run_bench("mlp", "mlp", "synthetic", paths=("fast",))
+
+
+def test_peak_memory_sees_a_large_allocation():
+    dev = torch.device("cpu")
+    reset_peak_memory(dev)
+    before = peak_memory_bytes(dev)
+    big = torch.ones(64 * 2**20 // 4 * 4)  # 256 MiB of float32, touched by the fill
+    after = peak_memory_bytes(dev)
+    del big
+    assert after - before >= 200 * 2**20
+
+
+def _conv(seed: int, width: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, width, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(width, width, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(width, 4),
+    )
+
+
+def _fit(tmp_path, name: str, teacher=None, student=None, **train) -> tuple[dict, nn.Module, Trainer]:
+    data = load_dataset("synthetic", **SYN)
+    student = student if student is not None else _conv(0, 6)
+    teacher = teacher if teacher is not None else ModuleTeacher(_conv(1, 8), 4)
+    cfg = TrainConfig(
+        **({"epochs": 2, "device": "cpu", "precision": "fp32", "optimizer": "sgd", "lr": 0.05} | train)
+    )
+    trainer = Trainer(
+        create("kd", student, teacher),
+        data.train,
+        {"test": data.test},
+        cfg,
+        tmp_path / name,
+        batch_size=32,
+        log=lambda s: None,
+    )
+    return trainer.fit(), student, trainer
+
+
+def test_channels_last_changes_layout_not_results(tmp_path):
+    teacher = ModuleTeacher(_conv(1, 8), 4)
+    res_cl, student, _ = _fit(tmp_path, "cl", teacher=teacher, channels_last=True)
+    assert student[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert teacher.module[2].weight.is_contiguous(memory_format=torch.channels_last)
+    res, plain, _ = _fit(tmp_path, "plain", channels_last=False)
+    assert not plain[2].weight.is_contiguous(memory_format=torch.channels_last)
+    # the same arithmetic in another memory order
+    for k in ("acc", "nll"):
+        assert res_cl["final"]["test"][k] == pytest.approx(res["final"]["test"][k], abs=1e-4)
+    assert res["peak_memory_bytes"] > 0
+
+
+def test_compile_flag_compiles_student_and_teacher_once(tmp_path, monkeypatch):
+    compiled = []
+    monkeypatch.setattr(nn.Module, "compile", lambda self, *a, **k: compiled.append(self))
+    teacher = ModuleTeacher(_conv(1, 8), 4)
+    _, student, _ = _fit(tmp_path, "c", teacher=teacher, compile=True, epochs=1)
+    assert compiled == [student, teacher.module]
+    compiled.clear()
+    _fit(tmp_path, "n", epochs=1)
+    assert compiled == []
+
+
+def _nan_student() -> nn.Module:
+    s = _conv(0, 6)
+    with torch.no_grad():
+        s[-1].bias.fill_(float("nan"))
+    return s
+
+
+def test_deferred_nonfinite_check_reports_within_log_every_steps(tmp_path, monkeypatch):
+    with pytest.raises(NonFiniteError, match="Non-finite loss at epoch 0, step 0"):
+        _fit(tmp_path, "now", student=_nan_student(), log_every=3)
+    # what CUDA does: no per-step test, a device flag tested every log_every optimizer steps
+    monkeypatch.setattr(Trainer, "_defer_nonfinite_checks", lambda self: True)
+    with pytest.raises(NonFiniteError, match="within the 3 optimizer steps before step 3"):
+        _fit(tmp_path, "later", student=_nan_student(), log_every=3)
+    # a finite run is untouched by the deferred check
+    res, _, _ = _fit(tmp_path, "fine", log_every=3)
+    assert res["steps"] == 6
+
+
+def test_log_every_is_validated():
+    with pytest.raises(ConfigError, match="log_every"):
+        load_config(None, ["student.model=mlp", "train.log_every=0"])
+
+
+def test_teacher_is_outside_what_ddp_wraps():
+    teacher = ModuleTeacher(_conv(1, 8), 4)
+    d = create("kd", _conv(0, 6), teacher)
+    wrapped = {id(p) for p in d.parameters()}
+    assert wrapped.isdisjoint(id(p) for p in teacher.module.parameters())
+    assert not any(k.startswith("_teacher") or "teacher" in k for k in d.state_dict())
+    assert {id(p) for p in d.trainable_parameters()} == wrapped
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_match_one(tmp_path):
+    """DDP over gloo (torchrun): half the batch per process = the same global batch, so the
+    run must end where the one-process run ends, and write one set of files."""
+    from safetensors.torch import save_file
+
+    from kdistill.engine.run import run_experiment
+
+    torch.manual_seed(1)
+    ckpt = tmp_path / "teacher.safetensors"
+    save_file(
+        {k: v.contiguous() for k, v in create_model("mlp", 4, (1, 8, 8), hidden=(32,)).state_dict().items()},
+        str(ckpt),
+    )
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text(
+        "data: {name: synthetic, batch_size: 32,\n"
+        "       options: {num_classes: 4, input_shape: [1, 8, 8], n_train: 256, n_test: 128}}\n"
+        f"teacher: {{model: mlp, kwargs: {{hidden: [32]}}, checkpoint: {ckpt}}}\n"
+        "student: {model: mlp, kwargs: {hidden: [16]}}\n"
+        "method: {name: kd, temperature: 4}\n"
+        "train: {epochs: 2, lr: 0.05, optimizer: sgd, device: cpu, precision: fp32}\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "kdistill.cli",
+            "train",
+            str(cfg_file),
+            "--run-dir",
+            str(tmp_path / "two"),
+            "--set",
+            "data.batch_size=16",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = run_experiment(load_config(cfg_file), tmp_path / "one", log=lambda s: None)
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert two["steps"] == one["steps"] == 16
+    for k in ("acc", "nll", "agreement", "kl_to_teacher"):
+        assert two["final"]["test"][k] == pytest.approx(one["final"]["test"][k], rel=1e-4, abs=1e-5)
+    rows2 = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    rows1 = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows2) == 2  # one row per epoch, not one per process
+    # epoch means are over both processes' shards, so they match the one-process means
+    for r1, r2 in zip(rows1, rows2, strict=True):
+        assert r2["train_loss"] == pytest.approx(r1["train_loss"], rel=1e-4)
+    names = sorted(p.name for p in (tmp_path / "two").iterdir())
+    assert names == [
+        "checkpoints",
+        "config.yaml",
+        "metrics.jsonl",
+        "model.json",
+        "model.safetensors",
+        "results.json",
+    ]
+    assert len(list((tmp_path / "two" / "checkpoints").iterdir())) == len(
+        list((tmp_path / "one" / "checkpoints").iterdir())
+    )
