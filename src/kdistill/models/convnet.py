@@ -5,9 +5,9 @@ through 8-, 6- and 4-layer assistants into a 2-layer student. Each layer is a 3x
 convolution (padding 1) -> BatchNorm -> ReLU; 2x2 max-pooling closes each stage and one or
 two linear layers form the head.
 
-Widths and pooling come from the authors' code (github.com/imirzadeh/Teacher-Assistant-
-Knowledge-Distillation, ``model_factory.py``: ``plane_cifar10_book`` and
-``plane_cifar100_book``), which is where the paper's appendix points for the exact layers:
+The exact widths, pooling positions and heads come from the authors' released code
+(github.com/imirzadeh/Teacher-Assistant-Knowledge-Distillation, ``model_factory.py``:
+``plane_cifar10_book`` and ``plane_cifar100_book``):
 
 ======  ===========================  =====  ===============================  =====
 layers  CIFAR-10 stages              head   CIFAR-100 stages                 head
