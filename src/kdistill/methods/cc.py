@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -34,7 +35,8 @@ from ._registry import register_method
 def rbf_taylor_correlation(embeddings: Tensor, gamma: float = 0.4, order: int = 2) -> Tensor:
     """``(b, b)`` Taylor-expanded Gaussian-RBF kernel of L2-normalised embeddings."""
     f = F.normalize(embeddings.float().flatten(1), p=2, dim=1)
-    sim = f @ f.t()
+    with torch.autocast(f.device.type, enabled=False):  # keep the kernel in fp32
+        sim = f @ f.t()
     out = sim.new_zeros(sim.shape)
     for p in range(order + 1):
         out = out + (2 * gamma) ** p / math.factorial(p) * sim**p

@@ -19,6 +19,9 @@ training set.
 The banks need the training set's size: set ``num_data`` (``kdistill train`` fills it in
 from the data; in your own loop pass ``num_data=len(train_set)`` to ``create``).
 
+Each step gathers ``b * (K + 1) * embed_dim`` bank entries per direction (about 1 GB at
+b = 128, K = 16384 in fp32); lower ``num_negatives`` on small machines.
+
 Defaults from the paper and RepDistiller's CIFAR-100 recipe: weight 0.8, CE weight 1.0,
 ``embed_dim`` 128, ``K`` 16384 negatives (clipped to ``num_data - 1``), ``tau`` 0.07,
 momentum 0.5.
@@ -98,7 +101,10 @@ class CRD(Method):
         self.register_buffer("z", torch.full((2,), -1.0))
 
     def _scores(self, v: Tensor, memory: Tensor, idx: Tensor, slot: int) -> Tensor:
-        scores = torch.exp(torch.bmm(memory[idx], v.unsqueeze(-1)).squeeze(-1) / self.cfg.temperature)
+        # fp32 even under autocast: exp(1 / 0.07) ~ 1.6e6 overflows fp16
+        with torch.autocast(v.device.type, enabled=False):
+            dots = torch.bmm(memory[idx], v.float().unsqueeze(-1)).squeeze(-1)
+        scores = torch.exp(dots / self.cfg.temperature)
         if self.z[slot] < 0:
             self.z[slot] = scores.detach().mean() * self.num_data
         # a copy: the buffer is written again for the other direction before backward

@@ -27,7 +27,8 @@ from .cc import one_embedding
 def cosine_conditional(features: Tensor, eps: float = 1e-7) -> Tensor:
     """``p_{j|i}`` from the cosine kernel mapped to [0, 1], rows summing to 1."""
     f = F.normalize(features.float().flatten(1), p=2, dim=1, eps=eps)
-    k = (f @ f.t() + 1.0) / 2.0
+    with torch.autocast(f.device.type, enabled=False):  # keep the kernel in fp32
+        k = (f @ f.t() + 1.0) / 2.0
     return k / k.sum(dim=1, keepdim=True)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -26,7 +27,9 @@ from ._registry import register_method
 def similarity_matrix(features: Tensor) -> Tensor:
     """Row-L2-normalised batch Gram matrix ``normalize(F F^T)`` of ``(b, ...)`` features."""
     f = features.float().flatten(1)
-    return F.normalize(f @ f.t(), p=2, dim=1)
+    # fp32 even under autocast: the unnormalised Gram entries overflow fp16
+    with torch.autocast(f.device.type, enabled=False):
+        return F.normalize(f @ f.t(), p=2, dim=1)
 
 
 def sp_loss(student_features: Tensor, teacher_features: Tensor) -> Tensor:
