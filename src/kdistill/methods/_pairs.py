@@ -124,6 +124,13 @@ def pre_activation(model: nn.Module | None, spec: str) -> str:
     return spec
 
 
+def on_device_of(model: nn.Module, x: Tensor) -> Tensor:
+    """``x`` moved to the device of ``model``'s first parameter (a trained teacher may already
+    sit on the GPU while the example batch is still on the CPU)."""
+    p = next(model.parameters(), None)
+    return x if p is None else x.to(p.device)
+
+
 def probe_shapes(
     student: nn.Module,
     teacher: Teacher | None,
@@ -132,12 +139,12 @@ def probe_shapes(
     example: Tensor,
 ) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
     """Shapes of the student's and teacher's taps for one forward of ``example``."""
-    s_shapes = probe(student, s_specs, example) if s_specs else {}
+    s_shapes = probe(student, s_specs, on_device_of(student, example)) if s_specs else {}
     t_shapes: dict[str, tuple[int, ...]] = {}
     if t_specs:
         net = teacher_network(teacher)
         if net is not None:
-            t_shapes = probe(net, t_specs, example.to(next(net.parameters(), example).device))
+            t_shapes = probe(net, t_specs, on_device_of(net, example))
         else:
             feats = teacher({"x": example}, list(t_specs)).features
             t_shapes = {s: tuple(feats[s].shape) for s in t_specs}
@@ -188,7 +195,7 @@ def params_reaching(model: nn.Module, specs: Sequence[str], example: Tensor) -> 
     model.eval()
     try:
         with torch.enable_grad(), FeatureTaps(model, specs) as taps:
-            model(example)
+            model(on_device_of(model, example))
             total = sum(taps[s].float().sum() for s in specs)
             if not isinstance(total, Tensor) or not total.requires_grad:
                 return []

@@ -3,7 +3,7 @@
 Heo, Lee, Yun & Choi (2019), "Knowledge Transfer via Distillation of Activation Boundaries
 Formed by Hidden Neurons", AAAI 2019, arXiv:1811.03233. The student's pre-ReLU response,
 through a connector ``r`` (1x1 conv + BN, or linear), is pushed to the teacher's side of
-zero with a margin (the hinge-style alternative loss, eq. 5-6):
+zero with a margin (the hinge-style alternative to the piecewise-differentiable loss):
 
     L = || rho(T) * relu(m - r(S))  +  (1 - rho(T)) * relu(m + r(S)) ||_2^2,   rho(T) = 1[T > 0],
 
@@ -56,6 +56,13 @@ class AB(Method):
 
     @dataclass
     class Config:
+        """Attributes:
+            student_layers / teacher_layers: paired taps (default: last k declared stages,
+                read before their ReLU where the stage is an ``nn.ReLU`` module).
+            margin: m of the hinge (paper: 1.0).
+            init_epochs / init_lr: the initialisation pre-stage (RepDistiller: 30 epochs).
+        """
+
         student_layers: list[str] | None = None
         teacher_layers: list[str] | None = None
         margin: float = 1.0

@@ -16,8 +16,8 @@ of Convolutional Neural Networks via Attention Transfer", arXiv:1612.03928.
   gradients on its input only (its parameters stay frozen and get no gradient); the
   student's gradient is built with ``create_graph`` so the loss trains the student (double
   backpropagation). This costs one extra forward and backward of each network per step, and
-  the student's BatchNorm sees each batch twice. The paper's weight for this variant is far
-  smaller; set the term's weight yourself.
+  the student's BatchNorm sees each batch twice. The same mean-of-squares form keeps the
+  value on the activation variant's scale, so the default weight applies to both.
 
 Layers: ``student_layers`` / ``teacher_layers``, default the last k declared stages of each.
 """
@@ -73,6 +73,12 @@ class AT(Method):
 
     @dataclass
     class Config:
+        """Attributes:
+            student_layers / teacher_layers: paired tap specs (default: last k declared stages).
+            p: exponent of the attention map (2, the paper's choice).
+            mode: "activation" (feature maps) or "gradient" (input gradients).
+        """
+
         student_layers: list[str] | None = None
         teacher_layers: list[str] | None = None
         p: float = 2.0

@@ -3,11 +3,11 @@
 Romero, Ballas, Kahou, Chassang, Gatta & Bengio (2015), "FitNets: Hints for Thin Deep
 Nets", arXiv:1412.6550. The student's *guided* layer goes through a regressor (here the
 connector: 1x1 conv + BN for maps, linear for vectors) to the shape of the teacher's *hint*
-layer, and the hint loss is the mean squared error between them (eq. 3).
+layer, and the hint loss is the squared error between them (averaged here).
 
 * Default layers: the middle declared stage of each network (the paper's hint is the
   teacher's middle layer; the CRD benchmark guides the middle residual group).
-* Stage 1 (section 2.2) is a :class:`PreStage`, ``fitnet_hint``: ``hint_epochs`` passes that
+* Stage 1 (hint-based training) is a :class:`PreStage`, ``fitnet_hint``: ``hint_epochs`` passes that
   train only the student up to the guided layer (every parameter the guided feature depends
   on) and the regressor, on the hint loss alone.
 * The main stage adds ``weight * hint loss`` to the other terms. The defaults are the CRD
@@ -49,6 +49,12 @@ class FitNet(Method):
 
     @dataclass
     class Config:
+        """Attributes:
+            student_layers / teacher_layers: guided and hint taps (default: middle stages).
+            hint_epochs: epochs of stage 1 (0: none, the CRD benchmark's joint training).
+            hint_lr: stage 1 learning rate (default: the run's).
+        """
+
         student_layers: list[str] | None = None
         teacher_layers: list[str] | None = None
         hint_epochs: int = 0

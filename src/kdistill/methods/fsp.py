@@ -54,6 +54,11 @@ class FSP(Method):
 
     @dataclass
     class Config:
+        """Attributes:
+            student_layers / teacher_layers: stage taps, shallow to deep (default: last k
+                declared stages); FSP matrices relate each one to the next.
+        """
+
         student_layers: list[str] | None = None
         teacher_layers: list[str] | None = None
 

@@ -3,14 +3,14 @@
 Kim, Park & Kwak (2018), "Paraphrasing Complex Network: Network Compression via Factor
 Transfer", arXiv:1802.04977.
 
-* The *paraphraser* (section 3.1) is a convolutional autoencoder on the teacher's last-stage
+* The *paraphraser* is a convolutional autoencoder on the teacher's last-stage
   map: three 3x3 convolutions down to ``round(k * C_t)`` channels (the teacher factor) and
   three 3x3 transposed convolutions back, spatial size kept; rate ``k = 0.5``, the paper's
   CIFAR setting. It is trained alone to reconstruct the teacher's feature (L2 loss) in the
   :class:`PreStage` ``ft_paraphraser``, then frozen (eval mode, no gradient).
-* The *translator* (section 3.2), three 3x3 convolutions on the student's last-stage map
+* The *translator*, three 3x3 convolutions on the student's last-stage map
   to the same factor width, trains with the student.
-* Loss (eq. 3): ``|| F_T/||F_T||_2 - F_S/||F_S||_2 ||_p`` with ``p = 1``, factors flattened per
+* Loss: ``|| F_T/||F_T||_2 - F_S/||F_S||_2 ||_p`` with ``p = 1``, factors flattened per
   sample; averaged over elements as in the CRD benchmark (Tian et al. 2020, RepDistiller),
   whose weight 200 and 30 paraphraser epochs (``init_epochs``) are the defaults. Maps of
   different spatial size are pooled to the smaller.
@@ -81,6 +81,13 @@ class FT(Method):
 
     @dataclass
     class Config:
+        """Attributes:
+            student_layers / teacher_layers: one tap each (default: the last declared stages).
+            rate: paraphraser rate k, factor channels = k * teacher channels (paper: 0.5).
+            p: norm of the factor distance (paper: 1).
+            init_epochs / init_lr: the paraphraser's pre-stage (RepDistiller: 30 epochs).
+        """
+
         student_layers: list[str] | None = None
         teacher_layers: list[str] | None = None
         rate: float = 0.5

@@ -53,6 +53,11 @@ class NST(Method):
 
     @dataclass
     class Config:
+        """Attributes:
+            student_layers / teacher_layers: paired tap specs (default: last k declared stages).
+            degree / c: polynomial kernel ``(x.y + c)^degree`` (paper: 2 and 0).
+        """
+
         student_layers: list[str] | None = None
         teacher_layers: list[str] | None = None
         degree: int = 2

@@ -3,15 +3,15 @@
 Park, Kim, Lu & Cho (2019), "Relational Knowledge Distillation", arXiv:1904.05068. On the
 embeddings of a batch (student and teacher widths may differ):
 
-* distance-wise (eq. 4-5): pairwise Euclidean distances, each network's divided by its own
+* distance-wise: pairwise Euclidean distances, each network's divided by its own
   mean over distinct pairs, compared with the Huber loss (smooth L1, delta 1);
-* angle-wise (eq. 6-7): for every triplet (i, j, k) with j distinct from i and k, the cosine
+* angle-wise: for every triplet (i, j, k) with j distinct from i and k, the cosine
   of the angle at j, ``<e_ij, e_kj>`` with ``e_ij = (t_i - t_j) / ||t_i - t_j||``, compared
   with the Huber loss.
 
 Both are averaged over their pairs / triplets and are invariant to a uniform scaling of
-either embedding. Weights ``w_d = 25``, ``w_a = 50`` are the paper's (section 4), and the
-term weight 1 the CRD benchmark's (Tian et al. 2020, RepDistiller). The loss is returned as
+either embedding. Weights ``w_d = 25``, ``w_a = 50`` and the term weight 1 are the CRD
+benchmark's (Tian et al. 2020, RepDistiller's RKD loss defaults). The loss is returned as
 two parts, ``distance`` and ``angle``, already multiplied by ``w_d`` and ``w_a``.
 """
 
@@ -75,6 +75,11 @@ class RKD(Method):
 
     @dataclass
     class Config:
+        """Attributes:
+            student_layers / teacher_layers: embedding taps (default: the pre-logit vectors).
+            distance_weight / angle_weight: ``w_d`` and ``w_a`` (paper: 25 and 50).
+        """
+
         student_layers: list[str] | None = None
         teacher_layers: list[str] | None = None
         distance_weight: float = 25.0
