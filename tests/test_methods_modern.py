@@ -48,7 +48,7 @@ def conv_batch(n=6, num_data=10, seed=0):
 
 # -- DKD --------------------------------------------------------------------------------------
 def test_dkd_parts_recombine_into_classical_kd():
-    """Zhao et al. 2022, Eq. 5: KD = TCKD + (1 - p_target^teacher) * NCKD, sample by sample."""
+    """Zhao et al. 2022, Sec. 3.1: KD = TCKD + (1 - p_target^teacher) * NCKD, sample by sample."""
     torch.manual_seed(0)
     s, t = torch.randn(7, 6) * 3, torch.randn(7, 6) * 3
     y = torch.randint(0, 6, (7,))

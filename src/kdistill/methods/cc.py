@@ -5,11 +5,11 @@ arXiv:1904.01802. Each network's pre-logit embedding goes through its own traina
 connector (linear to ``embed_dim`` + L2 normalisation, as RepDistiller's ``Embed``); the
 batch correlation matrix ``C_ij = k(f_i, f_j)`` of each side uses the Gaussian RBF kernel
 ``k(x, y) = exp(-gamma ||x - y||^2)`` approximated by its order-``P`` Taylor expansion
-(the paper's Eq. 9). For unit vectors ``||x - y||^2 = 2 - 2 x.y``, so
+(the paper's approximation). For unit vectors ``||x - y||^2 = 2 - 2 x.y``, so
 
     k(x, y) = exp(-2 gamma) * sum_{p=0..P} (2 gamma)^p / p! * (x.y)^p.
 
-The loss is ``||C_t - C_s||_F^2 / b^2`` (the paper's Eq. 7). This is the kernel form of the
+The loss is ``||C_t - C_s||_F^2 / b^2``. This is the kernel form of the
 paper (also the form left in RepDistiller's source, P = 2, gamma = 0.4), not RepDistiller's
 active shortcut of products of consecutive embedding differences.
 
@@ -45,7 +45,7 @@ def rbf_taylor_correlation(embeddings: Tensor, gamma: float = 0.4, order: int = 
 
 def cc_loss(student_embeddings: Tensor, teacher_embeddings: Tensor, gamma: float = 0.4, order: int = 2
             ) -> Tensor:
-    """``||C_t - C_s||_F^2 / b^2`` (Peng et al. 2019, Eq. 7).
+    """``||C_t - C_s||_F^2 / b^2`` (Peng et al. 2019).
 
     Gradients flow into both sides: the teacher's embedding head is trained by this loss.
     """

@@ -7,7 +7,7 @@ embedding per training sample (``num_data x embed_dim``), one for each network. 
 sample ``i`` the positive pair is (student ``i``, teacher ``i``); ``K`` negatives are
 drawn uniformly from the other network's bank. With ``h = exp(v . m / tau) / Z`` (``Z``
 fixed from the first batch, as the paper's NCE approximation does) the NCE objective
-(the paper's Eq. 18-19) is
+of the paper is
 
     L = -1/b sum_i [ log(h_pos / (h_pos + K/N)) + sum_neg log((K/N) / (h_neg + K/N)) ],
 

@@ -5,12 +5,10 @@ NeurIPS, arXiv:2205.10536. Instead of matching probabilities exactly, the studen
 teacher's *relations*, measured by the Pearson correlation ``rho`` of the softmax outputs
 ``Y = softmax(Z / tau)`` (shape ``(B, C)``):
 
-* inter-class relation, per sample across classes: ``1 - mean_i rho(Y_s[i, :], Y_t[i, :])``
-  (the paper's Eq. 7);
-* intra-class relation, per class across the batch: ``1 - mean_j rho(Y_s[:, j], Y_t[:, j])``
-  (Eq. 8),
+* inter-class relation, per sample across classes: ``1 - mean_i rho(Y_s[i, :], Y_t[i, :])``;
+* intra-class relation, per class across the batch: ``1 - mean_j rho(Y_s[:, j], Y_t[:, j])``,
 
-and ``L = tau^2 * (beta * L_inter + gamma * L_intra)`` (Eq. 9). Pearson correlation makes
+and ``L = tau^2 * (beta * L_inter + gamma * L_intra)``. Pearson correlation makes
 each relation invariant to positive affine changes of the vectors compared.
 
 Defaults: beta = gamma = 1, tau = 1, the paper's ImageNet setting and the official code's

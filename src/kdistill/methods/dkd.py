@@ -1,13 +1,13 @@
 """DKD: decoupled knowledge distillation.
 
 Zhao et al. (2022), "Decoupled Knowledge Distillation", CVPR, arXiv:2203.08679. Classical
-KD splits (the paper's Eq. 1-5) into
+KD splits (the paper's Sec. 3.1) into
 
 * TCKD, ``KL(b_t || b_s)`` over the binary distribution ``b = (p_target, 1 - p_target)``,
 * NCKD, ``KL(p~_t || p~_s)`` over the distribution among the non-target classes,
 
 with ``KD = TCKD + (1 - p_target^teacher) * NCKD``. DKD weights them independently:
-``alpha * TCKD + beta * NCKD`` (Eq. 7), both at temperature ``T`` and times ``T^2``, and the
+``alpha * TCKD + beta * NCKD``, both at temperature ``T`` and times ``T^2``, and the
 weight ramps up linearly over the first ``warmup`` epochs (the official mdistiller recipe).
 
 Samples without a label (``-1``, teacher-labelled transfer data) take the teacher's top

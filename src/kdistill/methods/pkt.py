@@ -2,9 +2,9 @@
 
 Passalis & Tefas (2018), "Learning Deep Representations with Probabilistic Knowledge
 Transfer", ECCV, arXiv:1803.10837. Each network's embeddings are L2-normalised; the cosine
-similarity kernel ``K_ij = (1 + cos(x_i, x_j)) / 2`` (Eq. 13, mapped to [0, 1]) is turned
-into conditional probabilities ``p_{j|i} = K_ij / sum_k K_ik`` (Eq. 6), and the student
-matches the teacher's with ``KL(P_t || P_s)`` (Eq. 8), averaged over the ``b^2`` pairs as
+similarity kernel ``K_ij = (1 + cos(x_i, x_j)) / 2``, mapped to [0, 1], is turned
+into conditional probabilities ``p_{j|i} = K_ij / sum_k K_ik``, and the student
+matches the teacher's with ``KL(P_t || P_s)``, averaged over the ``b^2`` pairs as
 in RepDistiller. Student and teacher widths may differ: no connector.
 
 Defaults from the CRD benchmark recipe (Tian et al. 2020, RepDistiller): weight 30000,

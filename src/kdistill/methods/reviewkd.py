@@ -39,7 +39,7 @@ def _pool(x: Tensor, size: int) -> Tensor:
 
 def hcl_loss(student_maps: list[Tensor], teacher_maps: list[Tensor], levels: tuple[int, ...] = (4, 2, 1)
              ) -> Tensor:
-    """Hierarchical context loss summed over the layer pairs (Chen et al. 2021, Sec. 3.3).
+    """Hierarchical context loss summed over the layer pairs (Chen et al. 2021).
 
     For each pair: MSE at full size (weight 1) plus MSE after pooling to each level ``l``
     smaller than the map (weights 1/2, 1/4, ...), divided by the sum of the weights used.

@@ -3,7 +3,7 @@
 Tung & Mori (2019), "Similarity-Preserving Knowledge Distillation", ICCV, arXiv:1907.09682.
 For a batch of ``b`` samples the feature maps are flattened to ``(b, d)``; the batch Gram
 matrix ``G = F F^T`` is L2-normalised row by row, and the loss is
-``||G_t - G_s||_F^2 / b^2`` (the paper's Eq. 3-4), summed over the layer pairs. Because
+``||G_t - G_s||_F^2 / b^2``, summed over the layer pairs. Because
 only pairwise similarities are compared, student and teacher widths may differ and no
 connector is needed.
 
@@ -33,7 +33,7 @@ def similarity_matrix(features: Tensor) -> Tensor:
 
 
 def sp_loss(student_features: Tensor, teacher_features: Tensor) -> Tensor:
-    """``||G_t - G_s||_F^2 / b^2`` for one layer pair (Tung & Mori 2019, Eq. 4)."""
+    """``||G_t - G_s||_F^2 / b^2`` for one layer pair (Tung & Mori 2019)."""
     b = student_features.shape[0]
     diff = similarity_matrix(teacher_features.detach()) - similarity_matrix(student_features)
     return (diff * diff).sum() / (b * b)

@@ -5,12 +5,12 @@ arXiv:1904.05835. Maximising a variational lower bound on the mutual information
 teacher and student features amounts to minimising the negative log-likelihood of the
 teacher's feature ``t`` under a Gaussian whose mean ``mu(s)`` is regressed from the
 student's feature and whose per-channel variance ``sigma_c^2 = softplus(alpha_c) + eps``
-is learned (the paper's Eq. 2 and 4, heteroscedastic over channels, constant over
-positions):
+is learned (heteroscedastic over channels,
+constant over positions, as in the paper):
 
     L = mean over (n, c, position) of  0.5 * ((t - mu(s))^2 / sigma_c^2 + log sigma_c^2).
 
-The constant ``0.5 log(2 pi)`` is dropped, as in the paper's Eq. 2 and RepDistiller.
+The constant ``0.5 log(2 pi)`` is dropped, as in RepDistiller.
 The mean regressor is three 1x1 convolutions (``s -> t -> t -> t`` channels, ReLU between),
 and the larger of two feature maps is average-pooled to the smaller spatial size.
 
