@@ -1,0 +1,378 @@
+"""Ship the student: ONNX, TorchScript or safetensors, with a parity check on the test set.
+
+Only the student leaves the run. ``model.safetensors`` holds the student's own state dict
+(the run writes it from the bare student, never from the distiller), so connectors,
+auxiliary heads and extra branches of a method are not in it; :func:`load_saved_model`
+rebuilds the network from ``model.json`` and loads that file strictly, so a file with any
+extra tensor is refused rather than silently carried along.
+
+**ONNX exporter.** ``exporter="auto"`` (the default) uses PyTorch's ``torch.export``-based
+exporter (``dynamo=True``, the default and the maintained path since PyTorch 2.9; it
+needs ``onnxscript``) and falls back to the TorchScript-based one (``dynamo=False``,
+deprecated upstream) when the first raises; ``export.json`` records which one ran. The
+batch axis is dynamic (named ``batch``); everything else is fixed to the run's input
+shape. Weights are stored inside the ``.onnx`` file, which suits students far below
+ONNX's 2 GB protobuf limit; larger models get an external ``.onnx.data`` file beside it.
+
+**Parity.** The exported model is reloaded from disk (ONNX Runtime on CPU,
+``torch.jit.load``, or the safetensors file rebuilt from ``model.json``) and run on the
+run's whole test set, rebuilt from ``config.yaml``, next to the PyTorch student in eval
+mode. ``export.json`` records the largest absolute logit difference and the top-1
+agreement; below 99.9% agreement the export fails with :class:`ParityError`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .errors import CheckpointError, ConfigError, KdistillError, ShapeError
+
+FORMATS = ("onnx", "torchscript", "safetensors")
+EXPORTERS = ("auto", "dynamo", "legacy")
+#: below this top-1 agreement with the PyTorch student an export is refused
+MIN_AGREEMENT = 0.999
+INSTALL_HINT = 'pip install -e ".[export]"'
+DEFAULT_NAMES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "safetensors": "safetensors"}
+# ONNX stores the graph in one protobuf, capped at 2 GiB; keep a margin for the graph itself
+_EXTERNAL_DATA_BYTES = 1_500_000_000
+
+
+class ParityError(KdistillError):
+    """The exported model does not reproduce the PyTorch student."""
+
+    exit_code = 4
+
+
+# -- loading a saved model ------------------------------------------------------------------
+def read_model_record(folder: str | Path, what: str = "student") -> dict[str, Any]:
+    """``model.json`` of a run folder (or of its ``teacher/``), checked for the keys needed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{str(folder)!r} is not a folder; give the run folder that training wrote.")
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        hint = (
+            " It has checkpoints but no final model: the run did not finish; resume it with "
+            "`kdistill train CONFIG --resume` (same output folder)."
+            if (folder / "checkpoints").is_dir()
+            else " Train a run first (`kdistill train CONFIG`) and pass its folder."
+        )
+        raise CheckpointError(f"{folder} has no model.safetensors (no finished {what} model).{hint}")
+    try:
+        record = json.loads((folder / "model.json").read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{folder} has model.safetensors but no model.json, so the {what} "
+                              "cannot be rebuilt; it is written at the end of a run.") from None
+    except ValueError:
+        raise CheckpointError(f"{folder / 'model.json'} is damaged (not valid JSON).") from None
+    missing = [k for k in ("model", "num_classes", "input_shape") if k not in record]
+    if missing:
+        raise CheckpointError(f"{folder / 'model.json'} lacks {', '.join(missing)}; it cannot rebuild the {what}.")
+    return record
+
+
+def load_saved_model(folder: str | Path, what: str = "student") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model saved in ``folder`` (``model.json`` + ``model.safetensors``), in eval mode.
+
+    The load is strict: a file with tensors the rebuilt network lacks (a connector, an
+    auxiliary head) or missing some of its tensors raises :class:`CheckpointError`.
+    """
+    from .engine.checkpoint import load_into, load_weights
+    from .models import create_model
+
+    folder = Path(folder)
+    record = read_model_record(folder, what)
+    model = create_model(record["model"], int(record["num_classes"]), tuple(record["input_shape"]),
+                         **record.get("kwargs", {}))
+    state = load_weights(folder / "model.safetensors")
+    expected = set(model.state_dict())
+    extra = sorted(set(state) - expected)
+    if extra:
+        raise CheckpointError(
+            f"{folder / 'model.safetensors'} holds tensors that are not part of the {what} "
+            f"{record['model']!r}: {', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}. "
+            "Only the bare student is exported; re-save it from the student alone."
+        )
+    load_into(model, state, what)
+    return model.eval(), record
+
+
+# -- exporters ------------------------------------------------------------------------------
+def _require(module: str, purpose: str):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise ConfigError(f"{purpose} needs the {module} package, which is not installed: {INSTALL_HINT}.") from None
+
+
+@contextmanager
+def _quiet_export():
+    """Silence the exporters' deprecation warnings and registry chatter (not errors)."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.onnx._internal.exporter._registration")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
+def _example(input_shape: tuple[int, ...], example: Tensor | None) -> Tensor:
+    # batch 2: torch.export specialises a batch of size 1 to a constant
+    if example is not None and example.shape[0] >= 2:
+        return example[:2].float().cpu()
+    return torch.randn((2, *input_shape))
+
+
+def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path, exporter: str = "auto",
+                example: Tensor | None = None) -> str:
+    """Write ``model`` to ``path`` as ONNX with input ``x`` and output ``logits``, batch axis dynamic.
+
+    Returns the exporter that produced the file (``"dynamo"`` or ``"legacy"``; see the
+    module docstring for the choice).
+    """
+    if exporter not in EXPORTERS:
+        raise ConfigError(f"Unknown ONNX exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}.")
+    _require("onnx", "ONNX export")
+    model = model.cpu().float().eval()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    x = _example(tuple(input_shape), example)
+    external = sum(t.numel() * t.element_size() for t in model.state_dict().values()) > _EXTERNAL_DATA_BYTES
+    errors = []
+    order = ["dynamo", "legacy"] if exporter == "auto" else [exporter]
+    for kind in order:
+        try:
+            with _quiet_export():
+                if kind == "dynamo":
+                    torch.onnx.export(
+                        model, (x,), str(path), input_names=["x"], output_names=["logits"],
+                        dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True,
+                        external_data=external, verbose=False,
+                    )
+                else:
+                    torch.onnx.export(
+                        model, (x,), str(path), input_names=["x"], output_names=["logits"],
+                        dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
+                    )
+            return kind
+        except Exception as e:  # exporters raise many types; the message is what matters
+            errors.append(f"{kind}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
+    raise ShapeError(
+        f"ONNX export of the model failed ({'; '.join(errors)}). Try another format "
+        "(--format torchscript or safetensors)."
+    )
+
+
+def export_torchscript(model: nn.Module, input_shape: tuple[int, ...], path: str | Path,
+                       example: Tensor | None = None) -> None:
+    """Trace ``model`` with an example batch and save it with ``torch.jit.save``.
+
+    TorchScript is deprecated upstream (PyTorch 2.9+) but still loads in C++ (libtorch)
+    without Python; tracing records the operations run on the example, so data-dependent
+    control flow is frozen to the example's path (the zoo models have none).
+    """
+    model = model.cpu().float().eval()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _quiet_export(), torch.no_grad():
+        try:
+            traced = torch.jit.trace(model, _example(tuple(input_shape), example), check_trace=False)
+        except Exception as e:  # tracing errors come as RuntimeError, TracingCheckError, ...
+            raise ShapeError(f"TorchScript tracing failed: {str(e).strip().splitlines()[0]}. "
+                             "Try --format onnx or safetensors.") from None
+        torch.jit.save(traced, str(path))
+
+
+def onnx_session(path: str | Path, device: str = "cpu", threads: int | None = None):
+    """An ONNX Runtime session on CPU (or CUDA when available and asked for)."""
+    ort = _require("onnxruntime", "Running an ONNX model")
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    providers = ["CPUExecutionProvider"]
+    if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise CheckpointError(f"ONNX Runtime cannot load {path}: {str(e).strip().splitlines()[0]}") from None
+
+
+# -- parity ----------------------------------------------------------------------------------
+@torch.no_grad()
+def batched_logits(fn: Callable[[Tensor], Tensor | np.ndarray], x: Tensor, batch_size: int) -> Tensor:
+    outs = []
+    for i in range(0, x.shape[0], batch_size):
+        out = fn(x[i : i + batch_size])
+        outs.append(torch.as_tensor(np.asarray(out) if not isinstance(out, Tensor) else out).float().cpu())
+    return torch.cat(outs)
+
+
+def parity(reference: Tensor, exported: Tensor, labels: Tensor | None = None) -> dict[str, Any]:
+    """Max / mean absolute logit difference, top-1 agreement and (with labels) both accuracies."""
+    diff = (reference - exported).abs()
+    out = {
+        "samples": int(reference.shape[0]),
+        "max_abs_diff": float(diff.max()) if diff.numel() else 0.0,
+        "mean_abs_diff": float(diff.mean()) if diff.numel() else 0.0,
+        "top1_agreement": float((reference.argmax(1) == exported.argmax(1)).float().mean()),
+    }
+    if labels is not None:
+        keep = labels >= 0
+        if keep.any():
+            out["acc_pytorch"] = float((reference.argmax(1)[keep] == labels[keep]).float().mean())
+            out["acc_exported"] = float((exported.argmax(1)[keep] == labels[keep]).float().mean())
+    return out
+
+
+def _test_set(run_dir: Path, record: dict[str, Any]):
+    from .config import load_config
+    from .engine.run import prepare_data
+
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise ConfigError(f"{run_dir} has no config.yaml, so its test set cannot be rebuilt for the parity check.")
+    cfg = load_config(cfg_path)
+    data = prepare_data(cfg)
+    if tuple(data.input_shape) != tuple(record["input_shape"]):
+        raise ShapeError(
+            f"The run's dataset now gives inputs of shape {tuple(data.input_shape)}, but the student was "
+            f"saved for {tuple(record['input_shape'])}; check config.yaml's data section."
+        )
+    return cfg, data.test
+
+
+def _merge_export_json(run_dir: Path, fmt: str, entry: dict[str, Any]) -> None:
+    from .engine.checkpoint import atomic_write_json
+
+    path = run_dir / "export.json"
+    try:
+        existing = json.loads(path.read_text())
+        if not isinstance(existing, dict):
+            existing = {}
+    except (OSError, ValueError):
+        existing = {}
+    existing[fmt] = entry
+    atomic_write_json(path, existing)
+
+
+def export_run(run_dir: str | Path, format: str = "onnx", out: str | Path | None = None,
+               exporter: str = "auto", batch_size: int | None = None) -> dict[str, Any]:
+    """Export a finished run's student and check it against PyTorch on the test set.
+
+    Args:
+        run_dir: the run folder (``model.safetensors``, ``model.json``, ``config.yaml``).
+        format: ``"onnx"``, ``"torchscript"`` or ``"safetensors"`` (a fresh
+            ``model.safetensors`` + ``model.json`` pair in a folder of its own).
+        out: output file (a folder for safetensors); default ``run_dir/export/``.
+        exporter: ONNX exporter, ``"auto"``, ``"dynamo"`` or ``"legacy"``.
+        batch_size: parity-check batch size (default: the run's ``eval_batch_size``).
+
+    Returns:
+        The entry written under ``format`` in ``run_dir/export.json``.
+
+    Raises:
+        ParityError: top-1 agreement below :data:`MIN_AGREEMENT` (the files stay, for
+            inspection, and ``export.json`` records ``"passed": false``).
+    """
+    if format not in FORMATS:
+        raise ConfigError(f"Unsupported export format {format!r}; choose one of: {', '.join(FORMATS)}.")
+    if exporter not in EXPORTERS:
+        raise ConfigError(f"Unknown ONNX exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}.")
+    run_dir = Path(run_dir)
+    model, record = load_saved_model(run_dir, "student")
+    if format == "onnx":
+        _require("onnxruntime", "Checking an ONNX export")
+        _require("onnx", "ONNX export")
+    cfg, test = _test_set(run_dir, record)
+    bs = int(batch_size or cfg.data.eval_batch_size)
+    shape = tuple(record["input_shape"])
+    target = Path(out) if out is not None else run_dir / "export" / DEFAULT_NAMES[format]
+    if format != "safetensors" and target.is_dir():
+        target = target / DEFAULT_NAMES[format]
+    example = test.x[:2]
+    t0 = time.perf_counter()
+    entry: dict[str, Any] = {"format": format, "path": str(target), "model": record["model"],
+                             "input_shape": list(shape), "num_classes": record["num_classes"],
+                             "params": sum(p.numel() for p in model.parameters()),
+                             "student_tensors": len(model.state_dict())}
+    if format == "onnx":
+        if target.exists():
+            target.unlink()
+        entry["exporter"] = export_onnx(model, shape, target, exporter, example)
+        import onnx
+
+        graph = onnx.load(str(target), load_external_data=False)
+        entry["opset"] = max((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), default=None)
+        entry["initializers"] = len(graph.graph.initializer)
+        session = onnx_session(target)
+        name = session.get_inputs()[0].name
+        runner = lambda xb: session.run(None, {name: xb.numpy()})[0]
+        import onnxruntime
+
+        entry["runtime"] = f"onnxruntime {onnxruntime.__version__} {session.get_providers()[0]}"
+    elif format == "torchscript":
+        export_torchscript(model, shape, target, example)
+        with _quiet_export():
+            loaded = torch.jit.load(str(target), map_location="cpu").eval()
+        runner = loaded
+        entry["runtime"] = f"torch.jit {torch.__version__}"
+    else:
+        from safetensors.torch import save_file
+
+        from .engine.checkpoint import atomic_write_json, state_dict_tensors
+
+        if target.exists() and not target.is_dir():
+            raise ConfigError(f"{target} exists and is not a folder; a safetensors export writes a folder.")
+        target.mkdir(parents=True, exist_ok=True)
+        tmp = target / ".model.safetensors.tmp"
+        save_file(state_dict_tensors(model), str(tmp), metadata={"format": "pt", "kdistill_model": record["model"]})
+        tmp.replace(target / "model.safetensors")
+        atomic_write_json(target / "model.json", record)
+        runner, _ = load_saved_model(target, "exported student")
+        entry["runtime"] = f"torch {torch.__version__} (rebuilt from model.json)"
+    entry["file_bytes"] = _size(target)
+    entry["export_s"] = time.perf_counter() - t0
+    with torch.no_grad():
+        ref = batched_logits(model, test.x, bs)
+        got = batched_logits(runner, test.x, bs)
+    if got.shape != ref.shape:
+        raise ShapeError(f"The exported model gives logits of shape {tuple(got.shape)}, PyTorch {tuple(ref.shape)}.")
+    entry["parity"] = {"dataset": cfg.data.name, "split": "test", "batch_size": bs, **parity(ref, got, test.y)}
+    entry["threshold"] = MIN_AGREEMENT
+    agreement = entry["parity"]["top1_agreement"]
+    entry["passed"] = bool(agreement >= MIN_AGREEMENT and np.isfinite(entry["parity"]["max_abs_diff"]))
+    entry["torch"] = torch.__version__
+    entry["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    _merge_export_json(run_dir, format, entry)
+    if not entry["passed"]:
+        raise ParityError(
+            f"The {format} export of {run_dir} agrees with the PyTorch student on only {agreement:.2%} of the "
+            f"{entry['parity']['samples']} test samples (max |logit difference| "
+            f"{entry['parity']['max_abs_diff']:.3g}); at least {MIN_AGREEMENT:.1%} is required. The file is "
+            f"kept at {target} for inspection; try another exporter or format."
+        )
+    return entry
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+    extra = path.with_name(path.name + ".data")
+    return path.stat().st_size + (extra.stat().st_size if extra.is_file() else 0)
