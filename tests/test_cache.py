@@ -244,3 +244,14 @@ def test_cache_teacher_cli_then_train_from_the_cache(tmp_path, data):
     assert 0.0 <= res["final"]["test"]["agreement"] <= 1.0
     # a second cache-teacher to the same folder is refused with exit code 2
     assert main(["cache-teacher", str(cfg_file), "--out", str(cache)]) == 2
+
+
+def test_teacher_fingerprint_covers_buffers():
+    from kdistill.cache import teacher_fingerprint
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    a = teacher_fingerprint(ModuleTeacher(net))
+    assert a == teacher_fingerprint(net) and len(a) == 32
+    net[1].running_mean += 1.0  # same parameters, other statistics: another teacher
+    assert teacher_fingerprint(net) != a

@@ -108,7 +108,7 @@ def _naive_batches(data, batch_size: int, augment, device: torch.device, seed: i
     ds = TensorDataset(data.x, data.y, torch.arange(len(data)))
     g = torch.Generator().manual_seed(seed)
     while True:
-        for x, y, idx in DataLoader(ds, batch_size=batch_size, shuffle=True, generator=g):
+        for x, y, idx in DataLoader(ds, batch_size=batch_size, shuffle=True, generator=g, drop_last=True):
             if augment is not None:
                 x = augment.apply(x, augment.params(x.shape[0], x.dim(), g))
             yield {"x": x.to(device), "y": y.to(device), "index": idx.to(device)}
@@ -216,7 +216,13 @@ def run_bench(
 
         return step
 
+    if len(data) < batch_size:
+        raise ConfigError(
+            f"The bench needs at least one full batch: {len(data)} samples < batch size {batch_size}."
+        )
     results: dict[str, Any] = {}
+    cudnn_benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True  # autotune convolutions in the warm-up, as airbench does
     cache_info: dict[str, Any] = {}
     tmp = tempfile.TemporaryDirectory(prefix="kdistill-bench-")
     try:
@@ -275,6 +281,7 @@ def run_bench(
                     device=dev,
                     augment=aug if views is None else None,
                     views=views,
+                    drop_last=True,  # one batch shape: no recompilation inside the timed steps
                 )
                 batches = _forever(loader)
                 step = fast_step(model, opt)
@@ -295,6 +302,7 @@ def run_bench(
                 )
             del model, opt, batches
     finally:
+        torch.backends.cudnn.benchmark = cudnn_benchmark
         tmp.cleanup()
     if "naive" in results:
         ref = results["naive"]["images_per_s"]

@@ -74,7 +74,7 @@ def teacher_fingerprint(teacher: Any) -> str:
             continue
         for name, t in sorted(module.state_dict().items()):
             found = True
-            t = t.detach().cpu().contiguous()
+            t = t.detach().cpu().contiguous().reshape(-1)  # 0-d buffers (BatchNorm's counter) too
             h.update(f"{i}:{name}:{t.dtype}:{tuple(t.shape)}".encode())
             h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:32] if found else "unknown"
