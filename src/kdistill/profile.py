@@ -1,11 +1,47 @@
-"""Model size and speed: parameters, bytes, latency."""
+"""Model size and speed: parameters, bytes, FLOPs and latency, for one model or a run.
+
+What is measured, and how:
+
+* **params**: elements of ``model.parameters()``.
+* **bytes**: ``param_bytes`` counts parameters and buffers as stored in memory;
+  ``file_bytes`` is the size of the model's safetensors file on disk (header included),
+  the number that a deployment actually ships.
+* **FLOPs per sample**: :class:`torch.utils.flop_counter.FlopCounterMode` on one forward
+  pass at batch 1, in eval mode. It counts 2 FLOPs per multiply-add of matmul,
+  convolution and attention kernels and nothing for element-wise ops (activations,
+  BatchNorm in eval, pooling), the convention of fvcore and of most papers' "FLOPs"
+  columns (which often report MACs, half this number).
+* **latency**: wall-clock time of one forward pass on random inputs, after ``warmup``
+  untimed passes, over ``repeats`` timed passes; p50 and p95 in milliseconds, at batch 1
+  (on-line serving) and 64 (batch scoring). PyTorch runs in eval mode under
+  ``torch.no_grad``; ONNX Runtime runs the exported graph with
+  ``intra_op_num_threads`` set to PyTorch's thread count so the two compare on the same
+  cores. CUDA timings synchronize before and after each pass.
+
+:func:`profile_run` profiles a run's student and teacher side by side and writes
+``profile.json``; compression and speed-up ratios are teacher / student (above 1 means
+the student is smaller or faster).
+"""
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import tempfile
 import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
+
+# Defaults: batch 1 is on-line serving, 64 a typical scoring batch; 10 warm-up passes let
+# allocators and ONNX Runtime's arena settle, 50 timed passes keep p95 meaningful.
+BATCH_SIZES = (1, 64)
+WARMUP = 10
+REPEATS = 50
 
 
 def count_params(model: nn.Module) -> int:
@@ -15,6 +51,13 @@ def count_params(model: nn.Module) -> int:
 def param_bytes(model: nn.Module) -> int:
     """Bytes of parameters and buffers as stored (what a safetensors file holds, minus header)."""
     return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+
+
+def _summary(times: list[float]) -> tuple[float, float]:
+    times = sorted(times)
+    p50 = times[len(times) // 2]
+    p95 = times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))]
+    return p50, p95
 
 
 @torch.no_grad()
@@ -43,11 +86,342 @@ def latency_ms(
             torch.cuda.synchronize()
         times.append((time.perf_counter() - t0) * 1e3)
     model.train(was)
-    times.sort()
+    p50, p95 = _summary(times)
     return {
-        "p50": times[len(times) // 2],
-        "p95": times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))],
+        "p50": p50,
+        "p95": p95,
         "batch_size": batch_size,
         "repeats": repeats,
         "threads": torch.get_num_threads(),
     }
+
+
+def ort_latency_ms(
+    session: Any,
+    input_shape: tuple[int, ...],
+    batch_size: int = 1,
+    repeats: int = 50,
+    warmup: int = 10,
+) -> dict[str, float]:
+    """Like :func:`latency_ms` for an ONNX Runtime ``InferenceSession``."""
+    import numpy as np
+
+    name = session.get_inputs()[0].name
+    x = np.random.default_rng(0).standard_normal((batch_size, *input_shape)).astype(np.float32)
+    for _ in range(warmup):
+        session.run(None, {name: x})
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        session.run(None, {name: x})
+        times.append((time.perf_counter() - t0) * 1e3)
+    p50, p95 = _summary(times)
+    opts = session.get_session_options()
+    return {
+        "p50": p50,
+        "p95": p95,
+        "batch_size": batch_size,
+        "repeats": repeats,
+        "threads": opts.intra_op_num_threads,
+    }
+
+
+@torch.no_grad()
+def flops_per_sample(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """FLOPs of one forward pass at batch 1 (2 per multiply-add; see module docstring)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was = model.training
+    model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(torch.zeros((1, *input_shape), device=device))
+    model.train(was)
+    return int(counter.get_total_flops())
+
+
+def safetensors_bytes(model: nn.Module) -> int:
+    """Size in bytes of ``model``'s state dict written as a safetensors file."""
+    from safetensors.torch import save
+
+    from .engine.checkpoint import state_dict_tensors
+
+    return len(save(state_dict_tensors(model)))
+
+
+def _onnx_providers(device: str) -> list[str] | None:
+    import onnxruntime as ort
+
+    want = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
+    if want not in ort.get_available_providers():
+        return None
+    return [want] if device == "cpu" else [want, "CPUExecutionProvider"]
+
+
+def profile_model(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    name: str = "model",
+    file_bytes: int | None = None,
+    batch_sizes: Sequence[int] = BATCH_SIZES,
+    repeats: int = REPEATS,
+    warmup: int = WARMUP,
+    onnx: bool = True,
+    cuda: bool | None = None,
+) -> dict[str, Any]:
+    """Size, FLOPs and latency of one model.
+
+    Args:
+        model: the network (moved to CPU and set to eval mode).
+        input_shape: one sample's shape, channels first.
+        name: shown in tables.
+        file_bytes: size of its safetensors file; measured by serialising when None.
+        batch_sizes: batch sizes to time.
+        repeats, warmup: timed and untimed passes per measurement.
+        onnx: also time the model exported to ONNX in ONNX Runtime (skipped, with the
+            reason recorded, when onnx/onnxruntime are missing or the export fails).
+        cuda: also time on CUDA; default when a GPU is available.
+
+    Returns:
+        ``{"name", "params", "param_bytes", "file_bytes", "flops_per_sample",
+        "latency_ms": {"<backend>/<device>/b<batch>": {"p50", "p95", ...}}, "onnx"}``.
+    """
+    input_shape = tuple(int(s) for s in input_shape)
+    model = model.cpu().float().eval()
+    out: dict[str, Any] = {
+        "name": name,
+        "params": count_params(model),
+        "param_bytes": param_bytes(model),
+        "file_bytes": int(file_bytes) if file_bytes is not None else safetensors_bytes(model),
+        "flops_per_sample": flops_per_sample(model, input_shape),
+        "latency_ms": {},
+    }
+    devices = ["cpu"] + (["cuda"] if (torch.cuda.is_available() if cuda is None else cuda) else [])
+    lat = out["latency_ms"]
+    for dev in devices:
+        model.to(dev)
+        for b in batch_sizes:
+            lat[f"pytorch/{dev}/b{b}"] = latency_ms(model, input_shape, b, repeats, warmup, dev)
+    model.cpu()
+    out["onnx"] = _profile_onnx(model, input_shape, devices, batch_sizes, repeats, warmup, lat) if onnx else "off"
+    return out
+
+
+def _profile_onnx(model, input_shape, devices, batch_sizes, repeats, warmup, lat) -> str:
+    """Time the ONNX export in ONNX Runtime; returns what was done or why it was skipped."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return 'skipped: onnxruntime is not installed (pip install -e ".[export]")'
+    from .errors import KdistillError
+    from .export import export_onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        try:
+            exporter = export_onnx(model, input_shape, path)
+        except KdistillError as e:
+            return f"skipped: {e}"
+        timed = []
+        for dev in devices:
+            providers = _onnx_providers(dev)
+            if providers is None:
+                continue
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = torch.get_num_threads()
+            session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+            for b in batch_sizes:
+                lat[f"onnxruntime/{dev}/b{b}"] = ort_latency_ms(session, input_shape, b, repeats, warmup)
+            timed.append(dev)
+    return f"onnxruntime {ort.__version__} on {', '.join(timed)} (exporter: {exporter})"
+
+
+def compare(teacher: dict[str, Any], student: dict[str, Any]) -> dict[str, Any]:
+    """Teacher / student ratios: compression (params, bytes, FLOPs) and speed-up per latency."""
+
+    def ratio(a: float, b: float) -> float:
+        return a / b if b else math.inf
+
+    return {
+        "params_ratio": ratio(teacher["params"], student["params"]),
+        "bytes_ratio": ratio(teacher["file_bytes"], student["file_bytes"]),
+        "flops_ratio": ratio(teacher["flops_per_sample"], student["flops_per_sample"]),
+        "speedup_p50": {
+            k: ratio(teacher["latency_ms"][k]["p50"], v["p50"])
+            for k, v in student["latency_ms"].items()
+            if k in teacher["latency_ms"]
+        },
+    }
+
+
+def _settings(batch_sizes: Sequence[int], repeats: int, warmup: int) -> dict[str, Any]:
+    return {
+        "batch_sizes": list(batch_sizes),
+        "repeats": repeats,
+        "warmup": warmup,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def _teacher_sources(run_dir: Path) -> list[tuple[str, nn.Module, int]]:
+    """``(name, model, file_bytes)`` of each teacher member the run folder can rebuild."""
+    from .engine.checkpoint import load_into, load_weights
+    from .errors import CheckpointError
+    from .export import load_saved_model
+    from .models import create_model
+
+    sub = run_dir / "teacher"
+    if (sub / "model.json").is_file() and (sub / "model.safetensors").is_file():
+        model, rec = load_saved_model(sub, what="teacher")
+        return [(f"teacher {rec['model']}", model, (sub / "model.safetensors").stat().st_size)]
+    try:
+        record = json.loads((run_dir / "results.json").read_text()).get("teacher") or {}
+    except (OSError, ValueError):
+        return []
+    members = record.get("ensemble") or ([record] if record.get("model") else [])
+    found = []
+    for i, rec in enumerate(members):
+        ckpt = rec.get("checkpoint")
+        if not ckpt:
+            continue
+        path = Path(ckpt)
+        if not path.exists() and (run_dir / ckpt).exists():
+            path = run_dir / ckpt
+        if not path.exists():
+            raise CheckpointError(
+                f"The teacher checkpoint {ckpt!r} named in {run_dir / 'results.json'} is missing; "
+                "put it back or profile the student alone with --no-teacher."
+            )
+        model = create_model(rec["model"], rec["num_classes"], tuple(rec["input_shape"]), **rec.get("kwargs", {}))
+        load_into(model, load_weights(path), "teacher")
+        size = path.stat().st_size if path.suffix == ".safetensors" else safetensors_bytes(model)
+        label = f"teacher {rec['model']}" if len(members) == 1 else f"teacher member {i} {rec['model']}"
+        found.append((label, model, size))
+    return found
+
+
+def _sum_members(members: list[dict[str, Any]]) -> dict[str, Any]:
+    """An ensemble as one teacher: sizes, FLOPs and (sequential) latencies add up."""
+    if len(members) == 1:
+        return members[0]
+    total = {
+        "name": f"teacher ensemble of {len(members)}",
+        **{k: sum(m[k] for m in members) for k in ("params", "param_bytes", "file_bytes", "flops_per_sample")},
+        "latency_ms": {},
+        "onnx": members[0]["onnx"],
+        "members": members,
+    }
+    for key in members[0]["latency_ms"]:
+        if all(key in m["latency_ms"] for m in members):
+            base = dict(members[0]["latency_ms"][key])
+            base["p50"] = sum(m["latency_ms"][key]["p50"] for m in members)
+            base["p95"] = sum(m["latency_ms"][key]["p95"] for m in members)
+            total["latency_ms"][key] = base
+    return total
+
+
+def profile_run(
+    run_dir: str | Path,
+    batch_sizes: Sequence[int] = BATCH_SIZES,
+    repeats: int = REPEATS,
+    warmup: int = WARMUP,
+    onnx: bool = True,
+    teacher: bool = True,
+    write: bool = True,
+) -> dict[str, Any]:
+    """Profile a run's student and, when the folder can rebuild it, its teacher.
+
+    The teacher comes from ``run_dir/teacher/`` (trained in the run) or from the
+    checkpoint named in ``results.json``'s teacher record (an ensemble counts as the sum
+    of its members). Writes ``run_dir/profile.json`` when ``write``.
+    """
+    from .engine.checkpoint import atomic_write_json
+    from .export import load_saved_model
+
+    run_dir = Path(run_dir)
+    student, record = load_saved_model(run_dir, what="student")
+    shape = tuple(record["input_shape"])
+    kw = dict(batch_sizes=batch_sizes, repeats=repeats, warmup=warmup, onnx=onnx)
+    result: dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "input_shape": list(shape),
+        "settings": _settings(batch_sizes, repeats, warmup),
+        "student": profile_model(
+            student, shape, f"student {record['model']}", (run_dir / "model.safetensors").stat().st_size, **kw
+        ),
+        "teacher": None,
+    }
+    members = _teacher_sources(run_dir) if teacher else []
+    if members:
+        profiled = [profile_model(m, shape, label, size, **kw) for label, m, size in members]
+        result["teacher"] = _sum_members(profiled)
+        result["compare"] = compare(result["teacher"], result["student"])
+    if write:
+        atomic_write_json(run_dir / "profile.json", result)
+    return result
+
+
+def profile_zoo_model(
+    name: str,
+    input_shape: Sequence[int],
+    num_classes: int,
+    kwargs: dict[str, Any] | None = None,
+    batch_sizes: Sequence[int] = BATCH_SIZES,
+    repeats: int = REPEATS,
+    warmup: int = WARMUP,
+    onnx: bool = True,
+) -> dict[str, Any]:
+    """Profile a freshly initialised model by name (``kdistill profile --model NAME``)."""
+    from .models import create_model
+
+    model = create_model(name, num_classes, tuple(input_shape), **(kwargs or {}))
+    return {
+        "input_shape": list(input_shape),
+        "settings": _settings(batch_sizes, repeats, warmup),
+        "student": profile_model(model, input_shape, name, None, batch_sizes, repeats, warmup, onnx),
+        "teacher": None,
+    }
+
+
+def _human(n: float, unit: str = "") -> str:
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{suffix}{unit}"
+    return f"{n:g}{unit}"
+
+
+def profile_table(result: dict[str, Any]):
+    """A Rich table of :func:`profile_run` / :func:`profile_zoo_model` output."""
+    from rich.table import Table
+
+    s, t, c = result["student"], result.get("teacher"), result.get("compare")
+    cols = [x for x in (t, s) if x]
+    st = result.get("settings", {})
+    table = Table(title=(
+        f"profile, input {tuple(result['input_shape'])}: warm-up {st.get('warmup')}, "
+        f"{st.get('repeats')} repeats, {st.get('threads')} threads"
+    ))
+    table.add_column("")
+    for x in cols:
+        table.add_column(x["name"], justify="right")
+    if c:
+        table.add_column("teacher / student", justify="right")
+    rows = [
+        ("params", "params", "", c and c["params_ratio"]),
+        ("bytes on disk", "file_bytes", "B", c and c["bytes_ratio"]),
+        ("FLOPs / sample", "flops_per_sample", "", c and c["flops_ratio"]),
+    ]
+    for label, key, unit, ratio in rows:
+        table.add_row(label, *[_human(x[key], unit) for x in cols], *([f"{ratio:.2f}x"] if c else []))
+    for key in s["latency_ms"]:
+        cells = [
+            f"{x['latency_ms'][key]['p50']:.3f} / {x['latency_ms'][key]['p95']:.3f}" if key in x["latency_ms"] else "-"
+            for x in cols
+        ]
+        speed = c["speedup_p50"].get(key) if c else None
+        table.add_row(f"{key} p50/p95 ms", *cells, *([f"{speed:.2f}x" if speed else "-"] if c else []))
+    return table
