@@ -101,7 +101,8 @@ class TeacherConfig(Strict):
     """A teacher: one model, an ensemble of models, or cached outputs.
 
     A model without ``checkpoint`` is trained first, in the same run, with ``train``
-    overriding the run's train section.
+    overriding the run's train section and ``augment`` (if given) replacing the data
+    section's augmentation.
     """
 
     model: str | None = None
@@ -111,6 +112,7 @@ class TeacherConfig(Strict):
     combine: Literal["mean_prob", "mean_logit", "geometric"] = "mean_prob"
     cache: str | None = None
     train: dict[str, Any] = Field(default_factory=dict)
+    augment: AugmentConfig | None = None
 
     @model_validator(mode="after")
     def _one_kind(self):
@@ -137,10 +139,11 @@ class RunConfig(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
-    @model_validator(mode="after")
-    def _methods(self):
-        check_method(self.method)
-        return self
+    @field_validator("method")
+    @classmethod
+    def _methods(cls, v):
+        check_method(v)
+        return {"name": "kd", **v} if isinstance(v, dict) else v
 
     def teacher_train(self) -> TrainConfig:
         """The teacher's train settings: the run's, overridden by ``teacher.train``."""

@@ -141,7 +141,7 @@ def make_run_dir(cfg: RunConfig, run_dir: str | Path | None) -> Path:
 
 def _train_model(cfg_train: TrainConfig, model: nn.Module, data: DataSplits, train: ArrayDataset,
                  run_dir: Path, cfg: RunConfig, resume: bool, log, teacher: Teacher | None = None,
-                 method: Any = None, teacher_logits: dict | None = None) -> dict:
+                 method: Any = None, teacher_logits: dict | None = None, augment=None) -> dict:
     eval_sets = {"test": data.test} | ({"val": data.val} if data.val is not None else {})
     method = with_num_data(method, len(train))
     if method is None:
@@ -151,7 +151,8 @@ def _train_model(cfg_train: TrainConfig, model: nn.Module, data: DataSplits, tra
         distiller = create(m.pop("name", "kd"), model, teacher, example=train.x[:8], **m)
     else:
         distiller = create(method, model, teacher, example=train.x[:8])
-    aug = Augment(cfg.data.augment.shift, cfg.data.augment.flip)
+    a = augment or cfg.data.augment
+    aug = Augment(a.shift, a.flip)
     trainer = Trainer(distiller, train, eval_sets, cfg_train, run_dir, cfg.data.batch_size,
                       cfg.data.eval_batch_size, aug, teacher_logits, log)
     return trainer.fit(resume=resume) | {"distiller": distiller}
@@ -204,7 +205,7 @@ def ensure_teacher(cfg: RunConfig, data: DataSplits, run_dir: Path, resume: bool
                 torch.manual_seed(tcfg.seed)
                 model = build_model(m.model, m.kwargs, data, None, trust, what)
             sub.mkdir(parents=True, exist_ok=True)
-            res = _train_model(tcfg, model, data, data.train, sub, cfg, resume, log)
+            res = _train_model(tcfg, model, data, data.train, sub, cfg, resume, log, augment=t.augment)
             res.pop("distiller")
             save_model(sub, model, record)
             if is_main_process():

@@ -31,7 +31,7 @@ from ..data import ArrayDataset, Augment, DeviceLoader
 from ..errors import Interrupted, NonFiniteError
 from ..methods import Distiller
 from ..metrics import classification_metrics, predict_logits
-from .checkpoint import atomic_write_json, find_checkpoint, load_into, load_train_state, save_checkpoint
+from .checkpoint import find_checkpoint, load_into, load_train_state, save_checkpoint
 
 
 def resolve_device(name: str) -> torch.device:

@@ -1,0 +1,32 @@
+import os
+
+import pytest
+import torch
+
+# two cores, shared: keep torch from oversubscribing them in tests
+torch.set_num_threads(1)
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path):
+    """A tiny synthetic-data run config (CPU, seconds)."""
+
+    def make(**over):
+        cfg = {
+            "data": {"name": "synthetic", "options": {"num_classes": 4, "input_shape": [16], "n_train": 256,
+                                                      "n_test": 128}, "batch_size": 32},
+            "teacher": {"model": "mlp", "kwargs": {"hidden": [64]}, "train": {"epochs": 4}},
+            "student": {"model": "mlp", "kwargs": {"hidden": [8]}},
+            "method": {"name": "kd", "temperature": 4.0, "alpha": 0.9},
+            "train": {"epochs": 3, "lr": 0.01, "progress": False, "deterministic": True},
+            "output": {"dir": str(tmp_path / "runs")},
+        }
+        for k, v in over.items():
+            if isinstance(v, dict) and isinstance(cfg.get(k), dict):
+                cfg[k] = {**cfg[k], **v}
+            else:
+                cfg[k] = v
+        return cfg
+
+    return make
