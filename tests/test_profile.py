@@ -140,6 +140,19 @@ def test_teacher_from_results_record(big_teacher_run, tmp_path):
     assert res["teacher"]["file_bytes"] == ckpt.stat().st_size
 
 
+def test_ensemble_teacher_is_summed(tmp_path):
+    members = [{"model": "mlp", "kwargs": {"hidden": [32]}}, {"model": "mlp", "kwargs": {"hidden": [64]}}]
+    run = _run(tmp_path, "ens", {"ensemble": members})
+    res = profile_run(run, batch_sizes=(1,), repeats=3, warmup=1, onnx=False, threads=1)
+    t = res["teacher"]
+    assert [m["params"] for m in t["members"]] == [32 * 32 + 32 + 32 * 4 + 4, 32 * 64 + 64 + 64 * 4 + 4]
+    assert t["params"] == sum(m["params"] for m in t["members"])
+    assert t["flops_per_sample"] == mlp_flops(32, [32], 4) + mlp_flops(32, [64], 4)
+    key = "pytorch/cpu/b1"
+    assert t["latency_ms"][key]["p50"] == pytest.approx(sum(m["latency_ms"][key]["p50"] for m in t["members"]))
+    assert res["settings"]["threads"] == 1
+
+
 def test_cli_profile(big_teacher_run, capsys):
     args = ["profile", "--model", "mlp", "--input-shape", "1,32", "--num-classes", "4", "--kwargs",
             '{"hidden": [16]}', "--repeats", "2", "--warmup", "0", "--no-onnx", "--json"]

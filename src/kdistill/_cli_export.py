@@ -70,6 +70,7 @@ def register(app: typer.Typer, list_app: typer.Typer) -> None:
         repeats: Annotated[int, typer.Option(min=1, help="Timed passes per measurement.")] = 50,
         warmup: Annotated[int, typer.Option(min=0, help="Untimed passes first.")] = 10,
         onnx: Annotated[bool, typer.Option("--onnx/--no-onnx", help="Also time ONNX Runtime (needs the export extra).")] = True,
+        threads: Annotated[Optional[int], typer.Option(min=1, help="Intra-op threads for PyTorch and ONNX Runtime (default: PyTorch's).")] = None,
         teacher: Annotated[bool, typer.Option("--teacher/--no-teacher", help="Profile the run's teacher beside the student.")] = True,
         as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     ) -> None:
@@ -89,9 +90,9 @@ def register(app: typer.Typer, list_app: typer.Typer) -> None:
             if not isinstance(kw, dict):
                 raise ConfigError(f"--kwargs must be a JSON object, got {kwargs!r}.")
             result = profile_zoo_model(model, _ints(input_shape, "--input-shape"), num_classes, kw,
-                                       sizes, repeats, warmup, onnx)
+                                       sizes, repeats, warmup, onnx, threads)
         else:
-            result = profile_run(run_dir, sizes, repeats, warmup, onnx=onnx, teacher=teacher)
+            result = profile_run(run_dir, sizes, repeats, warmup, onnx=onnx, teacher=teacher, threads=threads)
         if as_json:
             print(json.dumps(result, indent=2, default=str))
             return

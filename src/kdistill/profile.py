@@ -9,14 +9,16 @@ What is measured, and how:
 * **FLOPs per sample**: :class:`torch.utils.flop_counter.FlopCounterMode` on one forward
   pass at batch 1, in eval mode. It counts 2 FLOPs per multiply-add of matmul,
   convolution and attention kernels and nothing for element-wise ops (activations,
-  BatchNorm in eval, pooling), the convention of fvcore and of most papers' "FLOPs"
-  columns (which often report MACs, half this number).
+  BatchNorm in eval, pooling). fvcore, ptflops and many papers' "FLOPs" columns count
+  multiply-adds (MACs) instead: half this number.
 * **latency**: wall-clock time of one forward pass on random inputs, after ``warmup``
   untimed passes, over ``repeats`` timed passes; p50 and p95 in milliseconds, at batch 1
   (on-line serving) and 64 (batch scoring). PyTorch runs in eval mode under
   ``torch.no_grad``; ONNX Runtime runs the exported graph with
   ``intra_op_num_threads`` set to PyTorch's thread count so the two compare on the same
-  cores. CUDA timings synchronize before and after each pass.
+  cores (``threads`` sets both; on a busy machine one thread gives the steadiest
+  numbers). CUDA timings synchronize before and after each pass; ONNX Runtime's CUDA
+  timings include the copies of inputs and outputs between host and device.
 
 :func:`profile_run` profiles a run's student and teacher side by side and writes
 ``profile.json``; compression and speed-up ratios are teacher / student (above 1 means
@@ -30,7 +32,8 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -267,6 +270,22 @@ def _settings(batch_sizes: Sequence[int], repeats: int, warmup: int) -> dict[str
     }
 
 
+@contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    """Run with ``n`` intra-op threads (PyTorch, and ONNX Runtime via :func:`profile_model`)."""
+    before = torch.get_num_threads()
+    if n:
+        if n < 1:
+            from .errors import ConfigError
+
+            raise ConfigError(f"threads must be at least 1, got {n}.")
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _teacher_sources(run_dir: Path) -> list[tuple[str, nn.Module, int]]:
     """``(name, model, file_bytes)`` of each teacher member the run folder can rebuild."""
     from .engine.checkpoint import load_into, load_weights
@@ -332,17 +351,23 @@ def profile_run(
     onnx: bool = True,
     teacher: bool = True,
     write: bool = True,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Profile a run's student and, when the folder can rebuild it, its teacher.
 
     The teacher comes from ``run_dir/teacher/`` (trained in the run) or from the
     checkpoint named in ``results.json``'s teacher record (an ensemble counts as the sum
-    of its members). Writes ``run_dir/profile.json`` when ``write``.
+    of its members). Writes ``run_dir/profile.json`` when ``write``. ``threads`` sets
+    the intra-op thread count for the measurement (default: PyTorch's current one).
     """
+    with _threads(threads):
+        return _profile_run(Path(run_dir), batch_sizes, repeats, warmup, onnx, teacher, write)
+
+
+def _profile_run(run_dir: Path, batch_sizes, repeats, warmup, onnx, teacher, write) -> dict[str, Any]:
     from .engine.checkpoint import atomic_write_json
     from .export import load_saved_model
 
-    run_dir = Path(run_dir)
     student, record = load_saved_model(run_dir, what="student")
     shape = tuple(record["input_shape"])
     kw = dict(batch_sizes=batch_sizes, repeats=repeats, warmup=warmup, onnx=onnx)
@@ -374,17 +399,19 @@ def profile_zoo_model(
     repeats: int = REPEATS,
     warmup: int = WARMUP,
     onnx: bool = True,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Profile a freshly initialised model by name (``kdistill profile --model NAME``)."""
     from .models import create_model
 
     model = create_model(name, num_classes, tuple(input_shape), **(kwargs or {}))
-    return {
-        "input_shape": list(input_shape),
-        "settings": _settings(batch_sizes, repeats, warmup),
-        "student": profile_model(model, input_shape, name, None, batch_sizes, repeats, warmup, onnx),
-        "teacher": None,
-    }
+    with _threads(threads):
+        return {
+            "input_shape": list(input_shape),
+            "settings": _settings(batch_sizes, repeats, warmup),
+            "student": profile_model(model, input_shape, name, None, batch_sizes, repeats, warmup, onnx),
+            "teacher": None,
+        }
 
 
 def _human(n: float, unit: str = "") -> str:
@@ -402,10 +429,10 @@ def profile_table(result: dict[str, Any]):
     cols = [x for x in (t, s) if x]
     st = result.get("settings", {})
     table = Table(title=(
-        f"profile, input {tuple(result['input_shape'])}: warm-up {st.get('warmup')}, "
-        f"{st.get('repeats')} repeats, {st.get('threads')} threads"
+        f"profile, input {tuple(result['input_shape'])}: latency p50 / p95 in ms after "
+        f"{st.get('warmup')} warm-up passes, {st.get('repeats')} repeats, {st.get('threads')} threads"
     ))
-    table.add_column("")
+    table.add_column("", no_wrap=True)
     for x in cols:
         table.add_column(x["name"], justify="right")
     if c:
@@ -423,5 +450,5 @@ def profile_table(result: dict[str, Any]):
             for x in cols
         ]
         speed = c["speedup_p50"].get(key) if c else None
-        table.add_row(f"{key} p50/p95 ms", *cells, *([f"{speed:.2f}x" if speed else "-"] if c else []))
+        table.add_row(f"{key} ms", *cells, *([f"{speed:.2f}x" if speed else "-"] if c else []))
     return table
