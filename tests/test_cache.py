@@ -83,6 +83,10 @@ def test_refuses_a_cache_for_other_data(tmp_path, data, teacher):
     CachedTeacher.open(tmp_path / "c", data.train, 6, teacher=teacher)  # the right one passes
     with pytest.raises(DataError, match="not a teacher cache"):
         CachedTeacher.open(tmp_path, data.train, 6)
+    for resident in (True, False):
+        c = CachedTeacher.open(tmp_path / "c", data.train, 6, resident=resident).to("cpu")
+        with pytest.raises(DataError, match="asks for sample 96, but the teacher cache .* holds 96 samples"):
+            c({"index": torch.tensor([3, 96])})
 
 
 def test_existing_cache_is_refused_and_failures_leave_nothing(tmp_path, data, teacher):

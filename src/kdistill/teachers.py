@@ -241,7 +241,9 @@ class CachedTeacher:
 
     def to(self, device) -> CachedTeacher:
         self.device = torch.device(device)
-        if self.resident:
+        if self.resident and self._t:  # already read: move, do not read the files again
+            self._t = {n: t.to(self.device) for n, t in self._t.items()}
+        elif self.resident:
             import numpy as np
 
             self._t = {n: torch.from_numpy(np.array(a)).to(self.device) for n, a in self._np.items()}
@@ -251,11 +253,19 @@ class CachedTeacher:
         return iter(())
 
     def _rows(self, name: str, index: Tensor, view: Tensor) -> Tensor:
-        if self.resident and self._t:
-            t = self._t[name]
-            return t[index.to(t.device), view.to(t.device)].to(self.device)
-        i, v = index.cpu().numpy(), view.cpu().numpy()
-        return torch.from_numpy(self._np[name][i, v]).to(self.device, non_blocking=True)
+        # an index past the cache (on CUDA a device-side assert instead) means other training data
+        try:
+            if self.resident and self._t:
+                t = self._t[name]
+                return t[index.to(t.device), view.to(t.device)].to(self.device)
+            i, v = index.cpu().numpy(), view.cpu().numpy()
+            return torch.from_numpy(self._np[name][i, v]).to(self.device, non_blocking=True)
+        except IndexError:
+            raise DataError(
+                f"A batch asks for sample {int(index.max())}, but the teacher cache {self.path} holds "
+                f"{self.meta['dataset']['length']} samples: the training data (a transfer set added?) is not "
+                "what was cached. Re-create the cache for this config."
+            ) from None
 
     def __call__(self, batch: dict, features: Sequence[str] = ()) -> TeacherOutput:
         stored = self.meta["features"]
