@@ -112,6 +112,13 @@ def test_takd_chain_of_three_makes_three_stages_each_taught_by_the_previous(tmp_
             assert res["teacher"]["kwargs"] == chain[i - 1]["kwargs"]
         else:
             assert res["teacher"] == {}
+    cfg = validate_config(config({"name": "takd", "chain": chain}))
+    with pytest.raises(ConfigError, match="already holds a finished run"):
+        run_scheme(cfg, run_dir=tmp_path / "run", log=lambda _: None)
+    lines: list[str] = []
+    again = run_scheme(cfg, run_dir=tmp_path / "run", resume=True, log=lines.append)
+    assert sum("finished earlier" in line for line in lines) == 3 and not any("epoch" in line for line in lines)
+    assert again["stages"] == out["stages"]
 
 
 def test_takd_chain_of_one_is_an_error(tmp_path):
@@ -249,7 +256,9 @@ def test_munge_keeps_shapes_and_takes_attributes_from_sample_or_neighbour():
     d = torch.cdist(x.flatten(1), x.flatten(1)) + torch.eye(20) * 1e9
     assert torch.equal(nearest_neighbours(x), d.argmin(1))
     noisy, _, _ = munge(x, 45, p=0.5, s=1.0, seed=1)
-    assert torch.equal(noisy == pseudo, pseudo == pseudo) is False  # s = 1 perturbs swapped values
+    kept = from_self & ~from_nbr  # same seed, same swaps: only swapped attributes are perturbed
+    assert torch.equal(noisy[kept], pseudo[kept])
+    assert bool((noisy[~kept] != pseudo[~kept]).all())
 
 
 def test_transfer_scheme_with_munge(tmp_path):
@@ -295,3 +304,17 @@ def test_specialists_scheme(tmp_path):
     for m, classes in enumerate(out["subsets"]):
         meta = json.loads((tmp_path / "run" / f"specialist{m}" / "model.json").read_text())
         assert meta["classes"] == classes and meta["num_classes"] == len(classes) + 1
+
+
+def test_cli_lists_schemes_and_refuses_bad_settings(tmp_path, capsys):
+    from kdistill.cli import main
+
+    assert main(["list", "schemes", "--json"]) == 0
+    names = json.loads(capsys.readouterr().out)
+    assert names == sorted(["ban", "byot", "dml", "ensemble", "one", "specialists", "takd", "transfer"])
+    path = tmp_path / "c.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(config({"name": "dml", "peer_targt": "each"})))
+    assert main(["train", str(path), "--run-dir", str(tmp_path / "r")]) == 2
+    assert "Did you mean 'peer_target'" in capsys.readouterr().err

@@ -31,7 +31,7 @@ def register(app: typer.Typer, list_app: typer.Typer) -> None:
             typer.Option(help="Comma-separated teacher models (default: scheme.study_teachers)."),
         ] = None,
         run_dir: Annotated[
-            Path | None, typer.Option("--run-dir", help="Study folder (default: output.dir/output.name).")
+            Path | None, typer.Option("--run-dir", help="Study folder (default: output.dir/<output.name>-study).")
         ] = None,
         resume: Annotated[bool, typer.Option("--resume", help="Reuse finished stages.")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print the study as JSON.")] = False,
@@ -47,7 +47,7 @@ def register(app: typer.Typer, list_app: typer.Typer) -> None:
         st = study_settings(cfg)
         if teachers:
             st["teachers"] = [t.strip() for t in teachers.split(",") if t.strip()]
-        out_dir = run_dir or Path(cfg.output.dir) / (cfg.output.name or "takd-study")
+        out_dir = run_dir or Path(cfg.output.dir) / f"{cfg.output.name or 'takd'}-study"
         out = run_study(cfg, out_dir, st["teachers"], st["student"], st["assistant"], resume=resume, log=log)
         if as_json:
             print(json.dumps(out))

@@ -258,6 +258,7 @@ class BYOT(Scheme):
             )
         net = SelfDistillNet(base, taps, deep, ctx.data.num_classes, ctx.data.train.x[:2])
         fit = ctx.fit(Distiller(net, None, [(1.0, ByotLoss(net, s.alpha, s.lam, s.temperature))]), "network")
+        net.cpu()  # exits share the base: evaluate and save them all on one device
         out_stages, exits = {}, []
         for i, tap in enumerate([*taps, None]):
             name = f"exit{i}"

@@ -121,6 +121,7 @@ class DML(Scheme):
         group = PeerGroup(peers)
         distiller = Distiller(group, None, [(1.0, MutualLoss(group, s.peer_target, s.kl_weight))])
         fit = ctx.fit(distiller, "group")
+        group.cpu()
         stages = {
             "group": {
                 "dir": "group",

@@ -214,6 +214,7 @@ class ONE(Scheme):
         split = s.split or default_split(probe)
         net = MultiBranch(factory, s.branches, split, ctx.data.train.x[:2])
         fit = ctx.fit(Distiller(net, None, [(1.0, OneLoss(net, s.temperature))]), "group")
+        net.cpu()  # branches share layers: evaluate and save them all on one device
         stages = {
             "ensemble": {
                 "dir": "group",
