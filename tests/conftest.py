@@ -23,7 +23,7 @@ def tiny_cfg(tmp_path):
             "output": {"dir": str(tmp_path / "runs")},
         }
         for k, v in over.items():
-            if isinstance(v, dict) and isinstance(cfg.get(k), dict):
+            if isinstance(v, dict) and isinstance(cfg.get(k), dict) and k not in ("method", "teacher", "student"):
                 cfg[k] = {**cfg[k], **v}
             else:
                 cfg[k] = v

@@ -71,7 +71,8 @@ def load_transfer(cfg: RunConfig, data: DataSplits) -> ArrayDataset | None:
 # -- models --------------------------------------------------------------------------------
 def build_model(name: str, kwargs: dict, data: DataSplits, checkpoint: str | None = None,
                 trust: bool = False, what: str = "model") -> nn.Module:
-    model = create_model(name, data.num_classes, data.input_shape, **kwargs)
+    kw = dict(kwargs)  # an explicit num_classes / input_shape wins; check_model then reports a mismatch
+    model = create_model(name, kw.pop("num_classes", data.num_classes), tuple(kw.pop("input_shape", data.input_shape)), **kw)
     if checkpoint:
         load_into(model, load_weights(checkpoint, trust=trust), what)
     check_model(model, data, what)

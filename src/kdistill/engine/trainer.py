@@ -268,7 +268,7 @@ class Trainer:
                     if self._deferred:
                         self._flag(loss)
                     elif not torch.isfinite(loss):
-                        bad = [k for k, v in out.items() if k.startswith("loss") and not torch.isfinite(v).all()]
+                        bad = [k for k, v in out.items() if k.startswith("loss_") and not torch.isfinite(v).all()]
                         if cfg.on_nonfinite == "skip":
                             self.skipped_steps += 1
                             self.optimizer.zero_grad(set_to_none=True)
