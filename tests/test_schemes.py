@@ -14,7 +14,7 @@ from kdistill.config import validate_config
 from kdistill.engine.checkpoint import load_weights
 from kdistill.errors import ConfigError
 from kdistill.models import create_model
-from kdistill.schemes import run_scheme
+from kdistill.schemes import parse_settings, run_scheme
 from kdistill.schemes.byot import SelfDistillNet, byot_losses, load_exit
 from kdistill.schemes.dml import dml_losses
 from kdistill.schemes.one import MultiBranch, one_losses
@@ -136,6 +136,10 @@ def test_unknown_scheme_lists_known_ones(tmp_path):
 def test_unknown_setting_names_the_closest(tmp_path):
     with pytest.raises(ConfigError, match="no setting 'generatons'.*Did you mean 'generations'"):
         run(tmp_path, {"name": "ban", "generatons": 2})
+    with pytest.raises(ConfigError, match=r"scheme.chain.1: a model has no key 'kwarg'. Did you mean 'kwargs'"):
+        parse_settings("takd", {"chain": ["mlp", {"model": "mlp", "kwarg": {}}]})
+    with pytest.raises(ConfigError, match=r"scheme.chain.1: a model is a zoo name or a mapping"):
+        parse_settings("takd", {"chain": ["mlp", 3]})
 
 
 def test_ban_generations_and_their_ensemble(tmp_path):

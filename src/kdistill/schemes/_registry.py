@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .._registry import Registry
-from ..config import RunConfig, dump_config
+from ..config import ModelConfig, RunConfig, dump_config
 from ..engine.checkpoint import atomic_write_json, atomic_write_text
 from ..errors import ConfigError, did_you_mean
 from ._common import SchemeContext
@@ -61,13 +61,29 @@ def parse_settings(name: str, raw: dict[str, Any]) -> Any:
     except ValidationError as e:
         valid = list(cls.Config.model_fields)
         lines = []
-        for err in e.errors():
+        errors = e.errors()
+        # a model given as a mapping also fails the "zoo name" branch of its union: say the useful half
+        locs = [[str(p) for p in x["loc"]] for x in errors]
+        mapped = {tuple(loc[: loc.index("ModelConfig")]) for loc in locs if "ModelConfig" in loc}
+        for err in errors:
             loc = [str(p) for p in err["loc"]]
+            if loc[-1] == "str" and tuple(loc[:-1]) in mapped:
+                continue
+            if loc[-1] == "ModelConfig":
+                where = ".".join(["scheme", *loc[:-1]])
+                lines.append(f"{where}: a model is a zoo name or a mapping {{model, kwargs, checkpoint}}, "
+                             f"got {err['input']!r}.")
+                continue
             if err["type"] == "extra_forbidden" and len(loc) == 1:
                 lines.append(
                     f"scheme {name!r} has no setting {loc[0]!r}.{did_you_mean(loc[0], valid)} "
                     f"Its settings: {', '.join(valid)}."
                 )
+            elif err["type"] == "extra_forbidden" and loc[-2:-1] == ["ModelConfig"]:
+                keys = list(ModelConfig.model_fields)
+                where = ".".join(["scheme", *loc[:-2]])
+                lines.append(f"{where}: a model has no key {loc[-1]!r}.{did_you_mean(loc[-1], keys)} "
+                             f"Its keys: {', '.join(keys)}.")
             else:
                 where = ".".join(["scheme", *loc])
                 lines.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")

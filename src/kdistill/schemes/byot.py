@@ -8,9 +8,9 @@ classifier (the network's own head) teaches them. Each shallow exit ``i`` is tra
 deepest with ``CE(q_C, y)``; ``F_i`` is exit ``i``'s bottleneck output (a 1x1 convolution
 to the deepest stage's channels, average-pooled to its size) and ``F_C`` the deepest stage's
 features. The deepest exit's outputs are the teacher: no gradient flows into them from the
-distillation terms. Defaults ``T = 3``, ``alpha = 0.1``, ``lambda = 1e-6`` follow the
-values commonly used for the paper's CIFAR recipe; set them to the paper's table for an exact
-replication.
+distillation terms. Defaults ``T = 3``, ``alpha = 0.1``, ``lambda = 1e-6`` are
+common choices that were not checked against the paper's tables here; set them from the
+paper for an exact replication.
 
 Exits are built from the model's ``default_taps["stages"]`` (every stage but the last gets
 an exit), so any zoo model works; ``scheme.stages`` names other tap points.

@@ -1,8 +1,8 @@
 """Deep mutual learning: peers trained together from scratch, each learning from the others.
 
 Zhang, Xiang, Hospedales & Lu (2018), "Deep Mutual Learning", arXiv:1706.00384 (CVPR 2018).
-Peer ``k`` minimises ``CE(p_k, y) + 1/(K-1) * sum_{l != k} KL(p_l || p_k)`` (their eq. 10,
-``peer_target: each``); ``peer_target: mean`` uses their ensemble variant, ``KL(mean_{l!=k}
+Peer ``k`` minimises ``CE(p_k, y) + 1/(K-1) * sum_{l != k} KL(p_l || p_k)`` (their K-network
+form, ``peer_target: each``); ``peer_target: mean`` uses their ensemble variant, ``KL(mean_{l!=k}
 p_l || p_k)``. Temperature 1 as in the paper. The other peers' predictions are targets
 (no gradient flows into them through peer ``k``'s term), so summing every peer's loss and
 taking one optimizer step updates each peer with exactly its own loss: the paper's
