@@ -209,9 +209,7 @@ def test_cache_answers_eval_inputs_by_content(tmp_path, data, teacher):
     x = data.test.x[[7, 3, 39]]
     assert torch.allclose(c({"x": x}).logits, teacher({"x": x}).logits, atol=1e-6)
     # training rows too (cached unaugmented)
-    assert torch.allclose(
-        c({"x": data.train.x[:2]}).logits, teacher({"x": data.train.x[:2]}).logits, atol=1e-6
-    )
+    assert torch.allclose(c({"x": data.train.x[:2]}).logits, teacher({"x": data.train.x[:2]}).logits, atol=1e-6)
     with pytest.raises(DataError, match="holds no output for an input"):
         c({"x": torch.zeros(1, 1, 8, 8)})
 
@@ -246,6 +244,12 @@ def test_cache_teacher_cli_then_train_from_the_cache(tmp_path, data):
     res = run_experiment(cfg, tmp_path / "run", log=lambda s: None)
     assert res["teacher"]["cache"] == str(cache)
     assert 0.0 <= res["final"]["test"]["agreement"] <= 1.0
+    # training under another augmentation than the cache's is refused before any step
+    cfg = load_config(
+        cfg_file, ["teacher.model=null", "teacher.checkpoint=null", f"teacher.cache={cache}", "data.augment.shift=2"]
+    )
+    with pytest.raises(ConfigError, match=r"data.augment \(shift=2, flip=True\) differs .* \(shift=1, flip=True\)"):
+        run_experiment(cfg, tmp_path / "run2", log=lambda s: None)
     # a second cache-teacher to the same folder is refused with exit code 2
     assert main(["cache-teacher", str(cfg_file), "--out", str(cache)]) == 2
 

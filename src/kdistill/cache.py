@@ -62,9 +62,7 @@ def teacher_fingerprint(teacher: Any) -> str:
     h = hashlib.sha256()
     members = getattr(teacher, "members", None)
     modules = (
-        [getattr(m, "module", m) for m in members]
-        if members is not None
-        else [getattr(teacher, "module", teacher)]
+        [getattr(m, "module", m) for m in members] if members is not None else [getattr(teacher, "module", teacher)]
     )
     if members is not None:
         h.update(str(getattr(teacher, "combine", "")).encode())
@@ -162,9 +160,7 @@ def cache_teacher(
 
         def array(name: str, shape: tuple[int, ...], dt) -> np.memmap:
             if name not in arrays:
-                arrays[name] = np.lib.format.open_memmap(
-                    tmp / f"{name}.npy", mode="w+", dtype=dt, shape=shape
-                )
+                arrays[name] = np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=dt, shape=shape)
             return arrays[name]
 
         # offsets are at most 2 * 64 (config bound on shift) and the flip is 0/1: int16 is enough
@@ -184,18 +180,14 @@ def cache_teacher(
                 logits = out.logits.detach().float().cpu()
                 if num_classes is None:
                     num_classes = int(logits.shape[1])
-                    combine = (
-                        out.combine if out.member_logits is not None and out.combine == "mean_prob" else None
-                    )
+                    combine = out.combine if out.member_logits is not None and out.combine == "mean_prob" else None
                     if combine is not None and topk is not None:
                         raise ConfigError(
                             "A top-k cache cannot represent a mean-of-probabilities ensemble at other "
                             "temperatures; cache it in full (no topk) or use combine: mean_logit."
                         )
                     if topk is not None and not 1 <= topk <= num_classes:
-                        raise ConfigError(
-                            f"topk must lie in [1, {num_classes}] (the class count), got {topk}."
-                        )
+                        raise ConfigError(f"topk must lie in [1, {num_classes}] (the class count), got {topk}.")
                 if topk is not None:
                     vals, idx = logits.topk(topk, dim=1)
                     idt = np.int16 if num_classes <= np.iinfo(np.int16).max else np.int32
@@ -277,17 +269,14 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     file = path / "meta.json"
     if not file.is_file():
-        raise DataError(
-            f"{path} is not a teacher cache (no meta.json); create one with `kdistill cache-teacher`."
-        )
+        raise DataError(f"{path} is not a teacher cache (no meta.json); create one with `kdistill cache-teacher`.")
     try:
         meta = json.loads(file.read_text())
     except ValueError:
         raise DataError(f"{file} is damaged (not valid JSON); re-create the cache.") from None
     if meta.get("format") != CACHE_FORMAT:
         raise DataError(
-            f"{path} has cache format {meta.get('format')!r}; this version reads {CACHE_FORMAT}. "
-            "Re-create it."
+            f"{path} has cache format {meta.get('format')!r}; this version reads {CACHE_FORMAT}. Re-create it."
         )
     return meta
 
@@ -310,8 +299,7 @@ def check_matches(
         problems.append(f"it has {meta['num_classes']} classes but the data has {num_classes}")
     if teacher_fp is not None and meta["teacher"]["fingerprint"] != teacher_fp:
         problems.append(
-            f"its teacher fingerprint {meta['teacher']['fingerprint']} differs from this teacher's "
-            f"{teacher_fp}"
+            f"its teacher fingerprint {meta['teacher']['fingerprint']} differs from this teacher's {teacher_fp}"
         )
     if problems:
         raise DataError(
@@ -342,13 +330,9 @@ def cache_from_config(
 
     t = cfg.teacher
     if t is None or t.cache is not None:
-        raise ConfigError(
-            "cache-teacher needs a config whose teacher is a model or an ensemble with checkpoints."
-        )
+        raise ConfigError("cache-teacher needs a config whose teacher is a model or an ensemble with checkpoints.")
     if cfg.data.transfer is not None:
-        raise ConfigError(
-            "cache-teacher covers the training data only; remove data.transfer from this config."
-        )
+        raise ConfigError("cache-teacher covers the training data only; remove data.transfer from this config.")
     members = t.ensemble or [t]
     missing = [i for i, m in enumerate(members) if not m.checkpoint]
     if missing:
@@ -365,11 +349,7 @@ def cache_from_config(
         module = create_model(m.model, data.num_classes, data.input_shape, **m.kwargs)
         load_into(module, load_weights(m.checkpoint, trust=trust), "teacher")
         modules.append(module)
-    teacher = (
-        ModuleTeacher(modules[0], data.num_classes)
-        if len(modules) == 1
-        else EnsembleTeacher(modules, t.combine)
-    )
+    teacher = ModuleTeacher(modules[0], data.num_classes) if len(modules) == 1 else EnsembleTeacher(modules, t.combine)
     a = cfg.data.augment
     evals = {"test": data.test} | ({"val": data.val} if data.val is not None else {})
     return cache_teacher(
@@ -388,6 +368,33 @@ def cache_from_config(
         overwrite=overwrite,
         log=log,
     )
+
+
+def stored_views(teacher: Any, augment: Augment | None):
+    """The :class:`~kdistill.data.StoredViews` a loader must use with ``teacher`` (``None``
+    for a live teacher or a cache without views).
+
+    A teacher cache fixes the augmentation: training with another one would show the
+    student inputs whose teacher outputs were never computed (or, without views, teach
+    augmented inputs with the outputs for plain ones, the "fixed teacher" that Beyer et al.
+    2022 find clearly worse), so a mismatch is refused.
+    """
+    meta = getattr(teacher, "meta", None)
+    if not hasattr(teacher, "views") or meta is None:
+        return None
+    want = (augment.shift, augment.flip) if augment is not None and augment.active else None
+    have = (meta["augment"]["shift"], meta["augment"]["flip"]) if meta["augment"] else None
+    if want != have:
+
+        def say(a):
+            return f"shift={a[0]}, flip={a[1]}" if a else "none"
+
+        raise ConfigError(
+            f"data.augment ({say(want)}) differs from the augmentation the teacher cache was made with "
+            f"({say(have)}): the student would see inputs the teacher never saw. Set data.augment to match, "
+            "or re-create the cache with `kdistill cache-teacher` under this config."
+        )
+    return teacher.views
 
 
 def describe(meta: dict[str, Any]) -> str:

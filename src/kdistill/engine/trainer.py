@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from ..bench import peak_memory_bytes
+from ..cache import stored_views
 from ..config import TrainConfig
 from ..data import ArrayDataset, Augment, DeviceLoader
 from ..errors import Interrupted, NonFiniteError
@@ -123,7 +124,7 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         self.accelerator = get_accelerator(self.device, cfg.precision)
         self.device = self.accelerator.device
-        views = getattr(distiller.teacher, "views", None)  # a teacher cache of augmented views
+        views = stored_views(distiller.teacher, augment)  # a teacher cache's fixed augmented views
         self.loader = DeviceLoader(
             train_data, batch_size, shuffle=True, seed=cfg.seed, device=self.device,
             augment=augment if views is None else None,
