@@ -24,7 +24,7 @@ ort = pytest.importorskip("onnxruntime")
 
 # (kwargs, input shape, ONNX exporter): small settings and 8x8 inputs (which every
 # family's strides accept) keep the runs fast. The torch.export-based exporter spends
-# 5-20 s of Python on a deep CNN on a 2-core CPU, so the deep families take the legacy
+# 10-30 s of Python on a deep CNN on two busy cores, so the deep families take the legacy
 # exporter here; the default (torch.export) path is covered by the other families and tests.
 FAMILIES = {
     "mlp": ({"hidden": [16]}, [1, 8, 8], "auto"),
