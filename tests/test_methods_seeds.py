@@ -211,6 +211,28 @@ def test_fsp_pools_within_a_pair_and_loss_values():
     assert fsp_loss(s, s).item() == 0.0
 
 
+def test_fsp_init_stage_trains_the_student_towards_the_teacher_flow(images):
+    torch.manual_seed(0)
+    s, t = TinyNet(), TinyNet((8, 16, 16))
+    assert create("fsp", s, t, example=images[:2]).terms[0].pre_stage() is None  # joint by default
+    d = create("fsp", s, t, example=images[:2], init_epochs=1)
+    term = d.terms[0]
+    stage = term.pre_stage()
+    ids = {id(p) for p in stage.params}
+    assert all(id(p) in ids for m in (s.conv1, s.conv2, s.conv3, term.connectors) for p in m.parameters())
+    assert all(id(p) not in ids for p in s.head.parameters())
+    opt = torch.optim.Adam(stage.params, lr=1e-2)
+    batch = batch_of(images)
+    d.train()
+    first = stage.loss(d.context(batch)).item()
+    for _ in range(20):
+        loss = stage.loss(d.context(batch))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert stage.loss(d.context(batch)).item() < 0.5 * first
+
+
 def test_fsp_needs_two_stages(images):
     with pytest.raises(ConfigError, match="two stages"):
         create("fsp", TinyNet(), TinyNet(), example=images[:2], student_layers=["act3"],

@@ -12,6 +12,11 @@ over pairs). Within a pair the larger map is average-pooled to the smaller. Wher
 student stage's channel count differs from the teacher's, a 1x1 conv + BN connector maps it
 to the teacher's width first. The weight 50 comes from the CRD benchmark (Tian et al. 2020,
 RepDistiller).
+
+The paper trains in two stages: first the student minimises the FSP loss alone, then it
+trains on the task. ``init_epochs > 0`` adds that first stage as the :class:`PreStage`
+``fsp_init`` (student up to the deepest matched stage, plus the connectors); the default 0
+keeps the single joint stage. The paper's exact recipe is ``weight: 0, init_epochs: N``.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ from torch import Tensor, nn
 
 from ..connectors import build_connector
 from ..errors import ConfigError
-from ._base import Context, Method
-from ._pairs import match_spatial, probe_shapes, require_example, require_maps, stage_pairs
+from ._base import Context, Method, PreStage
+from ._pairs import match_spatial, params_reaching, probe_shapes, require_example, require_maps, stage_pairs
 from ._registry import register_method
 
 
@@ -57,20 +62,26 @@ class FSP(Method):
         """Attributes:
             student_layers / teacher_layers: stage taps, shallow to deep (default: last k
                 declared stages); FSP matrices relate each one to the next.
+            init_epochs / init_lr: the optional first stage on the FSP loss alone.
         """
 
         student_layers: list[str] | None = None
         teacher_layers: list[str] | None = None
+        init_epochs: int = 0
+        init_lr: float | None = None
 
     def __init__(self, cfg, student, teacher, example):
         super().__init__(cfg, student, teacher, example)
+        if cfg.init_epochs < 0:
+            raise ConfigError(f"fsp: init_epochs must be >= 0, got {cfg.init_epochs}.")
+        example = require_example("fsp", example)
         s_specs, t_specs = stage_pairs("fsp", cfg.student_layers, cfg.teacher_layers, student, teacher)
         if len(s_specs) < 2:
             raise ConfigError(
                 f"fsp needs at least two stages on each side (it relates consecutive stages); got "
                 f"student {s_specs} and teacher {t_specs}."
             )
-        s_shapes, t_shapes = probe_shapes(student, teacher, s_specs, t_specs, require_example("fsp", example))
+        s_shapes, t_shapes = probe_shapes(student, teacher, s_specs, t_specs, example)
         connectors = []
         for s, t in zip(s_specs, t_specs, strict=True):
             ss, ts = s_shapes[s], t_shapes[t]
@@ -79,8 +90,16 @@ class FSP(Method):
             connectors.append(build_connector(ss, (ss[0], ts[1], *ss[2:]), s, t, need_maps=True))
         self.connectors = nn.ModuleList(connectors)
         self.student_taps, self.teacher_taps = s_specs, t_specs
+        # plain list: these parameters belong to the student, not to this term
+        self._init_student_params = params_reaching(student, s_specs, example) if cfg.init_epochs else []
 
     def forward(self, ctx: Context) -> Tensor:
         s = [c(ctx.student_features[k]) for c, k in zip(self.connectors, self.student_taps, strict=True)]
         t = [ctx.teacher.features[k] for k in self.teacher_taps]
         return fsp_loss(s, t)
+
+    def pre_stage(self) -> PreStage | None:
+        if self.cfg.init_epochs <= 0:
+            return None
+        params = self._init_student_params + list(self.connectors.parameters())
+        return PreStage("fsp_init", self.cfg.init_epochs, params, self.forward, self.cfg.init_lr)
