@@ -438,6 +438,13 @@ def test_trained_part_terms_work_on_1d_maps(method):
     assert student.conv1.weight.grad.abs().sum() > 0
 
 
+def test_one_named_side_pairs_with_the_other_sides_deepest_stages(images):
+    d = create("at", TinyNet(), TinyNet(), example=images[:2], student_layers=["act1", "act2"])
+    assert d.terms[0].student_taps == ["act1", "act2"] and d.terms[0].teacher_taps == ["act2", "act3"]
+    with pytest.raises(ConfigError, match="declares only 3"):
+        create("at", TinyNet(), TinyNet(), example=images[:2], teacher_layers=["act1", "act2", "act3", "conv3"])
+
+
 def test_layer_choice_errors(images):
     with pytest.raises(ConfigError, match="same length"):
         create("nst", TinyNet(), TinyNet(), example=images[:2], student_layers=["act1", "act2"],

@@ -71,7 +71,8 @@ def stage_pairs(
     """Paired student and teacher stage taps.
 
     Explicit lists are used as written and must have equal length. Declared stages are
-    paired from the deep end: ``last`` stages, or as many as the shorter list has.
+    paired from the deep end: ``last`` stages, or as many as the shorter list has; when only
+    one side is named, the other side's deepest stages are paired with it.
     """
     s = list(student_layers) if student_layers else None
     t = list(teacher_layers) if teacher_layers else None
@@ -82,9 +83,18 @@ def stage_pairs(
                 f"{len(t)}; they are matched pairwise, so give both the same length."
             )
         return s, t
+    given = s if s is not None else t  # one side named explicitly: it sets the count
     s = s if s is not None else list(declared(student, "stages", "student", method))
     t = t if t is not None else list(declared(teacher_network(teacher), "stages", "teacher", method))
-    k = min(len(s), len(t)) if last is None else min(last, len(s), len(t))
+    if given is not None:
+        if min(len(s), len(t)) < len(given):
+            raise ConfigError(
+                f"Method {method!r}: {len(given)} layer(s) named on one side ({given}) but the other "
+                f"network declares only {min(len(s), len(t))} stage(s); name both sides' layers."
+            )
+        k = len(given)
+    else:
+        k = min(len(s), len(t)) if last is None else min(last, len(s), len(t))
     return s[len(s) - k:], t[len(t) - k:]
 
 
