@@ -154,9 +154,7 @@ def write_run(
         for e in range(epochs)
     ]
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    method_cfg = (
-        {"name": "ce"} if name.startswith("scratch") else {"name": "kd", "temperature": 4.0, "alpha": 0.9}
-    )
+    method_cfg = {"name": "ce"} if name.startswith("scratch") else {"name": "kd", "temperature": 4.0, "alpha": 0.9}
     cfg = {
         "data": {"name": "synthetic"},
         "student": {"model": "mlp"},
@@ -326,18 +324,14 @@ def test_every_plot_is_a_real_image(tmp_path):
         ]
         for s in range(2)
     ]
-    plots.learning_curves(
-        [plots.Curve("teacher", rows, "teacher"), plots.Curve("kd", rows)], tmp_path / "lc.png"
-    )
+    plots.learning_curves([plots.Curve("teacher", rows, "teacher"), plots.Curve("kd", rows)], tmp_path / "lc.png")
     pts = [
         {"label": "teacher", "x": 10000, "y": 0.9, "yerr": 0.01, "role": "teacher"},
         {"label": "scratch", "x": 1000, "y": 0.7, "yerr": 0.02, "role": "scratch"},
         {"label": "kd", "x": 1000, "y": 0.75, "yerr": None, "role": "method"},
     ]
     plots.accuracy_vs_cost(pts, "parameters (count)", tmp_path / "pareto.png")
-    plots.heatmap(
-        [[70.0, 71.5], [72.0, None]], [1, 4], [0.5, 0.9], "temperature T", "alpha", tmp_path / "hm.png"
-    )
+    plots.heatmap([[70.0, 71.5], [72.0, None]], [1, 4], [0.5, 0.9], "temperature T", "alpha", tmp_path / "hm.png")
     logits, labels = torch.randn(300, 4, generator=g) * 2, torch.randint(0, 4, (300,), generator=g)
     rel = [
         plots.reliability_bins(logits, labels, "teacher"),
@@ -427,9 +421,7 @@ def _base_cfg(**over):
 def test_plan_sweep_and_grid_parsing():
     from kdistill.report.compare import parse_grid, parse_seeds, plan_sweep
 
-    grid = parse_grid(
-        ["method.temperature=1,2,4", "method.alpha=0.5,0.9", "student.kwargs.hidden=[[8],[16,16]]"]
-    )
+    grid = parse_grid(["method.temperature=1,2,4", "method.alpha=0.5,0.9", "student.kwargs.hidden=[[8],[16,16]]"])
     assert grid["method.temperature"] == [1, 2, 4] and grid["student.kwargs.hidden"] == [[8], [16, 16]]
     cells = plan_sweep(_base_cfg(), grid, [0, 1])
     assert len(cells) == 2 * (1 + 3 * 2 * 2)
@@ -526,17 +518,14 @@ def test_end_to_end_compare(tiny_compare):
         sc_res = json.loads((out / f"scratch-s{s}" / "results.json").read_text())
         assert kd_res["teacher"]["metrics"] == sc_res["teacher"]["metrics"]
     res = {
-        n: json.loads((out / n / "results.json").read_text())
-        for n in ("kd-s0", "kd-s1", "scratch-s0", "scratch-s1")
+        n: json.loads((out / n / "results.json").read_text()) for n in ("kd-s0", "kd-s1", "scratch-s0", "scratch-s1")
     }
     kd, t = _row(agg, "kd"), _row(agg, "teacher")
     assert t["n"] == 2 and t["latency_ms_p50"] is not None
     a0, a1 = res["kd-s0"]["final"]["test"]["acc"], res["kd-s1"]["final"]["test"]["acc"]
     assert kd["last_acc"]["mean"] == pytest.approx((a0 + a1) / 2)
     assert kd["last_acc"]["std"] == pytest.approx(abs(a0 - a1) / math.sqrt(2))
-    d = [
-        res[f"kd-s{s}"]["final"]["test"]["acc"] - res[f"scratch-s{s}"]["final"]["test"]["acc"] for s in (0, 1)
-    ]
+    d = [res[f"kd-s{s}"]["final"]["test"]["acc"] - res[f"scratch-s{s}"]["final"]["test"]["acc"] for s in (0, 1)]
     assert kd["diff_last"]["mean"] == pytest.approx(sum(d) / 2)
     assert kd["diff_last"]["half_width"] == pytest.approx(
         12.706 * abs(d[0] - d[1]) / math.sqrt(2) / math.sqrt(2), rel=1e-3, abs=1e-9
@@ -598,9 +587,7 @@ def test_end_to_end_report_rebuilds_models(tiny_compare):
     _check_html(Path(res["html"]), len(res["plots"]))
 
     single = build_report(out / "kd-s1", log=lambda s: None)  # one run folder works too
-    assert {"reliability.png", "per_class.png", "learning_curves.png"} <= {
-        Path(p).name for p in single["plots"]
-    }
+    assert {"reliability.png", "per_class.png", "learning_curves.png"} <= {Path(p).name for p in single["plots"]}
 
 
 def test_report_renders_in_headless_chromium(tiny_compare, tmp_path):
@@ -630,3 +617,15 @@ def test_report_renders_in_headless_chromium(tiny_compare, tmp_path):
     non_white = float((img.min(-1) < 0.9).mean())
     assert non_white > 0.02, f"screenshot is blank ({100 * non_white:.2f}% non-white pixels)"
     assert float(img.var()) > 1e-3
+
+
+def test_a_failing_cell_does_not_cost_the_grid(tmp_path):
+    from kdistill.report.compare import plan_methods, run_grid
+
+    cfg = _base_cfg(teacher=None, train={"epochs": 1, "progress": False})
+    logs: list[str] = []
+    agg = run_grid(plan_methods(cfg, ["kd"], [0]), tmp_path / "g", log=logs.append)
+    assert [f["run"] for f in agg["failed"]] == ["kd-s0"]
+    assert "teacher" in agg["failed"][0]["reason"]
+    assert [r["label"] for r in agg["rows"]] == ["scratch"]  # no teacher row without a teacher
+    assert "kd-s0: failed:" in (tmp_path / "g" / "compare.md").read_text()

@@ -17,9 +17,7 @@ TeacherOpt = Annotated[
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", help="Override a config key: section.key=value (repeatable).")
 ]
-ReportOpt = Annotated[
-    bool, typer.Option("--report/--no-report", help="Also write report.md/report.html with plots.")
-]
+ReportOpt = Annotated[bool, typer.Option("--report/--no-report", help="Also write report.md/report.html with plots.")]
 
 
 def _log(line: str) -> None:
@@ -40,6 +38,10 @@ def _finish(agg: dict, out: Path, title: str, report: bool) -> None:
         res = build_report(out, log=_log)
         console.print(f"Report: {res['html']}")
     console.print(f"Compare folder: {out} (compare.json, compare.md)")
+    if agg.get("failed"):
+        for f in agg["failed"]:
+            console.print(f"[bold red]failed:[/] {f['run']}: {f['reason'].removeprefix('failed: ')}", highlight=False)
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer, list_app: typer.Typer) -> None:

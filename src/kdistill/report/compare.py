@@ -32,7 +32,7 @@ import yaml
 
 from ..config import RunConfig, dump_config, load_config, validate_config
 from ..engine.checkpoint import atomic_write_json, atomic_write_text
-from ..errors import ConfigError
+from ..errors import ConfigError, Interrupted, KdistillError
 from .tables import SCRATCH, aggregate, collect_runs, find_run_dirs
 
 TEACHER_MODES = ("per-seed", "shared")
@@ -130,9 +130,7 @@ def plan_configs(configs: list[tuple[str, RunConfig]], seeds: list[int]) -> list
             )
     cells = []
     for seed in seeds:
-        cells.append(
-            Cell(SCRATCH, seed, _with(configs[0][1], {"method": {"name": "ce"}, "train.seed": seed}), {})
-        )
+        cells.append(Cell(SCRATCH, seed, _with(configs[0][1], {"method": {"name": "ce"}, "train.seed": seed}), {}))
         for label, c in configs:
             cells.append(Cell(_safe(label), seed, _with(c, {"train.seed": seed}), {"config": label}))
     return cells
@@ -148,9 +146,7 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
             raise ConfigError(f"--grid {item!r} must look like section.key=v1,v2,...")
         try:
             # a YAML list allows values that contain commas: student.kwargs.hidden=[[16],[32,32]]
-            values = (
-                yaml.safe_load(text) if text.startswith("[") else [yaml.safe_load(v) for v in text.split(",")]
-            )
+            values = yaml.safe_load(text) if text.startswith("[") else [yaml.safe_load(v) for v in text.split(",")]
         except yaml.YAMLError as e:
             raise ConfigError(f"--grid {item!r}: values are not valid YAML ({e}).") from None
         if not isinstance(values, list) or not values:
@@ -204,9 +200,7 @@ def _teacher_key(cell: Cell, mode: str) -> str | None:
 def _teacher_paths(cell_dir: Path, cfg: RunConfig) -> list[str]:
     t = cfg.teacher
     if t.ensemble:
-        return [
-            str((cell_dir / f"teacher{i}" / "model.safetensors").resolve()) for i in range(len(t.ensemble))
-        ]
+        return [str((cell_dir / f"teacher{i}" / "model.safetensors").resolve()) for i in range(len(t.ensemble))]
     return [str((cell_dir / "teacher" / "model.safetensors").resolve())]
 
 
@@ -288,6 +282,7 @@ def run_grid(
     except OSError as e:
         raise ConfigError(f"Cannot create the compare folder {out}: {e.strerror or e}.") from None
     trained: dict[str, list[str]] = {}
+    failed: list[dict[str, str]] = []
     measured: set[str] = set()
     done, ran = 0, 0
     for i, cell in enumerate(cells, 1):
@@ -302,7 +297,15 @@ def run_grid(
             done += 1
         else:
             log(f"[{i}/{len(cells)}] {cell.name}: running")
-            run_experiment(cfg, run_dir=cell_dir, resume=True, log=log, trust=trust)
+            try:
+                run_experiment(cfg, run_dir=cell_dir, resume=True, log=log, trust=trust)
+            except Interrupted:
+                raise  # a checkpoint was saved; the same command resumes the grid
+            except KdistillError as e:
+                # one method that does not fit this student must not cost the rest of the grid
+                log(f"[{i}/{len(cells)}] {cell.name}: failed: {e}")
+                failed.append({"run": cell.name, "reason": f"failed: {e}"})
+                continue
             ran += 1
         if key is not None and key not in trained:
             trained[key] = _teacher_paths(cell_dir, cfg)
@@ -313,16 +316,18 @@ def run_grid(
         if ckpt and ckpt not in measured:
             measured.add(ckpt)
             _record_teacher_latency(cell_dir, log)
-    records, skipped = collect_runs([out / c.name for c in cells])
+    failed_names = {f["run"] for f in failed}
+    records, skipped = collect_runs([out / c.name for c in cells if c.name not in failed_names])
     for s in skipped:
         log(f"skipping {s['run']}: {s['reason']}")
-    agg = aggregate(records, skipped)
+    if not records:
+        reasons = "; ".join(f"{s['run']}: {s['reason']}" for s in failed + skipped)
+        raise ConfigError(f"No cell of the grid finished ({reasons}).")
+    agg = aggregate(records, failed + skipped) | {"failed": failed}
     plan = {
         "kind": kind,
         "teacher": teacher,
-        "cells": [
-            {"name": c.name, "group": c.group, "seed": c.seed, "overrides": c.overrides} for c in cells
-        ],
+        "cells": [{"name": c.name, "group": c.group, "seed": c.seed, "overrides": c.overrides} for c in cells],
         "ran": ran,
         "skipped_finished": done,
     }
@@ -335,9 +340,7 @@ def write_summary(out: Path, agg: dict[str, Any], plan: dict[str, Any] | None = 
     from .html import render_markdown, summary_blocks
 
     atomic_write_json(out / "compare.json", {"plan": plan or {}, "aggregate": agg})
-    atomic_write_text(
-        out / "compare.md", render_markdown(summary_blocks(agg, f"kdistill comparison {out.name}"))
-    )
+    atomic_write_text(out / "compare.md", render_markdown(summary_blocks(agg, f"kdistill comparison {out.name}")))
 
 
 def compare(
@@ -363,9 +366,7 @@ def compare(
         if config is None:
             raise ConfigError("compare needs a config file (with --methods) or several config files.")
         if not methods:
-            raise ConfigError(
-                "compare needs --methods m1,m2 (see `kdistill list methods`) or several configs."
-            )
+            raise ConfigError("compare needs --methods m1,m2 (see `kdistill list methods`) or several configs.")
         base = load_config(config, list(overrides))
         cells = plan_methods(base, methods, list(seeds))
         stem = Path(config).stem

@@ -89,9 +89,7 @@ def render_html(blocks: list[Block], title: str, root: Path, agg: dict[str, Any]
             parts.append("<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in b[1]) + "</ul>")
         elif kind == "table" and agg is not None:
             head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
-            body = "".join(
-                "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in table_rows(agg)
-            )
+            body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in table_rows(agg))
             parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
         elif kind == "img":
             data = base64.b64encode((root / b[1]).read_bytes()).decode("ascii")
@@ -118,7 +116,7 @@ def summary_blocks(agg: dict[str, Any], title: str) -> list[Block]:
     ]
     if agg.get("skipped"):
         blocks += [
-            ("h2", "Skipped run folders"),
+            ("h2", "Skipped or failed runs"),
             ("ul", [f"{s['run']}: {s['reason']}" for s in agg["skipped"]]),
         ]
     if agg.get("notes"):
@@ -161,9 +159,7 @@ def _swept_keys(records: list[RunRecord]) -> dict[str, list]:
             values.setdefault(k, set()).add(v)
     swept = {k: sorted(v, key=lambda x: (str(type(x)), x)) for k, v in values.items() if len(v) > 1}
     # every method group must define the key for it to be a grid axis
-    return {
-        k: v for k, v in swept.items() if all(k in flatten(r.config) for r in records if r.group != SCRATCH)
-    }
+    return {k: v for k, v in swept.items() if all(k in flatten(r.config) for r in records if r.group != SCRATCH)}
 
 
 def _heatmap(records: list[RunRecord], agg: dict[str, Any], out: Path) -> tuple[str, str] | None:
@@ -224,9 +220,7 @@ def _calibration(records: list[RunRecord], out: Path, log: Callable[[str], None]
                 except recompute.RecomputeError as e:
                     problems.append(str(e))
             s_logits = recompute.logits_of(recompute.student_model(r), test.x)
-            label = (
-                f"{r.group} s{r.seed}" if len(records) > 1 else f"student {r.results['student'].get('model')}"
-            )
+            label = f"{r.group} s{r.seed}" if len(records) > 1 else f"student {r.results['student'].get('model')}"
             rel.append(plots.reliability_bins(s_logits, test.y, label))
             pcs.append((label, plots.per_class_accuracy(s_logits, test.y, test.num_classes)))
         except recompute.RecomputeError as e:
@@ -264,9 +258,7 @@ def _cost_points(agg: dict[str, Any], key: str) -> list[dict[str, Any]]:
     return pts
 
 
-def build_report(
-    path: str | Path, log: Callable[[str], None] = print, calibration: bool = True
-) -> dict[str, Any]:
+def build_report(path: str | Path, log: Callable[[str], None] = print, calibration: bool = True) -> dict[str, Any]:
     """Write ``report.md``, ``report.html`` and ``plots/*.png`` into ``path``.
 
     Args:
@@ -328,9 +320,7 @@ def build_report(
     ):
         pts = _cost_points(agg, key)
         if sum(p["x"] is not None for p in pts) >= 1:
-            plots.accuracy_vs_cost(
-                pts, xlabel, root / "plots" / name, "accuracy vs cost (last epoch, 95% CI)"
-            )
+            plots.accuracy_vs_cost(pts, xlabel, root / "plots" / name, "accuracy vs cost (last epoch, 95% CI)")
             figs.append(
                 (
                     f"plots/{name}",

@@ -93,9 +93,7 @@ def learning_curves(curves: list[Curve], path: Path) -> Path:
         xs, mean, _, _ = _series(c.runs, "test_nll")
         if xs:
             ax_loss.plot(xs, mean, ":", color=color, lw=1)
-    ax_loss.set(
-        xlabel="epoch", ylabel="loss (nats)", title="training objective (solid/dashed), test NLL (dotted)"
-    )
+    ax_loss.set(xlabel="epoch", ylabel="loss (nats)", title="training objective (solid/dashed), test NLL (dotted)")
     ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy per epoch")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)

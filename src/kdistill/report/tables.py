@@ -169,9 +169,7 @@ class RunRecord:
         if ckpt:
             p = Path(ckpt)
             # trained in a cell: <compare>/<cell>/teacher/model.safetensors
-            return (
-                f"{p.parent.parent.name}/{p.parent.name}/{p.name}" if p.parent.name == "teacher" else str(p)
-            )
+            return f"{p.parent.parent.name}/{p.parent.name}/{p.name}" if p.parent.name == "teacher" else str(p)
         return f"{self.name}/teacher"
 
     def teacher_latency(self) -> float | None:
@@ -399,9 +397,7 @@ def aggregate(records: list[RunRecord], skipped: list[dict[str, str]] | None = N
                 "best_acc": summarize(list(best.values())),
                 "last_acc": summarize(list(last.values())),
                 "diff_last": None if is_scratch or not scratch else paired_difference(last, scratch_last),
-                "diff_best": None
-                if is_scratch or not scratch_best
-                else paired_difference(best, scratch_best),
+                "diff_best": None if is_scratch or not scratch_best else paired_difference(best, scratch_best),
                 "agreement": summarize([r.test("final").get("agreement") for r in rs]),
                 "ece": summarize([r.test("final").get("ece") for r in rs]),
                 "params": rs[0].results["student"].get("params"),
@@ -514,11 +510,7 @@ def markdown_table(agg: dict[str, Any]) -> str:
 def table_legend(agg: dict[str, Any]) -> str:
     """What the columns mean, including how 'best' was selected."""
     sel = agg.get("best_selected_on") or []
-    warn = (
-        " Best epoch was selected on the **test** set (no validation split): optimistic."
-        if "test" in sel
-        else ""
-    )
+    warn = " Best epoch was selected on the **test** set (no validation split): optimistic." if "test" in sel else ""
     return (
         "Accuracies are test-set top-1 in percent: mean ± half-width of the 95% Student-t interval over "
         "seeds (std is the sample std, ddof=1, of the last-epoch accuracy). Δ vs scratch is the paired "
