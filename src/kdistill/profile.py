@@ -430,7 +430,7 @@ def profile_table(result: dict[str, Any]):
     st = result.get("settings", {})
     table = Table(title=(
         f"profile, input {tuple(result['input_shape'])}: latency p50 / p95 in ms after "
-        f"{st.get('warmup')} warm-up passes, {st.get('repeats')} repeats, {st.get('threads')} threads"
+        f"{st.get('warmup')} warm-up passes, {st.get('repeats')} repeats, intra-op threads: {st.get('threads')}"
     ))
     table.add_column("", no_wrap=True)
     for x in cols:
