@@ -156,6 +156,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return 130
+    except OSError as e:
+        # disk full, unwritable folder, vanished file: say which and why; files are written
+        # atomically, so nothing finished was replaced by a half-written one
+        where = f" ({e.filename})" if e.filename else ""
+        err_console.print(f"[bold red]error:[/] cannot read or write a file{where}: {e.strerror or e}. "
+                          "Finished results were not touched; free space or fix permissions, then re-run "
+                          "(add --resume to continue a run).", highlight=False, soft_wrap=True)
+        return 1
     except Exception as e:  # click's usage errors
         import click
 
