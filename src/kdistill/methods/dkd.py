@@ -8,7 +8,9 @@ KD splits (the paper's Sec. 3.1) into
 
 with ``KD = TCKD + (1 - p_target^teacher) * NCKD``. DKD weights them independently:
 ``alpha * TCKD + beta * NCKD``, both at temperature ``T`` and times ``T^2``, and the
-weight ramps up linearly over the first ``warmup`` epochs (the official mdistiller recipe).
+weight ramps up linearly over the first ``warmup`` epochs (the official mdistiller recipe),
+following the distiller's epoch (``kdistill train`` sets it; in your own loop call
+``distiller.set_epoch(epoch, total)`` each epoch).
 
 Samples without a label (``-1``, teacher-labelled transfer data) take the teacher's top
 class as their target, since the decomposition needs one.
@@ -77,17 +79,17 @@ class DKD(Method):
         super().__init__(cfg, student, teacher, example)
         if cfg.temperature <= 0 or cfg.warmup < 0:
             raise ConfigError(f"dkd: need temperature > 0 and warmup >= 0; got {cfg}.")
-        self.ramp = 1.0
 
-    def on_epoch_start(self, epoch: int, total_epochs: int) -> None:
-        # epochs count from 0 here; mdistiller's from 1, so epoch e uses min((e+1)/warmup, 1)
-        self.ramp = 1.0 if self.cfg.warmup == 0 else min((epoch + 1) / self.cfg.warmup, 1.0)
+    def ramp(self, epoch: int) -> float:
+        """Warm-up factor; epochs count from 0 here and from 1 in mdistiller, hence ``epoch + 1``."""
+        return 1.0 if self.cfg.warmup == 0 else min((epoch + 1) / self.cfg.warmup, 1.0)
 
     def forward(self, ctx: Context) -> dict[str, Tensor]:
+        ramp = self.ramp(ctx.epoch)
         labels = ctx.labels
         target = torch.where(labels >= 0, labels, ctx.teacher_logits.argmax(1))
         tckd, nckd = dkd_parts(ctx.student_logits, ctx.teacher_logits, target, self.cfg.temperature)
         return {
-            "tckd": self.ramp * self.cfg.alpha * tckd.mean(),
-            "nckd": self.ramp * self.cfg.beta * nckd.mean(),
+            "tckd": ramp * self.cfg.alpha * tckd.mean(),
+            "nckd": ramp * self.cfg.beta * nckd.mean(),
         }

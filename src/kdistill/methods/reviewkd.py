@@ -15,7 +15,8 @@ the pooled embedding as a 1x1 level; this version uses the stages only). Works o
 1-D maps.
 
 Defaults (the paper's CIFAR-100 setting, as in mdistiller): loss weight 1.0 with a linear
-warm-up over 20 epochs, CE weight 1.0, ``mid`` channels ``min(512, deepest student
+warm-up over 20 epochs (following the distiller's epoch, see
+:meth:`~kdistill.methods.Distiller.set_epoch`), CE weight 1.0, ``mid`` channels ``min(512, deepest student
 channels)``.
 """
 
@@ -121,10 +122,6 @@ class ReviewKD(Method):
             for i, (s, t) in enumerate(zip(self.student_taps, self.teacher_taps, strict=True))
         )
         self.out_sizes = [tuple(t_shapes[t][2:]) for t in self.teacher_taps]
-        self.ramp = 1.0
-
-    def on_epoch_start(self, epoch: int, total_epochs: int) -> None:
-        self.ramp = 1.0 if self.cfg.warmup == 0 else min((epoch + 1) / self.cfg.warmup, 1.0)
 
     def forward(self, ctx: Context) -> Tensor:
         fused: list[Tensor] = []
@@ -133,4 +130,6 @@ class ReviewKD(Method):
             out, deeper = self.abfs[i](ctx.student_features[self.student_taps[i]], deeper, self.out_sizes[i])
             fused.insert(0, out)
         teacher_maps = [ctx.teacher.features[t] for t in self.teacher_taps]
-        return self.ramp * hcl_loss(fused, teacher_maps)
+        # linear warm-up over the first epochs (0-based here, 1-based in the official code)
+        ramp = 1.0 if self.cfg.warmup == 0 else min((ctx.epoch + 1) / self.cfg.warmup, 1.0)
+        return ramp * hcl_loss(fused, teacher_maps)
