@@ -137,6 +137,6 @@ def run_scheme(
     result = {"name": run_dir.name, "scheme": name, "settings": settings.model_dump(mode="json"), **result}
     atomic_write_json(run_dir / "results.json", result)
     for stage, row in result.get("stages", {}).items():
-        acc = row.get("test_acc", row.get("combined_acc"))
+        acc = next((row[k] for k in ("test_acc", "combined_acc", "test_acc_remapped") if k in row), None)
         log(f"{name} {stage}: test acc {acc:.4f}" if isinstance(acc, float) else f"{name} {stage}: {row}")
     return result | {"run_dir": str(run_dir)}

@@ -35,7 +35,8 @@ class EnsembleScheme(Scheme):
             members: number of teachers (Hinton et al. used 10; 3 keeps runs short).
             teacher: the members' architecture (default: the run's ``teacher.model``).
             combine: ``mean_prob`` (the paper's), ``mean_logit`` or ``geometric``.
-            seed_stride: member ``i`` is initialised with seed ``train.seed + 1000 * (i + 1)``.
+            seed_stride: member ``i`` is initialised with seed ``train.seed + seed_stride * (i + 1)``;
+                data order and subsets stay the run's, so members differ only in their start.
         """
 
         members: Annotated[int, Field(ge=2, le=100)] = 3

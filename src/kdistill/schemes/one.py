@@ -18,9 +18,12 @@ other branches' duplicate low-layer work is discarded; with BatchNorm in the sha
 running statistics see each batch ``m`` times).
 
 Supported: models whose forward calls each leaf module once, in order, with the split a
-module's output (the zoo's ``mlp``, ``cnn1d``, ``convnet``, ``resnet*``, ``wrn*``).
-Unsupported (refused with a message): a split module called twice, parameters held
-directly by container modules, an in-place operation right on the split output.
+module's output: every zoo model (``mlp``, ``cnn1d``, ``convnet*``, ``resnet*``, ``wrn*``,
+``mobilenetv2``, ``shufflenetv2``; checked: a branch loaded into a fresh plain model gives the
+logits it gives inside the multi-branch network).
+Refused with a message: a shared module called twice, parameters held directly by container
+modules, a split module that never runs. Not detected: an in-place operation applied directly to
+the split output would overwrite the replayed features (autograd then stops with its own error).
 """
 
 from __future__ import annotations
