@@ -1,0 +1,198 @@
+"""The benchmark studies (benchmarks/studies): every cell's config is valid, each study runs
+end to end at a tiny scale and writes its table with provenance, and the table's statistics
+are the hand-computed ones."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks" / "studies"))
+
+import run_study as rs  # noqa: E402
+from studies import STUDIES  # noqa: E402
+
+from kdistill.config import validate_config  # noqa: E402
+from kdistill.errors import ConfigError  # noqa: E402
+from kdistill.schemes import parse_settings  # noqa: E402
+
+FMNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
+
+
+def _write_idx(path: Path, arr: np.ndarray) -> None:
+    header = bytes([0, 0, 8, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + arr.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope="module")
+def tiny_fmnist(tmp_path_factory) -> Path:
+    """A Fashion-MNIST folder with 300 train / 100 test images: the real first ones when the
+    Debian files exist, else random images (the runner's plumbing is what is tested)."""
+    root = tmp_path_factory.mktemp("fmnist")
+    rng = np.random.default_rng(0)
+    for stem, n in (("train", 300), ("t10k", 100)):
+        if (FMNIST_ROOT / f"{stem}-images-idx3-ubyte.gz").is_file():
+            from kdistill.data.idx import read_idx
+
+            x = read_idx(FMNIST_ROOT / f"{stem}-images-idx3-ubyte.gz")[:n]
+            y = read_idx(FMNIST_ROOT / f"{stem}-labels-idx1-ubyte.gz")[:n]
+        else:
+            x = rng.integers(0, 256, (n, 28, 28))
+            y = np.arange(n) % 10
+        _write_idx(root / f"{stem}-images-idx3-ubyte.gz", x)
+        _write_idx(root / f"{stem}-labels-idx1-ubyte.gz", y)
+    return root
+
+
+def test_epochs_scale_rounds_and_never_reaches_zero():
+    assert rs.scale_epochs(20, 0.1) == 2
+    assert rs.scale_epochs(8, 0.1) == 1  # 0.8 rounds to 1
+    assert rs.scale_epochs(60, 0.25) == 15
+    assert rs.scale_epochs(3, 0.01) == 1
+    assert rs.scale_epochs(40, "tiny") == 1
+
+
+@pytest.mark.parametrize("name", sorted(STUDIES))
+def test_every_cell_of_every_study_is_a_valid_config(name, tmp_path):
+    study = STUDIES[name]()
+    groups = [c.group for c in study.cells]
+    assert len(set(groups)) == len(groups)
+    assert sum(c.role == "student" for c in study.cells) == 1
+    cells = rs.plan(study, [0, 1, 2])
+    # sweep points run on the first seed only
+    assert len(cells) == 3 * len(study.cells) - 2 * sum(c.first_seed_only for c in study.cells)
+    for spec, seed in cells:
+        raw = rs.cell_config(study, spec, seed, tmp_path, 0.5, "cpu", [])
+        cfg = validate_config(raw)
+        assert cfg.train.seed == seed
+        assert cfg.data.val_split == 0.1  # every choice on validation data
+        assert cfg.train.epochs == rs.scale_epochs(spec.config["train"]["epochs"], 0.5)
+        if spec.teacher_from:
+            # the teacher is the teacher cell of the same seed, never retrained
+            assert cfg.teacher.checkpoint == str((tmp_path / f"{spec.teacher_from}-s{seed}" / "model.safetensors").resolve())
+            assert cfg.teacher.model == study.cell(spec.teacher_from).config["student"]["model"]
+        if cfg.scheme:
+            s = dict(cfg.scheme)
+            parse_settings(s.pop("name"), s)
+
+
+def test_methods_study_covers_every_registered_method():
+    from kdistill.methods import METHODS
+
+    study = STUDIES["methods_fmnist"]()
+    distilled = {c.group for c in study.cells if c.role == "distilled"}
+    assert distilled == set(METHODS.names()) - {"ce"}
+
+
+def test_only_refuses_an_unknown_group():
+    with pytest.raises(ConfigError, match="kd_T21"):
+        rs.plan(STUDIES["hinton_fmnist"](), [0], ["kd_T21"])
+
+
+def _fake_cell(d: Path, acc_last: float, acc_best: float, val: float, n_test: int = 1000) -> None:
+    d.mkdir(parents=True)
+    (d / "results.json").write_text(json.dumps({
+        "dataset": {"test": n_test}, "final": {"test": {"acc": acc_last}},
+        "best": {"test": {"acc": acc_best}, "val": {"acc": val}, "selected_on": "val"}}))
+    (d / "study_cell.json").write_text(json.dumps({"command": "cmd", "commit": "abc", "hardware": "hw",
+                                                   "epochs": 3, "wall_s": 1.5}))
+
+
+def test_table_statistics_are_the_hand_computed_ones(tmp_path):
+    study = STUDIES["hinton_fmnist"]()
+    sd = tmp_path / "hinton_fmnist"
+    student = {0: 0.90, 1: 0.91, 2: 0.89}
+    kd = {0: 0.92, 1: 0.92, 2: 0.92}
+    for s in (0, 1, 2):
+        _fake_cell(sd / f"student-s{s}", student[s], student[s] + 0.001, 0.5)
+        _fake_cell(sd / f"kd_T20_mlp_teacher-s{s}", kd[s], kd[s], 0.5)
+    res = rs.build_table(study, sd, [0, 1, 2], [])
+    rows = {r["label"]: r for r in res["rows"]}
+    assert list(rows) == ["student", "kd_T20_mlp_teacher"]
+    assert res["partial"] and "teacher_mlp-s0" in res["missing_cells"]
+    st = rows["student"]["last_acc"]
+    assert st["mean"] == pytest.approx(0.90) and st["std"] == pytest.approx(0.01)
+    diff = rows["kd_T20_mlp_teacher"]["diff_last"]  # differences 0.02, 0.01, 0.03
+    assert diff["mean"] == pytest.approx(0.02) and diff["std"] == pytest.approx(0.01)
+    # 95% t-interval, t_{0.975,2} = 4.303
+    assert diff["ci_high"] - diff["mean"] == pytest.approx(4.303 * 0.01 / math.sqrt(3), abs=1e-4)
+    # test errors out of n_test, as Hinton et al. report them
+    assert rows["student"]["last_errors"]["mean"] == pytest.approx(100.0)
+    assert rows["kd_T20_mlp_teacher"]["wall_s"] == pytest.approx(4.5)
+    md = rs.render_markdown(study, res | {"invocation": {}})
+    assert "**PARTIAL**" in md and "| student | 0,1,2 | 90.10 ± 1.00 | 90.00 ± 1.00 |" in md
+    assert "+2.00 [" in md
+
+
+# one teacher (if any), the student alone and one distilled or scheme cell per study
+TINY_CELLS = {
+    "hinton_fmnist": ["teacher_mlp", "student", "kd_T20_mlp_teacher"],
+    "takd_fmnist": ["teacher_convnet4", "student", "kd_from_teacher_convnet4"],
+    "takd_mnist1d": ["teacher_cnn1d_c16", "student", "kd_from_teacher_cnn1d_c16"],
+    "methods_fmnist": ["teacher", "student", "crd"],
+    "schemes_mnist1d": ["student", "dml"],
+    "transfer_mnist1d": ["teacher", "student", "munge_25k"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(STUDIES))
+def test_study_runs_tiny_and_writes_its_table(name, tmp_path, tiny_fmnist):
+    study = STUDIES[name]()
+    data = "fashion-mnist" if study.cells[0].config["data"]["name"] == "fashion-mnist" else "mnist1d"
+    sets = [f"data.root={tiny_fmnist}"] if data == "fashion-mnist" else ["data.options.num_samples=300"]
+    if name == "transfer_mnist1d":
+        sets.append("scheme.size=600")  # the MUNGE set, kept tiny
+    lines: list[str] = []
+    res = rs.run_study(name, tmp_path, [0], rs.TINY, "cpu", None, sets, command="pytest-cmd",
+                       only=TINY_CELLS[name], log=lines.append)
+    sd = tmp_path / name
+    assert (sd / "RESULTS.md").is_file()
+    on_disk = json.loads((sd / "results.json").read_text())
+    assert on_disk["rows"] == json.loads(json.dumps(res["rows"]))
+    labels = [r["label"] for r in res["rows"]]
+    for g in TINY_CELLS[name]:
+        assert g in labels or any(lab.startswith(f"{g}: ") for lab in labels)
+    # only some cells ran: the table says it is partial and names the rest
+    assert res["partial"]
+    assert set(res["missing_cells"]) == {f"{c.group}-s0" for c in study.cells} - {f"{g}-s0" for g in TINY_CELLS[name]}
+    inv = on_disk["invocation"]
+    assert inv["command"] == "pytest-cmd" and inv["seeds"] == [0]
+    assert inv["commit"] and "cores" in inv["hardware"]
+    for r in res["rows"]:
+        assert r["commands"] == ["pytest-cmd"] and r["epochs"] == [1] and r["wall_s"] > 0
+        assert r["hardware"] == [inv["hardware"]] and r["commits"] == [inv["commit"]]
+        assert 0.0 <= r["last_acc"]["mean"] <= 1.0
+    student = next(r for r in res["rows"] if r["role"] == "student")
+    for r in res["rows"]:
+        if r["role"] in ("distilled", "scheme"):
+            assert r["diff_last"]["mean"] == pytest.approx(r["last_acc"]["mean"] - student["last_acc"]["mean"])
+    md = (sd / "RESULTS.md").read_text()
+    assert "**PARTIAL**" in md and "pytest-cmd" in md and inv["hardware"] in md
+    if study.show_errors:
+        n = res["n_test"]
+        assert n == 100 and f"errors /{n}" in md
+        assert student["last_errors"]["mean"] == pytest.approx((1 - student["last_acc"]["mean"]) * n)
+
+    # a second invocation reuses every finished cell
+    again: list[str] = []
+    rs.run_study(name, tmp_path, [0], rs.TINY, "cpu", None, sets, command="pytest-cmd",
+                 only=TINY_CELLS[name], log=again.append)
+    assert sum("finished earlier, skipped" in x for x in again) == len(TINY_CELLS[name])
+    assert not any(x.endswith(": running") for x in again)
+
+
+def test_max_minutes_zero_runs_nothing_and_says_partial(tmp_path):
+    res = rs.run_study("takd_mnist1d", tmp_path, [0, 1], rs.TINY, "cpu", 0.0, [], command="c", log=lambda _: None)
+    study = STUDIES["takd_mnist1d"]()
+    assert res["rows"] == [] and res["partial"]
+    assert len(res["not_run_this_time"]) == 2 * len(study.cells)
+    assert "**PARTIAL**" in (tmp_path / "takd_mnist1d" / "RESULTS.md").read_text()
