@@ -180,6 +180,11 @@ class SchemeContext:
         return results | {"run_dir": str(sub)}
 
 
+def safe_name(model: str) -> str:
+    """A model name usable in a folder name (``timm:resnet18`` -> ``timm_resnet18``)."""
+    return model.replace(":", "_").replace("/", "_")
+
+
 def teacher_label(t: TeacherConfig) -> str:
     if t.ensemble:
         return f"an ensemble of {len(t.ensemble)} ({t.combine})"

@@ -29,7 +29,7 @@ from ..errors import ConfigError
 from ..losses import hard_label_ce
 from ..methods import Distiller
 from ..methods._base import Context, Method
-from ._common import ModelSpec, SchemeContext, as_model
+from ._common import ModelSpec, SchemeContext, as_model, safe_name
 from ._registry import Scheme, SchemeConfig, register_scheme
 
 
@@ -131,10 +131,12 @@ class DML(Scheme):
         }
         saved = []
         for i, (spec, peer) in enumerate(zip(specs, group.peers, strict=True)):
-            res = ctx.save_model_folder(f"peer{i}-{spec.model}", peer, spec, {"final": ctx.evaluate(peer)})
+            res = ctx.save_model_folder(
+                f"peer{i}-{safe_name(spec.model)}", peer, spec, {"final": ctx.evaluate(peer)}
+            )
             saved.append(res)
             stages[f"peer{i}"] = {
-                "dir": f"peer{i}-{spec.model}",
+                "dir": f"peer{i}-{safe_name(spec.model)}",
                 "model": spec.model,
                 "params": res["student"]["params"],
                 "test_acc": res["final"]["test"]["acc"],

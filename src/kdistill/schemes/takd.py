@@ -24,12 +24,12 @@ from pydantic import field_validator
 from ..config import ModelConfig, RunConfig, TeacherConfig
 from ..engine.checkpoint import atomic_write_json
 from ..errors import ConfigError
-from ._common import ModelSpec, SchemeContext, as_model, deployable, model_path, summary
+from ._common import ModelSpec, SchemeContext, as_model, deployable, model_path, safe_name, summary
 from ._registry import Scheme, SchemeConfig, register_scheme
 
 
 def stage_name(i: int, spec: ModelConfig) -> str:
-    return f"stage{i}-{spec.model.replace(':', '_').replace('/', '_')}"
+    return f"stage{i}-{safe_name(spec.model)}"
 
 
 def run_chain(ctx: SchemeContext, chain: list[ModelConfig], prefix: str = "") -> list[dict[str, Any]]:
