@@ -35,6 +35,10 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _role(label: str) -> str:
+    return "teacher" if label.startswith("teacher") else ("scratch" if label.startswith("scratch") else "")
+
+
 def _color(i: int, role: str = "") -> str:
     if role == "teacher":
         return "black"
@@ -124,19 +128,21 @@ def accuracy_vs_cost(points: list[dict[str, Any]], xlabel: str, path: Path, titl
     pts = [p for p in points if p.get("x") is not None and p.get("y") is not None and p["x"] > 0]
     fig, axes = _figure(7, 4.8)
     ax = axes[0][0]
+    # students of one size share an x: spread them a little (log axis) so each stays legible
+    same: dict[float, list[int]] = {}
     for i, p in enumerate(pts):
-        err = 100 * p["yerr"] if p.get("yerr") is not None else None
+        same.setdefault(p["x"], []).append(i)
+    shown = {i: x * 1.05 ** (j - (len(ix) - 1) / 2) for x, ix in same.items() for j, i in enumerate(ix)}
+    for i, p in enumerate(pts):
+        y = 100 * p["y"]
+        err = None
+        if p.get("yerr") is not None:  # an interval is drawn only within the possible 0-100%
+            h = 100 * p["yerr"]
+            err = [[min(h, y)], [min(h, 100 - y)]]
         marker = "s" if p.get("role") == "teacher" else ("D" if p.get("role") == "scratch" else "o")
-        ax.errorbar(
-            p["x"],
-            100 * p["y"],
-            yerr=err,
-            fmt=marker,
-            color=_color(i, p.get("role", "")),
-            capsize=3,
-            label=p["label"],
-        )
-        ax.annotate(p["label"], (p["x"], 100 * p["y"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        color = _color(i, p.get("role", ""))
+        ax.errorbar(shown[i], y, yerr=err, fmt=marker, color=color, capsize=3, label=p["label"])
+        ax.annotate(p["label"], (shown[i], y), textcoords="offset points", xytext=(5, 4), fontsize=8, color=color)
     front = pareto_front([(p["x"], p["y"]) for p in pts])
     if len(front) > 1:
         ax.plot(
@@ -149,6 +155,15 @@ def accuracy_vs_cost(points: list[dict[str, Any]], xlabel: str, path: Path, titl
             label="Pareto front",
         )
     ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    # plain numbers (0.015, 8000) read better than 1.5x10^-2 on a cost axis; minor ticks are
+    # labelled only when the data span less than a factor 3 (else they crowd the axis)
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.xaxis.set_major_formatter(plain)
+    xs = [p["x"] for p in pts]
+    narrow = bool(xs) and max(xs) / min(xs) < 3
+    ax.xaxis.set_minor_formatter(plain if narrow else NullFormatter())
     ax.set(xlabel=xlabel, ylabel="test accuracy (%)", title=title)
     ax.grid(alpha=0.3, which="both")
     if pts:
@@ -241,7 +256,7 @@ def reliability_diagram(items: list[Reliability], path: Path) -> Path:
     width = 1.0 / N_BINS / n
     for i, it in enumerate(items):
         lefts = [b / N_BINS + i * width for b in range(N_BINS)]
-        color = _color(i, "teacher" if it.label.startswith("teacher") else "")
+        color = _color(i, _role(it.label))
         ax.bar(
             lefts,
             [a if a is not None else 0 for a in it.acc],
@@ -280,7 +295,7 @@ def per_class_plot(
 ) -> Path:
     """Accuracy per true class, models side by side."""
     k = max((len(a) for _, a in items), default=0)
-    fig, axes = _figure(max(7, 0.6 * k * max(1, len(items)) / 2 + 3), 4.2)
+    fig, axes = _figure(min(14.0, max(7.0, 0.25 * k * max(1, len(items)) + 3)), 4.2)
     ax = axes[0][0]
     width = 0.8 / max(1, len(items))
     for i, (label, accs) in enumerate(items):
@@ -289,7 +304,7 @@ def per_class_plot(
             xs,
             [100 * a if a is not None else 0 for a in accs],
             width=width,
-            color=_color(i, "teacher" if label.startswith("teacher") else ""),
+            color=_color(i, _role(label)),
             label=label,
         )
     ax.set_xticks(range(k), class_names or [str(c) for c in range(k)])
