@@ -629,3 +629,20 @@ def test_a_failing_cell_does_not_cost_the_grid(tmp_path):
     assert "teacher" in agg["failed"][0]["reason"]
     assert [r["label"] for r in agg["rows"]] == ["scratch"]  # no teacher row without a teacher
     assert "kd-s0: failed:" in (tmp_path / "g" / "compare.md").read_text()
+
+
+def test_scheme_configs_are_refused_by_compare():
+    from kdistill.report.compare import plan_methods
+
+    cfg = _base_cfg().model_copy(update={"scheme": {"name": "ban"}})
+    with pytest.raises(ConfigError, match="scheme"):
+        plan_methods(cfg, ["kd"], [0])
+
+
+def test_tables_follow_the_grid_order_of_compare_json(compare_dir):
+    write_run(compare_dir, "at-s0", 0, 0.7, 0.7)
+    plan = {"cells": [{"name": n} for n in ("scratch-s0", "kd-s0", "at-s0", "scratch-s1", "kd-s1")]}
+    (compare_dir / "compare.json").write_text(json.dumps({"plan": plan}))
+    assert [r["label"] for r in aggregate_dir(compare_dir)["rows"]] == ["teacher", "scratch", "kd", "at"]
+    (compare_dir / "compare.json").unlink()  # without it: by folder name
+    assert [r["label"] for r in aggregate_dir(compare_dir)["rows"]] == ["teacher", "scratch", "at", "kd"]

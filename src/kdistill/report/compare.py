@@ -65,6 +65,14 @@ def _with(cfg: RunConfig, updates: dict[str, Any]) -> RunConfig:
     return validate_config(raw)
 
 
+def _check_plain(cfg: RunConfig, label: str) -> None:
+    if cfg.scheme:
+        raise ConfigError(
+            f"{label} has a scheme section ({cfg.scheme.get('name')!r}); compare and sweep run single-stage "
+            "distillation configs. Remove the scheme section, or run each scheme with `kdistill train`."
+        )
+
+
 def parse_seeds(text: str) -> list[int]:
     try:
         seeds = [int(s) for s in text.replace(" ", "").split(",") if s]
@@ -93,6 +101,7 @@ def _method_spec(cfg: RunConfig, spec: str) -> dict | list:
 
 def plan_methods(cfg: RunConfig, methods: list[str], seeds: list[int]) -> list[Cell]:
     """Scratch + one cell per method, for every seed."""
+    _check_plain(cfg, "The config")
     methods = [m.strip() for m in methods if m.strip()]
     if not methods:
         raise ConfigError("--methods needs at least one method name (see `kdistill list methods`).")
@@ -119,6 +128,8 @@ def plan_methods(cfg: RunConfig, methods: list[str], seeds: list[int]) -> list[C
 def plan_configs(configs: list[tuple[str, RunConfig]], seeds: list[int]) -> list[Cell]:
     """Scratch (the first config's student) + one cell per config, for every seed."""
     labels = [label for label, _ in configs]
+    for label, c in configs:
+        _check_plain(c, f"Config {label!r}")
     if len(set(labels)) != len(labels) or SCRATCH in labels:
         raise ConfigError(f"Config names {labels} must be distinct and not {SCRATCH!r}; rename the files.")
     data0 = configs[0][1].data.model_dump()
@@ -168,6 +179,7 @@ def _short_keys(keys: list[str]) -> dict[str, str]:
 
 def plan_sweep(cfg: RunConfig, grid: dict[str, list[Any]], seeds: list[int]) -> list[Cell]:
     """Scratch + one cell per point of the grid's Cartesian product, for every seed."""
+    _check_plain(cfg, "The config")
     keys = list(grid)
     short = _short_keys(keys)
     points = [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(grid[k] for k in keys))]

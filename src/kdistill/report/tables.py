@@ -239,15 +239,23 @@ def load_run(path: str | Path) -> RunRecord:
 
 
 def find_run_dirs(root: str | Path) -> list[Path]:
-    """Sub-folders of a compare folder that look like run folders (sorted by name)."""
+    """Sub-folders of a compare folder that look like run folders: in the grid's order when
+    ``compare.json`` records it (so tables list methods as the user named them), else by name."""
     root = Path(root)
-    return sorted(
+    found = sorted(
         p
         for p in root.iterdir()
         if p.is_dir()
         and not p.name.startswith((".", "plots"))
-        and ((p / "results.json").exists() or (p / "config.yaml").exists() or (p / "metrics.jsonl").exists())
+        and any((p / f).exists() for f in ("results.json", "config.yaml", "metrics.jsonl"))
     )
+    order: dict[str, int] = {}
+    try:
+        cells = json.loads((root / "compare.json").read_text())["plan"]["cells"]
+        order = {c["name"]: i for i, c in enumerate(cells)}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return sorted(found, key=lambda p: order.get(p.name, len(order)))
 
 
 def collect_runs(paths: list[Path]) -> tuple[list[RunRecord], list[dict[str, str]]]:
