@@ -646,3 +646,26 @@ def test_tables_follow_the_grid_order_of_compare_json(compare_dir):
     assert [r["label"] for r in aggregate_dir(compare_dir)["rows"]] == ["teacher", "scratch", "kd", "at"]
     (compare_dir / "compare.json").unlink()  # without it: by folder name
     assert [r["label"] for r in aggregate_dir(compare_dir)["rows"]] == ["teacher", "scratch", "at", "kd"]
+
+
+def test_teacher_sharing_keys():
+    from kdistill.report.compare import _teacher_key, plan_methods, plan_sweep
+
+    cells = plan_methods(_base_cfg(), ["kd"], [0, 1])
+    per_seed = {c.name: _teacher_key(c, "per-seed") for c in cells}
+    assert per_seed["scratch-s0"] == per_seed["kd-s0"] != per_seed["kd-s1"]
+    assert len({_teacher_key(c, "shared") for c in cells}) == 1
+    # a sweep over the teacher's training changes the teacher; over the method it does not
+    sw = plan_sweep(_base_cfg(), {"teacher.train.lr": [0.01, 0.02], "method.alpha": [0.5, 0.9]}, [0])
+    assert len({_teacher_key(c, "per-seed") for c in sw if c.group != "scratch"}) == 2
+    with_ckpt = _base_cfg(teacher={"model": "mlp", "checkpoint": "t.safetensors"})
+    assert all(_teacher_key(c, "per-seed") is None for c in plan_methods(with_ckpt, ["kd"], [0]))
+
+
+def test_html_escapes_folder_names(tmp_path):
+    from kdistill.report.html import build_report
+
+    write_run(tmp_path, "scratch-s0", 0, 0.7, 0.7)
+    write_run(tmp_path, "<b>x&y-s0", 0, 0.8, 0.8)
+    page = Path(build_report(tmp_path, log=lambda s: None, calibration=False)["html"]).read_text()
+    assert "&lt;b&gt;x&amp;y" in page and "<b>" not in page
