@@ -266,11 +266,16 @@ def test_damaged_run_folders_are_named_and_skipped(compare_dir):
     (compare_dir / "at-s0" / "results.json").write_text(full[: len(full) // 2])  # cut by a kill
     write_run(compare_dir, "rkd-s0", 0, 0.7, 0.7)
     (compare_dir / "rkd-s0" / "results.json").unlink()  # never finished
+    wrong = json.loads(full) | {"name": "ft-s0"}
+    wrong["final"]["test"]["acc"] = "n/a"  # valid JSON, wrong content
+    write_run(compare_dir, "ft-s0", 0, 0.7, 0.7)
+    (compare_dir / "ft-s0" / "results.json").write_text(json.dumps(wrong))
     metrics = compare_dir / "kd-s1" / "metrics.jsonl"
     metrics.write_text(metrics.read_text() + '{"epoch": 3, "te')  # a truncated last line
     records, skipped = collect_runs(find_run_dirs(compare_dir))
     reasons = {s["run"]: s["reason"] for s in skipped}
-    assert set(reasons) == {"at-s0", "rkd-s0"}
+    assert set(reasons) == {"at-s0", "rkd-s0", "ft-s0"}
+    assert "not a number" in reasons["ft-s0"]
     assert "damaged" in reasons["at-s0"] and "no results.json" in reasons["rkd-s0"]
     kd1 = next(r for r in records if r.name == "kd-s1")
     assert len(kd1.metrics) == 3 and kd1.notes

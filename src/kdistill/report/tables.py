@@ -89,7 +89,7 @@ def summarize(values: list[float], confidence: float = 0.95) -> dict[str, Any]:
     With one value the std and interval are undefined (``None``): one seed says nothing
     about the spread, and the tables show that rather than a fake zero.
     """
-    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    vals = [float(v) for v in values if _is_number(v)]
     n = len(vals)
     out: dict[str, Any] = {
         "n": n,
@@ -185,6 +185,10 @@ class RunRecord:
         return None
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def read_metrics(path: Path) -> tuple[list[dict[str, Any]], int]:
     """Rows of a ``metrics.jsonl`` and how many lines were unreadable (cut by a kill)."""
     if not path.is_file():
@@ -220,6 +224,8 @@ def load_run(path: str | Path) -> RunRecord:
     missing = [k for k in ("dataset", "final", "student") if not isinstance(results.get(k), dict)]
     if missing or "acc" not in (results["final"].get("test") or {}):
         raise RunFolderError(f"results.json lacks {', '.join(missing) or 'final.test.acc'}")
+    if not _is_number(results["final"]["test"]["acc"]):
+        raise RunFolderError("results.json: final.test.acc is not a number")
     metrics, bad = read_metrics(path / "metrics.jsonl")
     notes = [f"{bad} damaged line(s) in metrics.jsonl skipped"] if bad else []
     if not (path / "metrics.jsonl").is_file():
@@ -230,7 +236,9 @@ def load_run(path: str | Path) -> RunRecord:
     except (OSError, yaml.YAMLError):
         notes.append("config.yaml missing or damaged")
     m = _CELL.match(path.name)
-    seed = int(results.get("seed", m.group("seed") if m else 0))
+    seed = results.get("seed", int(m.group("seed")) if m else 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise RunFolderError(f"results.json: seed {seed!r} is not an integer")
     if m and int(m.group("seed")) == seed:
         group = m.group("group")
     else:
