@@ -9,7 +9,8 @@ import typer
 
 SeedsOpt = Annotated[str, typer.Option("--seeds", help="Comma-separated seeds, e.g. 0,1,2.")]
 OutOpt = Annotated[
-    Path | None, typer.Option("--out", help="Folder of the grid (default: output.dir/compare-<config>).")
+    Path | None,
+    typer.Option("--out", help="Folder of the grid (default: output.dir/compare-<config> or sweep-<config>)."),
 ]
 TeacherOpt = Annotated[
     str, typer.Option("--teacher", help="per-seed: one teacher per seed (default); shared: one for all.")
@@ -73,9 +74,12 @@ def register(app: typer.Typer, list_app: typer.Typer) -> None:
             bool, typer.Option("--trust-checkpoint", help="Allow checkpoints that need pickle.")
         ] = False,
     ) -> None:
-        """Run methods (or configs) x seeds with a scratch student and one teacher per seed; print
-        mean, std and 95% intervals, and the paired gain over the scratch student. Re-running the
-        same command skips finished cells."""
+        """Methods (or configs) x seeds, with a scratch student and one teacher per seed.
+
+        Prints mean, std and 95% intervals over seeds and the paired gain over the scratch
+        student; writes compare.json, compare.md and (by default) the report. Re-running the
+        same command skips finished cells.
+        """
         from .errors import ConfigError
         from .report.compare import compare, parse_seeds
 
@@ -124,8 +128,11 @@ def register(app: typer.Typer, list_app: typer.Typer) -> None:
             bool, typer.Option("--trust-checkpoint", help="Allow checkpoints that need pickle.")
         ] = False,
     ) -> None:
-        """Grid over config keys (e.g. method.temperature x method.alpha), each point over seeds,
-        with a scratch student per seed; a temperature x alpha heatmap in the report."""
+        """Grid over config keys (e.g. method.temperature x method.alpha), each point over seeds.
+
+        A scratch student per seed is the baseline; the report draws a temperature x alpha
+        heatmap when both are swept. Re-running the same command skips finished cells.
+        """
         from .report.compare import parse_seeds, sweep
 
         result = sweep(
