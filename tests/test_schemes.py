@@ -66,6 +66,8 @@ def test_ensemble_scheme_reports_members_ensemble_student(tmp_path):
     w0 = load_weights(tmp_path / "run" / "init" / "member0.safetensors")
     w1 = load_weights(tmp_path / "run" / "init" / "member1.safetensors")
     assert not torch.equal(w0["body.fc1.weight"], w1["body.fc1.weight"])
+    m0, m1 = stage_results(tmp_path, "member0"), stage_results(tmp_path, "member1")
+    assert m0["dataset"]["fingerprint"] == m1["dataset"]["fingerprint"] and m0["seed"] == m1["seed"]
     assert stage_results(tmp_path, "student")["teacher"]["combine"] == "mean_logit"
     assert json.loads((tmp_path / "run" / "results.json").read_text())["scheme"] == "ensemble"
 
