@@ -21,6 +21,21 @@ SetOpt = Annotated[
 ReportOpt = Annotated[bool, typer.Option("--report/--no-report", help="Also write report.md/report.html with plots.")]
 
 
+COMPARE_HELP = (
+    "Methods (or configs) x seeds, with a scratch student and one teacher per seed.\n\n"
+    "Prints mean, std and 95% intervals over seeds and the paired gain over the scratch student; "
+    "writes compare.json, compare.md and (by default) the report. Re-running the same command skips "
+    "finished cells. Examples: `kdistill compare cfg.yaml --methods kd,at,rkd --seeds 0,1,2`, "
+    "`kdistill compare --configs a.yaml b.yaml --seeds 0,1`."
+)
+SWEEP_HELP = (
+    "Grid over config keys (e.g. method.temperature x method.alpha), each point over seeds.\n\n"
+    "A scratch student per seed is the baseline; the report draws a heatmap when two keys are swept "
+    "(temperature x alpha preferred). Re-running the same command skips finished cells. Example: "
+    "`kdistill sweep cfg.yaml --grid method.temperature=1,2,4,8,20 --grid method.alpha=0.5,0.9`."
+)
+
+
 def _log(line: str) -> None:
     from .cli import console
 
@@ -48,7 +63,7 @@ def _finish(agg: dict, out: Path, title: str, report: bool) -> None:
 def register(app: typer.Typer, list_app: typer.Typer) -> None:
     """Add ``compare``, ``sweep`` and ``report`` to the app."""
 
-    @app.command("compare")
+    @app.command("compare", help=COMPARE_HELP)
     def compare_cmd(
         config: Annotated[
             list[Path] | None,
@@ -74,12 +89,7 @@ def register(app: typer.Typer, list_app: typer.Typer) -> None:
             bool, typer.Option("--trust-checkpoint", help="Allow checkpoints that need pickle.")
         ] = False,
     ) -> None:
-        """Methods (or configs) x seeds, with a scratch student and one teacher per seed.
-
-        Prints mean, std and 95% intervals over seeds and the paired gain over the scratch
-        student; writes compare.json, compare.md and (by default) the report. Re-running the
-        same command skips finished cells.
-        """
+        """Methods (or configs) x seeds, with a scratch student and one teacher per seed."""
         from .errors import ConfigError
         from .report.compare import compare, parse_seeds
 
@@ -112,7 +122,7 @@ def register(app: typer.Typer, list_app: typer.Typer) -> None:
             )
         _finish(result, Path(result["out"]), "compare", report)
 
-    @app.command("sweep")
+    @app.command("sweep", help=SWEEP_HELP)
     def sweep_cmd(
         config: Annotated[Path, typer.Argument(help="The base YAML config.")],
         grid: Annotated[
@@ -128,11 +138,7 @@ def register(app: typer.Typer, list_app: typer.Typer) -> None:
             bool, typer.Option("--trust-checkpoint", help="Allow checkpoints that need pickle.")
         ] = False,
     ) -> None:
-        """Grid over config keys (e.g. method.temperature x method.alpha), each point over seeds.
-
-        A scratch student per seed is the baseline; the report draws a temperature x alpha
-        heatmap when both are swept. Re-running the same command skips finished cells.
-        """
+        """Grid over config keys (e.g. method.temperature x method.alpha), each point over seeds."""
         from .report.compare import parse_seeds, sweep
 
         result = sweep(
