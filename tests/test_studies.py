@@ -83,6 +83,11 @@ def test_every_cell_of_every_study_is_a_valid_config(name, tmp_path):
         if cfg.scheme:
             s = dict(cfg.scheme)
             parse_settings(s.pop("name"), s)
+        if cfg.data.transfer is not None:
+            # one generated set per study; each cell reads a prefix of the size it asks for
+            assert cfg.data.transfer.source == "npz"
+            assert cfg.data.transfer.size == spec.config["data"]["transfer"]["size"]
+            assert Path(cfg.data.transfer.path) == tmp_path / "_transfer" / "mnist1d-n100000-seed1-len40.npz"
 
 
 def test_methods_study_covers_every_registered_method():
@@ -140,7 +145,7 @@ TINY_CELLS = {
     "takd_mnist1d": ["teacher_cnn1d_c16", "student", "kd_from_teacher_cnn1d_c16"],
     "methods_fmnist": ["teacher", "student", "crd"],
     "schemes_mnist1d": ["student", "dml"],
-    "transfer_mnist1d": ["teacher", "student", "munge_25k"],
+    "transfer_mnist1d": ["teacher", "student", "kd_transfer_5k", "munge_25k"],
 }
 
 
@@ -149,8 +154,8 @@ def test_study_runs_tiny_and_writes_its_table(name, tmp_path, tiny_fmnist):
     study = STUDIES[name]()
     data = "fashion-mnist" if study.cells[0].config["data"]["name"] == "fashion-mnist" else "mnist1d"
     sets = [f"data.root={tiny_fmnist}"] if data == "fashion-mnist" else ["data.options.num_samples=300"]
-    if name == "transfer_mnist1d":
-        sets.append("scheme.size=600")  # the MUNGE set, kept tiny
+    if name == "transfer_mnist1d":  # the MUNGE set and the generated transfer set, kept tiny
+        sets += ["scheme.size=600", "data.transfer.size=200"]
     lines: list[str] = []
     res = rs.run_study(name, tmp_path, [0], rs.TINY, "cpu", None, sets, command="pytest-cmd",
                        only=TINY_CELLS[name], log=lines.append)
@@ -181,6 +186,12 @@ def test_study_runs_tiny_and_writes_its_table(name, tmp_path, tiny_fmnist):
         n = res["n_test"]
         assert n == 100 and f"errors /{n}" in md
         assert student["last_errors"]["mean"] == pytest.approx((1 - student["last_acc"]["mean"]) * n)
+
+    if name == "transfer_mnist1d":
+        cell = json.loads((sd / "kd_transfer_5k-s0" / "results.json").read_text())
+        assert cell["dataset"]["transfer"] == 200
+        assert (sd / "_transfer" / "mnist1d-n200-seed1-len40.npz").is_file()
+        assert json.loads((sd / "student-s0" / "results.json").read_text())["dataset"]["transfer"] == 0
 
     # a second invocation reuses every finished cell
     again: list[str] = []

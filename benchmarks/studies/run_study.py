@@ -27,6 +27,7 @@ import copy
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -45,6 +46,7 @@ from kdistill.errors import ConfigError, KdistillError  # noqa: E402
 from kdistill.report.tables import paired_difference, summarize  # noqa: E402
 
 TINY = "tiny"
+_TRANSFER_NAME = re.compile(r"mnist1d-n(?P<n>\d+)-seed(?P<seed>-?\d+)-len(?P<length>\d+)\.npz")
 
 
 # -- provenance ----------------------------------------------------------------------------
@@ -97,6 +99,56 @@ def _set(tree: dict, dotted: str, value: Any) -> None:
     tree[keys[-1]] = value
 
 
+def _override(raw: dict, key: str, value: Any) -> None:
+    """``--set key=value`` on one cell: ``scheme.*``, ``teacher.*`` and ``data.transfer.*``
+    only reach the cells that have that section."""
+    parts = key.split(".")
+    if parts[0] in ("scheme", "teacher") and not raw.get(parts[0]):
+        return
+    if parts[:2] == ["data", "transfer"] and not (raw.get("data") or {}).get("transfer"):
+        return
+    _set(raw, key, copy.deepcopy(value))
+
+
+def transfer_file(study: Study, study_dir: Path, seed: int, raw: dict, overrides: list[tuple[str, Any]]) -> Path:
+    """The one generated MNIST-1D transfer set of generator ``seed`` that every cell of the
+    study reads a prefix of (the largest size any cell asks for): generating 100k MNIST-1D
+    samples takes about a minute of single-threaded CPU, so it is done once per study, not
+    once per cell, and the smaller transfer sets are nested in the larger ones."""
+    sizes = []
+    for spec in study.cells:
+        cell = copy.deepcopy(spec.config)
+        for key, value in overrides:
+            _override(cell, key, value)
+        t = (cell.get("data") or {}).get("transfer")
+        if t and t.get("source", "mnist1d") == "mnist1d" and t.get("seed", 1) == seed:
+            sizes.append(int(t.get("size", 25000)))
+    length = int(((raw.get("data") or {}).get("options") or {}).get("length", 40))
+    return study_dir / "_transfer" / f"mnist1d-n{max(sizes)}-seed{seed}-len{length}.npz"
+
+
+def ensure_transfer_file(raw: dict, log) -> None:
+    """Generate the cell's transfer file if it is one of ours and does not exist yet."""
+    import numpy as np
+
+    from kdistill.data import mnist1d_transfer
+
+    t = (raw.get("data") or {}).get("transfer") or {}
+    path = Path(t.get("path") or "")
+    if t.get("source") != "npz" or path.parent.name != "_transfer" or path.is_file():
+        return
+    m = _TRANSFER_NAME.fullmatch(path.name)
+    if m is None:
+        return
+    n, seed, length = (int(m.group(k)) for k in ("n", "seed", "length"))
+    log(f"Generating {n} MNIST-1D transfer samples (generator seed {seed}) into {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    x = mnist1d_transfer(n, seed=seed, length=length).x.numpy().astype(np.float32)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, x=x)
+    tmp.replace(path)
+
+
 def cell_config(study: Study, spec: CellSpec, seed: int, study_dir: Path, scale: float | str, device: str,
                 overrides: list[tuple[str, Any]]) -> dict[str, Any]:
     """The full run config of ``spec`` for ``seed`` (epochs scaled, teacher pointed at its cell)."""
@@ -113,10 +165,11 @@ def cell_config(study: Study, spec: CellSpec, seed: int, study_dir: Path, scale:
         raw["teacher"] = {"model": t["model"], "kwargs": dict(t.get("kwargs") or {}),
                           "checkpoint": str((study_dir / f"{spec.teacher_from}-s{seed}" / "model.safetensors").resolve())}
     for key, value in overrides:
-        # scheme.* and teacher.* settings only reach the cells that have that section
-        if key.split(".")[0] in ("scheme", "teacher") and not raw.get(key.split(".")[0]):
-            continue
-        _set(raw, key, copy.deepcopy(value))
+        _override(raw, key, value)
+    transfer = (raw.get("data") or {}).get("transfer")
+    if transfer and transfer.get("source", "mnist1d") == "mnist1d":
+        raw["data"]["transfer"] = {"source": "npz", "size": transfer.get("size", 25000),
+                                   "path": str(transfer_file(study, study_dir, transfer.get("seed", 1), raw, overrides))}
     raw["output"] = {"dir": str(study_dir), "name": f"{spec.group}-s{seed}"}
     return raw
 
@@ -181,6 +234,7 @@ def run_study(name: str, out: str | Path, seeds: list[int], scale: float | str =
         raw = cell_config(study, spec, seed, study_dir, scale, device, parsed)
         log(f"[{i}/{len(cells)}] {cell_dir.name}: running")
         t0 = time.perf_counter()
+        ensure_transfer_file(raw, log)
         run_cell(raw, cell_dir, log)
         atomic_write_json(cell_dir / "study_cell.json", {
             "study": name, "group": spec.group, "seed": seed, "role": spec.role,
