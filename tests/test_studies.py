@@ -202,8 +202,19 @@ def test_study_runs_tiny_and_writes_its_table(name, tmp_path, tiny_fmnist):
 
 
 def test_max_minutes_zero_runs_nothing_and_says_partial(tmp_path):
-    res = rs.run_study("takd_mnist1d", tmp_path, [0, 1], rs.TINY, "cpu", 0.0, [], command="c", log=lambda _: None)
+    lines: list[str] = []
+    res = rs.run_study("takd_mnist1d", tmp_path, [0, 1], rs.TINY, "cpu", 0.0, [], command="c", log=lines.append)
     study = STUDIES["takd_mnist1d"]()
     assert res["rows"] == [] and res["partial"]
     assert len(res["not_run_this_time"]) == 2 * len(study.cells)
     assert "**PARTIAL**" in (tmp_path / "takd_mnist1d" / "RESULTS.md").read_text()
+    assert sum("budget is spent" in x for x in lines) == 2 * len(study.cells)
+
+
+def test_a_distilled_cell_whose_teacher_never_ran_is_not_started(tmp_path):
+    lines: list[str] = []
+    res = rs.run_study("takd_mnist1d", tmp_path, [3], rs.TINY, "cpu", None, [], command="c",
+                       only=["kd_from_teacher_cnn1d_c16"], log=lines.append)
+    assert res["not_run_this_time"] == ["kd_from_teacher_cnn1d_c16-s3"]
+    assert any("teacher cell teacher_cnn1d_c16-s3 has no results" in x for x in lines)
+    assert not (tmp_path / "takd_mnist1d" / "kd_from_teacher_cnn1d_c16-s3").exists()

@@ -157,6 +157,10 @@ def cell_config(study: Study, spec: CellSpec, seed: int, study_dir: Path, scale:
     train["seed"] = seed
     train["device"] = device
     train["epochs"] = scale_epochs(train.get("epochs", 10), scale)
+    terms = raw.get("method") if isinstance(raw.get("method"), list) else [raw.get("method") or {}]
+    for term in terms:
+        if isinstance(term.get("init_epochs"), int) and term["init_epochs"] > 0:
+            term["init_epochs"] = scale_epochs(term["init_epochs"], scale)
     sch = raw.get("scheme") or {}
     if isinstance(sch.get("specialist_train"), dict) and "epochs" in sch["specialist_train"]:
         sch["specialist_train"]["epochs"] = scale_epochs(sch["specialist_train"]["epochs"], scale)
@@ -226,10 +230,13 @@ def run_study(name: str, out: str | Path, seeds: list[int], scale: float | str =
             continue
         spent = (time.monotonic() - start) / 60
         if max_minutes is not None and spent >= max_minutes:
+            log(f"[{i}/{len(cells)}] {cell_dir.name}: not started, the {max_minutes:g}-minute budget is spent")
             not_run.append(cell_dir.name)
             continue
         if spec.teacher_from and not (study_dir / f"{spec.teacher_from}-s{seed}" / "results.json").is_file():
-            not_run.append(cell_dir.name)  # its teacher was not run (budget): nothing to distil from
+            log(f"[{i}/{len(cells)}] {cell_dir.name}: not started, its teacher cell {spec.teacher_from}-s{seed} "
+                "has no results")
+            not_run.append(cell_dir.name)
             continue
         raw = cell_config(study, spec, seed, study_dir, scale, device, parsed)
         log(f"[{i}/{len(cells)}] {cell_dir.name}: running")
