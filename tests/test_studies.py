@@ -218,3 +218,16 @@ def test_a_distilled_cell_whose_teacher_never_ran_is_not_started(tmp_path):
     assert res["not_run_this_time"] == ["kd_from_teacher_cnn1d_c16-s3"]
     assert any("teacher cell teacher_cnn1d_c16-s3 has no results" in x for x in lines)
     assert not (tmp_path / "takd_mnist1d" / "kd_from_teacher_cnn1d_c16-s3").exists()
+
+
+def test_an_unfinished_cell_started_with_another_config_is_refused(tmp_path):
+    study = STUDIES["takd_mnist1d"]()
+    spec = study.cell("teacher_cnn1d_c16")
+    cell = tmp_path / "takd_mnist1d" / "teacher_cnn1d_c16-s0"
+    cell.mkdir(parents=True)
+    # an interrupted run at another epochs scale: config written, no results.json
+    first = rs.cell_config(study, spec, 0, tmp_path / "takd_mnist1d", 0.5, "cpu", [])
+    (cell / "config.yaml").write_text(rs.dump_config(validate_config(first)))
+    with pytest.raises(ConfigError, match="different config"):
+        rs.run_study("takd_mnist1d", tmp_path, [0], 0.25, "cpu", None, [], command="c",
+                     only=["teacher_cnn1d_c16"], log=lambda _: None)

@@ -40,7 +40,7 @@ sys.path.insert(0, str(HERE))
 
 from studies import STUDIES, CellSpec, Study  # noqa: E402
 
-from kdistill.config import parse_override, validate_config  # noqa: E402
+from kdistill.config import dump_config, parse_override, validate_config  # noqa: E402
 from kdistill.engine.checkpoint import atomic_write_json, atomic_write_text  # noqa: E402
 from kdistill.errors import ConfigError, KdistillError  # noqa: E402
 from kdistill.report.tables import paired_difference, summarize  # noqa: E402
@@ -202,6 +202,13 @@ def run_cell(raw: dict[str, Any], cell_dir: Path, log) -> None:
     from kdistill.schemes import run_scheme
 
     cfg = validate_config(raw)
+    old = cell_dir / "config.yaml"
+    if old.is_file() and old.read_text() != dump_config(cfg):
+        # an unfinished cell continues from its checkpoint only under the config it started with
+        raise ConfigError(
+            f"Cell folder {cell_dir} was started with a different config (other --epochs-scale, --set or "
+            "code?). Delete that folder to redo it, or write to another --out folder."
+        )
     if cfg.scheme:
         run_scheme(cfg, run_dir=cell_dir, resume=True, log=log)
     else:
