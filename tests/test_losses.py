@@ -110,3 +110,8 @@ def test_hard_label_ce_skips_unlabelled():
     expected = F.cross_entropy(logits[[0, 2]], y[[0, 2]])
     assert float(hard_label_ce(logits, y)) == pytest.approx(float(expected), rel=1e-6)
     assert float(hard_label_ce(logits, torch.full((4,), -1))) == 0.0
+
+
+def test_nan_teacher_targets_are_not_hidden():
+    target = torch.tensor([[float("nan"), 0.0, 0.0]])
+    assert torch.isnan(kl_to_targets(torch.zeros(1, 3), target, 1.0))

@@ -65,9 +65,8 @@ def hard_label_ce(logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) 
     A batch with no labelled sample gives zero (not NaN), which a transfer set of
     teacher-labelled inputs needs.
     """
+    # always the masked form: testing "all labelled?" first would be a host sync per step
     mask = labels >= 0
-    if bool(mask.all()):
-        return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
     safe = torch.where(mask, labels, torch.zeros_like(labels))
     per = F.cross_entropy(logits.float(), safe, reduction="none", label_smoothing=label_smoothing)
     return (per * mask).sum() / mask.sum().clamp_min(1)
@@ -83,5 +82,5 @@ def kl_to_targets(student_logits: Tensor, log_target: Tensor, temperature: float
     log_p_s = F.log_softmax(student_logits.float() / t, dim=-1)
     log_target = log_target.detach().float()
     p = log_target.exp()
-    # 0 * log 0 := 0 for targets with zero mass (top-k caches)
-    return (torch.where(p > 0, p * (log_target - log_p_s), torch.zeros_like(p))).sum(-1).mean() * (t * t)
+    # 0 * log 0 := 0 for targets with zero mass (top-k caches); a NaN target stays NaN
+    return (torch.where(p == 0, torch.zeros_like(p), p * (log_target - log_p_s))).sum(-1).mean() * (t * t)

@@ -152,8 +152,8 @@ class Trainer:
         student = self.accelerator.unwrap_model(self.model).student
         out = {}
         for name, ds in self.eval_sets.items():
-            with self.accelerator.autocast():
-                logits = predict_logits(student, ds.x, self.eval_batch_size, self.device)
+            # fp32, not autocast: reported metrics must not depend on the training precision
+            logits = predict_logits(student, ds.x, self.eval_batch_size, self.device)
             out[name] = classification_metrics(logits, ds.y, self.teacher_logits.get(name))
         return out
 
