@@ -87,6 +87,8 @@ class TrainConfig(Strict):
     log_every: PosInt = 50
     checkpoint_every: Annotated[int, Field(ge=0, le=10**9)] = 0
     on_nonfinite: Literal["stop", "skip"] = "stop"
+    #: experiment trackers (through Accelerate's tracker classes), written to <run>/trackers
+    log_with: list[Literal["tensorboard", "mlflow"]] = Field(default_factory=list)
     progress: bool = True
 
     @field_validator("device")

@@ -155,7 +155,8 @@ def _train_model(cfg_train: TrainConfig, model: nn.Module, data: DataSplits, tra
     a = augment or cfg.data.augment
     aug = Augment(a.shift, a.flip)
     trainer = Trainer(distiller, train, eval_sets, cfg_train, run_dir, cfg.data.batch_size,
-                      cfg.data.eval_batch_size, aug, teacher_logits, log)
+                      cfg.data.eval_batch_size, aug, teacher_logits, log,
+                      hparams=cfg.model_dump(mode="json"))
     return trainer.fit(resume=resume) | {"distiller": distiller}
 
 

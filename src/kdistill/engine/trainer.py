@@ -98,6 +98,7 @@ class Trainer:
         augment: on-device augmentation of training inputs.
         teacher_logits: teacher logits for each eval set (agreement and KL metrics).
         log: a function that prints one line.
+        hparams: the run's config, logged to experiment trackers as hyperparameters.
     """
 
     def __init__(
@@ -112,8 +113,10 @@ class Trainer:
         augment: Augment | None = None,
         teacher_logits: dict[str, Tensor] | None = None,
         log: Callable[[str], None] = print,
+        hparams: dict[str, Any] | None = None,
     ):
         self.distiller = distiller
+        self.hparams = hparams
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
@@ -248,6 +251,9 @@ class Trainer:
 
             for row in run_pre_stages(self):
                 self._append_metrics(row)
+        from .tracking import Trackers
+
+        trackers = Trackers(cfg.log_with if self.accelerator.is_main_process else [], self.run_dir, self.hparams)
         saved_handlers = self._install_signals()
         t_start = time.perf_counter()
         last_good = None
@@ -334,12 +340,14 @@ class Trainer:
                         self._save("best", self._state(epoch + 1, 0, step, best, history), keep=1)
                 history.append(row)
                 self._append_metrics(row)
+                trackers.log(row, row["step"])
                 epoch += 1
                 last_good = self._save("last", self._state(epoch, 0, step, best, history))
                 self.log(_epoch_line(row, cfg.epochs))
                 if self._stop_signal is not None and epoch < cfg.epochs:
                     raise Interrupted(self._interrupt_message(last_good))
         finally:
+            trackers.finish()
             for s, h in saved_handlers.items():
                 signal.signal(s, h)
         final = self.evaluate() if cfg.epochs else {}
