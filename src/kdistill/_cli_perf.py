@@ -77,6 +77,9 @@ def register(app: typer.Typer, list_app: typer.Typer) -> None:
         compile: Annotated[
             bool, typer.Option("--compile", help="torch.compile the networks (fast paths).")
         ] = False,
+        compile_mode: Annotated[
+            str, typer.Option("--compile-mode", help="torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune.")
+        ] = "default",
         channels_last: Annotated[
             bool | None,
             typer.Option("--channels-last/--no-channels-last", help="NHWC layout (default: on CUDA)."),
@@ -106,6 +109,7 @@ def register(app: typer.Typer, list_app: typer.Typer) -> None:
             device=device,
             precision=precision,
             compile=compile,
+            compile_mode=compile_mode,
             channels_last=channels_last,
             n_train=n_train,
             cache_views=cache_views,

@@ -125,6 +125,7 @@ def run_bench(
     device: str = "auto",
     precision: str = "auto",
     compile: bool = False,
+    compile_mode: str = "default",
     channels_last: bool | None = None,
     augment: bool = True,
     cache_views: int = 4,
@@ -147,6 +148,7 @@ def run_bench(
         precision: ``auto`` (bf16 on CUDA, fp32 on CPU), ``bf16`` or ``fp32``; the naive
             path is always fp32.
         compile: ``torch.compile`` student and teacher on the fast paths.
+        compile_mode: torch.compile's mode; ``"reduce-overhead"`` adds CUDA graphs.
         channels_last: NHWC memory layout on the fast paths (default: on CUDA with images).
         augment: shift-by-4 + horizontal flip on image inputs (the CIFAR recipe).
         cache_views: augmented views per sample in the ``kd_cached`` path's cache.
@@ -198,7 +200,7 @@ def run_bench(
         if fast and channels_last:
             t.module.to(memory_format=torch.channels_last)
         if fast and compile:
-            t.module.compile()
+            t.module.compile(mode=compile_mode)
         return t
 
     def fast_step(model: nn.Module, opt: torch.optim.Optimizer, fp32: bool = False) -> Callable[[dict], None]:
@@ -232,7 +234,7 @@ def run_bench(
                 if channels_last:
                     s.to(memory_format=torch.channels_last)
                 if compile:
-                    s.compile()
+                    s.compile(mode=compile_mode)
             views = None
             if path == "student":
                 model = create("ce", s)
@@ -322,6 +324,7 @@ def run_bench(
             "warmup": warmup,
             "precision": "bf16" if bf16 else "fp32",
             "compile": compile,
+            "compile_mode": compile_mode if compile else None,
             "channels_last": channels_last,
             "augment": aug is not None,
             "cache_views": cache_views,

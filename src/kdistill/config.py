@@ -81,6 +81,8 @@ class TrainConfig(Strict):
     seed: int = 0
     deterministic: bool = False
     compile: bool = False
+    #: torch.compile mode; "reduce-overhead" adds CUDA graphs (static batch shapes only)
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     channels_last: bool = False
     eval_every: PosInt = 1
     # on CUDA, NaN/Inf is tested every log_every steps (a per-step test is a host sync)

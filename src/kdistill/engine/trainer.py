@@ -375,7 +375,7 @@ class Trainer:
             if self.cfg.channels_last:
                 m.to(memory_format=torch.channels_last)
             if self.cfg.compile:
-                m.compile()
+                m.compile(mode=self.cfg.compile_mode)
 
     def _defer_nonfinite_checks(self) -> bool:
         """On CUDA a finiteness test is a host sync that stalls the GPU queue: accumulate a
