@@ -222,14 +222,14 @@ def run_study(name: str, out: str | Path, seeds: list[int], scale: float | str =
     if name not in STUDIES:
         raise ConfigError(f"Unknown study {name!r}; known: {', '.join(STUDIES)}.")
     study = STUDIES[name]()
+    cells = plan(study, seeds, only)
+    parsed = [parse_override(o) for o in overrides]
     study_dir = Path(out) / name
     study_dir.mkdir(parents=True, exist_ok=True)
-    parsed = [parse_override(o) for o in overrides]
     command = command or " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
     commit, hw = git_commit(), hardware(device)
     start = time.monotonic()
     not_run: list[str] = []
-    cells = plan(study, seeds, only)
     for i, (spec, seed) in enumerate(cells, 1):
         cell_dir = study_dir / f"{spec.group}-s{seed}"
         if (cell_dir / "results.json").is_file():
