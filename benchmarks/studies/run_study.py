@@ -51,7 +51,10 @@ _TRANSFER_NAME = re.compile(r"mnist1d-n(?P<n>\d+)-seed(?P<seed>-?\d+)-len(?P<len
 
 # -- provenance ----------------------------------------------------------------------------
 def git_commit() -> str:
-    """``git rev-parse HEAD`` of the checkout this file lives in (``+dirty`` if it differs)."""
+    """``git rev-parse HEAD`` of the checkout this file lives in (``+dirty`` if it differs);
+    ``KDISTILL_COMMIT`` names it where the tree was copied without its .git (a GPU machine)."""
+    if os.environ.get("KDISTILL_COMMIT"):
+        return os.environ["KDISTILL_COMMIT"]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True,
                               check=True).stdout.strip()
