@@ -36,6 +36,10 @@ from torch import nn
 PATHS = ("student", "kd_live", "kd_cached", "naive")
 
 
+#: torch.compile modes that capture CUDA graphs: each step must be marked
+CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
 def peak_memory_bytes(device: torch.device | str) -> int:
     """Peak memory since the last :func:`reset_peak_memory`: CUDA bytes allocated by
     tensors on a GPU, else the process's peak resident set (``VmHWM``, or
@@ -208,6 +212,8 @@ def run_bench(
         cl = channels_last and not fp32
 
         def step(batch: dict) -> None:
+            if compile and compile_mode in CUDAGRAPH_MODES:
+                torch.compiler.cudagraph_mark_step_begin()
             if cl and batch["x"].dim() == 4:
                 batch["x"] = batch["x"].contiguous(memory_format=torch.channels_last)
             with amp:

@@ -94,8 +94,14 @@ class ModuleTeacher:
             if features:
                 with FeatureTaps(self.module, features) as taps:
                     logits = self.module(batch["x"])
-                return TeacherOutput(logits, dict(taps.features))
-            return TeacherOutput(self.module(batch["x"]))
+                feats = dict(taps.features)
+            else:
+                logits, feats = self.module(batch["x"]), {}
+        if getattr(self.module, "_compiled_call_impl", None) is not None:
+            # a CUDA-graphed teacher's outputs live in a pool that the student's graph
+            # replays may overwrite before the loss reads them
+            logits, feats = logits.clone(), {k: v.clone() for k, v in feats.items()}
+        return TeacherOutput(logits, feats)
 
     def to(self, device) -> ModuleTeacher:
         self.module.to(device)

@@ -269,6 +269,8 @@ class Trainer:
                         g["lr"] = cfg.lr * lr_factor(step, total, warmup, cfg.schedule, cfg.milestones, cfg.gamma)
                     if cfg.channels_last and batch["x"].dim() == 4:
                         batch["x"] = batch["x"].contiguous(memory_format=torch.channels_last)
+                    if cfg.compile and cfg.compile_mode in ("reduce-overhead", "max-autotune"):
+                        torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs: a new step
                     with self.accelerator.autocast():
                         out = self.model(batch)
                     loss = out["loss"]
