@@ -68,7 +68,14 @@ def test_sigkill_at_random_moments_then_resume_is_exact(tmp_path, reference):
     for attempt in range(12):
         p = _cli(["train", str(cfg), "--run-dir", str(run)] + (["--resume"] if attempt else []))
         if kills < 3:
-            time.sleep(rng.uniform(2.5, 5.0))  # import + a few steps
+            # kill once training is under way (a new checkpoint appeared), at a random moment;
+            # waiting for the file, not a fixed time, keeps this right on a loaded machine
+            before = {c.name for c in run.glob("checkpoints/last-*")}
+            deadline = time.time() + 120
+            while time.time() < deadline and p.poll() is None and \
+                    not ({c.name for c in run.glob("checkpoints/last-*")} - before):
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.0, 0.4))
             if p.poll() is None:
                 p.send_signal(signal.SIGKILL)
                 p.wait()

@@ -148,3 +148,17 @@ def test_lr_schedules(schedule):
         assert f[49] == 1.0 and f[50] == pytest.approx(0.1) and f[75] == pytest.approx(0.01)
     else:
         assert set(f[10:]) == {1.0}
+
+
+def test_first_stage_is_capped_at_the_main_training(tiny_cfg, tmp_path):
+    # AB's initialisation stage defaults to 30 epochs; a 2-epoch run runs 2 of them
+    cfg = tiny_cfg(train={"epochs": 2}, method={"name": "ab"},
+                   teacher={"model": "mlp", "kwargs": {"hidden": [64]}, "train": {"epochs": 2}},
+                   student={"model": "mlp", "kwargs": {"hidden": [8]}})
+    try:
+        run_experiment(validate_config(cfg), tmp_path / "r", **QUIET)
+    except ShapeError:
+        pytest.skip("ab needs maps on this pair")
+    rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    stage_rows = [r for r in rows if "stage" in r]
+    assert len(stage_rows) == 2 and [r["stage_epoch"] for r in stage_rows] == [0, 1]

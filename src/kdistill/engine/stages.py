@@ -19,10 +19,15 @@ def run_pre_stages(trainer: Trainer) -> list[dict]:
         stage = term.pre_stage()
         if stage is None or stage.epochs <= 0:
             continue
+        # a first stage never runs longer than the main training: the papers' 30 stage-1
+        # epochs belong to 200+ epoch runs, and a 1-epoch quick look must stay quick
+        epochs = min(stage.epochs, max(1, trainer.cfg.epochs))
+        if epochs < stage.epochs:
+            trainer.log(f"{stage.name}: {epochs} epoch(s) instead of {stage.epochs} (capped at train.epochs)")
         params = [p for p in stage.params if p.requires_grad]
         opt = torch.optim.Adam(params, lr=stage.lr or trainer.cfg.lr)
         distiller.train()
-        for epoch in range(stage.epochs):
+        for epoch in range(epochs):
             total, n = 0.0, 0
             for batch in trainer.loader.iterate(epoch):
                 with trainer.accelerator.autocast():
@@ -34,5 +39,5 @@ def run_pre_stages(trainer: Trainer) -> list[dict]:
                 n += batch["y"].shape[0]
             row = {"stage": stage.name, "stage_epoch": epoch, "stage_loss": total / max(1, n)}
             rows.append(row)
-            trainer.log(f"{stage.name} epoch {epoch + 1}/{stage.epochs}  loss {row['stage_loss']:.4f}")
+            trainer.log(f"{stage.name} epoch {epoch + 1}/{epochs}  loss {row['stage_loss']:.4f}")
     return rows
