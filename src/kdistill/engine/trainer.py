@@ -278,15 +278,9 @@ class Trainer:
                         self._flag(loss)
                     elif not torch.isfinite(loss):
                         bad = [k for k, v in out.items() if k.startswith("loss_") and not torch.isfinite(v).all()]
-                        if cfg.on_nonfinite == "skip":
-                            self.skipped_steps += 1
-                            self.optimizer.zero_grad(set_to_none=True)
-                            continue
-                        where = f"The last good checkpoint is {last_good}." if last_good else "No checkpoint was saved yet."
-                        raise NonFiniteError(
-                            f"Non-finite loss at epoch {epoch}, step {step}: {', '.join(bad)} went NaN/Inf. "
-                            f"{where} Lower train.lr, set train.grad_clip, or set train.on_nonfinite=skip."
-                        )
+                        self._skip_or_stop(f"Non-finite loss at epoch {epoch}, step {step}: {', '.join(bad)} went "
+                                           "NaN/Inf.", last_good)
+                        continue
                     self.accelerator.backward(loss / cfg.grad_accum)
                     last_of_epoch = b + 1 == batches
                     if (b + 1) % cfg.grad_accum == 0 or last_of_epoch:
@@ -295,15 +289,9 @@ class Trainer:
                         if self._deferred:
                             self._flag(norm)
                         elif not torch.isfinite(norm):
-                            if cfg.on_nonfinite == "skip":
-                                self.skipped_steps += 1
-                                self.optimizer.zero_grad(set_to_none=True)
-                                continue
-                            where = f"The last good checkpoint is {last_good}." if last_good else "No checkpoint was saved yet."
-                            raise NonFiniteError(
-                                f"Non-finite gradient at epoch {epoch}, step {step} (loss {float(loss):.4g}). "
-                                f"{where} Lower train.lr or set train.grad_clip."
-                            )
+                            self._skip_or_stop(f"Non-finite gradient at epoch {epoch}, step {step} "
+                                               f"(loss {float(loss):.4g}).", last_good)
+                            continue
                         self.optimizer.step()
                         self.optimizer.zero_grad(set_to_none=True)
                         step += 1
@@ -402,6 +390,15 @@ class Trainer:
                 f"steps before step {step} (checked every train.log_every steps on CUDA). {where} Lower "
                 "train.lr, set train.grad_clip, or set train.on_nonfinite=skip (checks every step)."
             )
+
+    def _skip_or_stop(self, what: str, last_good) -> None:
+        """``train.on_nonfinite``: skip the batch (counted) or stop naming the last good checkpoint."""
+        if self.cfg.on_nonfinite == "skip":
+            self.skipped_steps += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            return
+        where = f"The last good checkpoint is {last_good}." if last_good else "No checkpoint was saved yet."
+        raise NonFiniteError(f"{what} {where} Lower train.lr, set train.grad_clip, or set train.on_nonfinite=skip.")
 
     def _state(self, epoch: int, batch: int, step: int, best: dict, history: list) -> dict[str, Any]:
         return {"epoch": epoch, "batch": batch, "step": step, "best": best, "history": history,

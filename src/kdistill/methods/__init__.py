@@ -1,8 +1,6 @@
 """Distillation methods: one file per method, each a registered loss term."""
 
-from . import ce, kd  # noqa: F401  (register)
-from . import cc, crd, dist, dkd, pkt, reviewkd, sp, vid  # noqa: F401  (register)
-from . import ab, at, fitnet, fsp, ft, nst, rkd  # noqa: F401  (register)
+from . import ab, at, cc, ce, crd, dist, dkd, fitnet, fsp, ft, kd, nst, pkt, reviewkd, rkd, sp, vid  # noqa: F401  (register)  # noqa: F401  (register)  # noqa: F401  (register)
 from ._base import Context, Distiller, Method
 from ._registry import METHODS, build_term, create, register_method
 

@@ -12,6 +12,7 @@ top-level ``results.json`` that reports every stage.
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,14 +32,15 @@ class SchemeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Scheme:
+class Scheme(ABC):
     """A registered scheme: ``name``, a ``Config`` and :meth:`run`."""
 
     name: ClassVar[str] = ""
     Config: ClassVar[type[SchemeConfig]] = SchemeConfig
 
-    def run(self, ctx: SchemeContext, settings: Any) -> dict[str, Any]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def run(self, ctx: SchemeContext, settings: Any) -> dict[str, Any]:
+        """Run every stage and return the top-level results."""
 
 
 SCHEMES: Registry[type[Scheme]] = Registry("scheme")
