@@ -170,8 +170,8 @@ def load_weights(path: str | Path, trust: bool = False) -> dict[str, Tensor]:
     if path.is_dir():
         if (path / "model.safetensors").is_file():
             return load_weights(path / "model.safetensors")
-        found = find_checkpoint(path / "checkpoints" if (path / "checkpoints").is_dir() else path, "best") or \
-            find_checkpoint(path / "checkpoints" if (path / "checkpoints").is_dir() else path, "last")
+        ckpts = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+        found = find_checkpoint(ckpts, "best") or find_checkpoint(ckpts, "last")
         if not found:
             raise CheckpointError(f"{path}: no model.safetensors and no intact checkpoint inside.")
         return load_weights(found[0] / "model.safetensors")

@@ -242,7 +242,7 @@ class Trainer:
             best = meta.get("best", best)
             history = meta.get("history", [])
             self.skipped_steps = meta.get("skipped_steps", 0)
-            self._truncate_metrics(epoch if start_batch == 0 else epoch)
+            self._truncate_metrics(epoch)
         elif self.accelerator.is_main_process:
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
 
