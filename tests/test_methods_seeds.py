@@ -214,7 +214,10 @@ def test_fsp_pools_within_a_pair_and_loss_values():
 def test_fsp_init_stage_trains_the_student_towards_the_teacher_flow(images):
     torch.manual_seed(0)
     s, t = TinyNet(), TinyNet((8, 16, 16))
-    assert create("fsp", s, t, example=images[:2]).terms[0].pre_stage() is None  # joint by default
+    # the paper's and the CRD code's recipe by default: a 30-epoch first stage, zero main-stage weight
+    default = create("fsp", s, t, example=images[:2])
+    assert default.terms[0].pre_stage().epochs == 30 and default.weights[0] == 0.0
+    assert create("fsp", s, t, example=images[:2], init_epochs=0).terms[0].pre_stage() is None
     d = create("fsp", s, t, example=images[:2], init_epochs=1)
     term = d.terms[0]
     stage = term.pre_stage()
@@ -416,11 +419,13 @@ def nets(kind):
 def test_term_is_zero_against_a_copy_and_trains_the_student_otherwise(method, kind):
     student, other, x, classes = nets(kind)
     batch = batch_of(x, classes)
-    same = create(method, student, copy.deepcopy(student), example=x[:2])
+    # fsp's main-stage weight defaults to 0 (the paper's two-stage recipe); test it as a joint term
+    w = {"weight": 50.0} if method == "fsp" else {}
+    same = create(method, student, copy.deepcopy(student), example=x[:2], **w)
     out = same(batch)
     parts = [v for k, v in out.items() if k.startswith(f"loss_{method}")]
     assert parts and all(abs(v.item()) < 1e-5 for v in parts)
-    diff = create(method, student, other, example=x[:2])
+    diff = create(method, student, other, example=x[:2], **w)
     total = sum(v for k, v in diff(batch).items() if k.startswith(f"loss_{method}"))
     assert total.item() > 1e-4
     grads = torch.autograd.grad(total, list(student.parameters()), allow_unused=True)
@@ -431,7 +436,8 @@ def test_term_is_zero_against_a_copy_and_trains_the_student_otherwise(method, ki
 @pytest.mark.parametrize("method", ["ft", "ab"])
 def test_trained_part_terms_work_on_1d_maps(method):
     student, teacher, x, classes = nets("cnn1d")
-    d = create(method, student, teacher, example=x[:2])
+    # ab's main-stage weight defaults to 0 (initialisation only, as in the paper); test it joint
+    d = create(method, student, teacher, example=x[:2], **({"weight": 1.0} if method == "ab" else {}))
     loss = d(batch_of(x, classes))[f"loss_{method}"]
     loss.backward()
     assert torch.isfinite(loss) and loss.item() > 0

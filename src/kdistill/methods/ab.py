@@ -15,8 +15,10 @@ RepDistiller) keeps it on the scale of the cross-entropy, and summed over stage 
 
 The paper uses the loss to *initialise* the student before ordinary training: the
 :class:`PreStage` ``ab_init`` trains the student up to the deepest matched layer plus the
-connectors on this loss alone for ``init_epochs`` (30, RepDistiller's ``init_epochs``). The
-main stage keeps the term at its weight; set ``weight: 0`` for the paper's exact recipe.
+connectors on this loss alone for ``init_epochs`` (30, RepDistiller's ``init_epochs``). As in
+the paper and the CRD benchmark code (whose main stage sets the AB loss to zero), the default
+main-stage weight is 0: the transfer happens in the first stage and the main stage trains on
+the task. ``weight: 1`` keeps the loss in the main stage too.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ class AB(Method):
     """Activation-boundary transfer between pre-activation stage responses."""
 
     name = "ab"
-    default_weight = 1.0
+    default_weight = 0.0
 
     @dataclass
     class Config:

@@ -10,13 +10,14 @@ taken here between each pair of consecutive stage outputs; the loss is the squar
 difference of the student's and teacher's matrices (mean over batch and entries, summed
 over pairs). Within a pair the larger map is average-pooled to the smaller. Where a
 student stage's channel count differs from the teacher's, a 1x1 conv + BN connector maps it
-to the teacher's width first. The weight 50 comes from the CRD benchmark (Tian et al. 2020,
-RepDistiller).
+to the teacher's width first.
 
 The paper trains in two stages: first the student minimises the FSP loss alone, then it
-trains on the task. ``init_epochs > 0`` adds that first stage as the :class:`PreStage`
-``fsp_init`` (student up to the deepest matched stage, plus the connectors); the default 0
-keeps the single joint stage. The paper's exact recipe is ``weight: 0, init_epochs: N``.
+trains on the task; the CRD benchmark code (Tian et al. 2020, RepDistiller) does the same
+(30 initialisation epochs, FSP loss zero in the main stage). So the defaults are
+``init_epochs: 30`` (the :class:`PreStage` ``fsp_init``: student up to the deepest matched
+stage, plus the connectors) and main-stage weight 0; ``weight: 50`` (the CRD command line's
+beta) keeps the loss in the main stage as a joint objective.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class FSP(Method):
     """FSP matrices between consecutive stages, student against teacher."""
 
     name = "fsp"
-    default_weight = 50.0
+    default_weight = 0.0
 
     @dataclass
     class Config:
@@ -67,7 +68,7 @@ class FSP(Method):
 
         student_layers: list[str] | None = None
         teacher_layers: list[str] | None = None
-        init_epochs: int = 0
+        init_epochs: int = 30
         init_lr: float | None = None
 
     def __init__(self, cfg, student, teacher, example):
