@@ -219,3 +219,19 @@ def summary(stage: dict[str, Any]) -> dict[str, Any]:
 def deployable(stage: dict[str, Any]) -> dict[str, Any]:
     """The keys of the deployed stage that ``kdistill train`` prints (student, teacher, final)."""
     return {k: stage[k] for k in ("student", "teacher", "final", "best") if k in stage}
+
+
+def evaluate_ensemble(ctx: SchemeContext, models: list[nn.Module], combine: str, member_paths: list[str],
+                      label: str) -> dict[str, Any]:
+    """Evaluate ``models`` combined as one teacher, write ``ensemble/results.json``, and
+    return the stage's summary row (shared by the ensemble and born-again schemes)."""
+    from ..teachers import EnsembleTeacher
+
+    ens = EnsembleTeacher(models, combine)
+    metrics = ctx.evaluate(lambda x: ens({"x": x}).logits)
+    ens_dir = ctx.run_dir / "ensemble"
+    ens_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(ens_dir / "results.json",
+                      {"name": "ensemble", "combine": combine, "members": member_paths, "final": metrics})
+    return {"dir": "ensemble", "model": label, "test_acc": metrics["test"]["acc"],
+            "test_ece": metrics["test"]["ece"]}

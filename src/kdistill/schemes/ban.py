@@ -18,10 +18,8 @@ from typing import Annotated
 from pydantic import Field
 
 from ..config import TeacherConfig
-from ..engine.checkpoint import atomic_write_json
 from ..engine.run import build_model
-from ..teachers import EnsembleTeacher
-from ._common import ModelSpec, SchemeContext, as_model, deployable, model_path, summary
+from ._common import ModelSpec, SchemeContext, as_model, deployable, evaluate_ensemble, model_path, summary
 from ._registry import Scheme, SchemeConfig, register_scheme
 
 
@@ -55,23 +53,6 @@ class BornAgain(Scheme):
             build_model(spec.model, spec.kwargs, ctx.data, model_path(g), ctx.trust, "generation")
             for g in gens[1:]
         ]
-        ens = EnsembleTeacher(born, "mean_prob")
-        metrics = ctx.evaluate(lambda x: ens({"x": x}).logits)
-        ens_dir = ctx.run_dir / "ensemble"
-        ens_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(
-            ens_dir / "results.json",
-            {
-                "name": "ensemble",
-                "combine": "mean_prob",
-                "members": [model_path(g) for g in gens[1:]],
-                "final": metrics,
-            },
-        )
-        stages["ensemble"] = {
-            "dir": "ensemble",
-            "model": f"generations 1..{s.generations}",
-            "test_acc": metrics["test"]["acc"],
-            "test_ece": metrics["test"]["ece"],
-        }
+        stages["ensemble"] = evaluate_ensemble(ctx, born, "mean_prob", [model_path(g) for g in gens[1:]],
+                                               f"generations 1..{s.generations}")
         return {"stages": stages, **deployable(gens[-1])}

@@ -18,11 +18,9 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from ..config import ModelConfig, TeacherConfig
-from ..engine.checkpoint import atomic_write_json
 from ..engine.run import build_model
 from ..errors import ConfigError
-from ..teachers import EnsembleTeacher
-from ._common import ModelSpec, SchemeContext, as_model, deployable, model_path, summary
+from ._common import ModelSpec, SchemeContext, as_model, deployable, evaluate_ensemble, model_path, summary
 from ._registry import Scheme, SchemeConfig, register_scheme
 
 
@@ -54,28 +52,9 @@ class EnsembleScheme(Scheme):
             members.append(spec.model_copy(update={"checkpoint": model_path(res)}))
         teacher = TeacherConfig(ensemble=members, combine=s.combine)
 
-        ens = EnsembleTeacher(
-            [build_model(m.model, m.kwargs, ctx.data, m.checkpoint, ctx.trust, "member") for m in members],
-            s.combine,
-        )
-        metrics = ctx.evaluate(lambda x: ens({"x": x}).logits)
-        ens_dir = ctx.run_dir / "ensemble"
-        ens_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(
-            ens_dir / "results.json",
-            {
-                "name": "ensemble",
-                "combine": s.combine,
-                "members": [m.checkpoint for m in members],
-                "final": metrics,
-            },
-        )
-        stages["ensemble"] = {
-            "dir": "ensemble",
-            "model": f"{s.members} x {spec.model}",
-            "test_acc": metrics["test"]["acc"],
-            "test_ece": metrics["test"]["ece"],
-        }
+        models = [build_model(m.model, m.kwargs, ctx.data, m.checkpoint, ctx.trust, "member") for m in members]
+        stages["ensemble"] = evaluate_ensemble(ctx, models, s.combine, [m.checkpoint for m in members],
+                                               f"{s.members} x {spec.model}")
 
         student = ctx.run_stage("student", ctx.cfg.student, teacher)
         stages["student"] = summary(student)
