@@ -235,3 +235,17 @@ def evaluate_ensemble(ctx: SchemeContext, models: list[nn.Module], combine: str,
                       {"name": "ensemble", "combine": combine, "members": member_paths, "final": metrics})
     return {"dir": "ensemble", "model": label, "test_acc": metrics["test"]["acc"],
             "test_ece": metrics["test"]["ece"]}
+
+
+def save_members(ctx: SchemeContext, members: list[tuple[str, nn.Module, ModelConfig]], stages: dict[str, Any],
+                 extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Evaluate and save each ``(name, model, spec)`` of a multi-network scheme (DML peers,
+    ONE branches) as its own run folder, add a row per member to ``stages``, and return the
+    saved records in order."""
+    saved = []
+    for name, model, spec in members:
+        res = ctx.save_model_folder(name, model, spec, {"final": ctx.evaluate(model), **(extra or {})})
+        saved.append(res)
+        stages[name.split("-")[0]] = {"dir": name, "model": spec.model, "params": res["student"]["params"],
+                                      "test_acc": res["final"]["test"]["acc"]}
+    return saved

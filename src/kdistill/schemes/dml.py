@@ -29,7 +29,7 @@ from ..errors import ConfigError
 from ..losses import hard_label_ce
 from ..methods import Distiller
 from ..methods._base import Context, Method
-from ._common import ModelSpec, SchemeContext, as_model, safe_name
+from ._common import ModelSpec, SchemeContext, as_model, safe_name, save_members
 from ._registry import Scheme, SchemeConfig, register_scheme
 
 
@@ -129,18 +129,8 @@ class DML(Scheme):
                 "test_acc": fit["final"].get("test", {}).get("acc"),
             }
         }
-        saved = []
-        for i, (spec, peer) in enumerate(zip(specs, group.peers, strict=True)):
-            res = ctx.save_model_folder(
-                f"peer{i}-{safe_name(spec.model)}", peer, spec, {"final": ctx.evaluate(peer)}
-            )
-            saved.append(res)
-            stages[f"peer{i}"] = {
-                "dir": f"peer{i}-{safe_name(spec.model)}",
-                "model": spec.model,
-                "params": res["student"]["params"],
-                "test_acc": res["final"]["test"]["acc"],
-            }
+        saved = save_members(ctx, [(f"peer{i}-{safe_name(spec.model)}", peer, spec)
+                                   for i, (spec, peer) in enumerate(zip(specs, group.peers, strict=True))], stages)
         dep = saved[s.deploy]
         from ..engine.run import save_model
 

@@ -43,7 +43,7 @@ from ..methods import Distiller
 from ..methods._base import Context, Method
 from ..models import default_taps
 from ..taps import resolve, split_tap
-from ._common import ModelSpec, SchemeContext, as_model
+from ._common import ModelSpec, SchemeContext, as_model, save_members
 from ._registry import Scheme, SchemeConfig, register_scheme
 
 
@@ -225,16 +225,8 @@ class ONE(Scheme):
                 "test_acc": fit["final"].get("test", {}).get("acc"),
             }
         }
-        saved = []
-        for i, b in enumerate(net.branches):
-            res = ctx.save_model_folder(f"branch{i}", b, spec, {"final": ctx.evaluate(b), "split": split})
-            saved.append(res)
-            stages[f"branch{i}"] = {
-                "dir": f"branch{i}",
-                "model": spec.model,
-                "params": res["student"]["params"],
-                "test_acc": res["final"]["test"]["acc"],
-            }
+        saved = save_members(ctx, [(f"branch{i}", b, spec) for i, b in enumerate(net.branches)], stages,
+                             {"split": split})
         dep = saved[s.deploy]
         save_model(ctx.run_dir, net.branches[s.deploy].cpu(), dep["student"])
         return {
