@@ -7,8 +7,9 @@ The real benchmark (run it on a GPU machine with Fashion-MNIST installed)::
     python benchmarks/bench_kd.py --device cpu --dataset synthetic --teacher mlp --student mlp \\
         --option input_shape=[1,8,8] --steps 5 --warmup 2 --batch-size 32   # a quick CPU check
 
-Each run measures the four paths of :func:`kdistill.bench.run_bench` (student alone, KD with
-a live teacher, KD from a teacher cache of augmented views, and the naive reference) and
+Each run measures the five paths of :func:`kdistill.bench.run_bench` (student alone, KD with
+a live teacher, KD from a teacher cache of augmented views, the naive reference, and the
+teacher's forward pass alone), checks the speed targets (:func:`kdistill.bench.check_targets`) and
 appends one record to ``benchmarks/RESULTS_perf.json``: the command, the git commit, the
 hardware, torch's version, the settings (seed included) and the numbers. Networks are
 freshly initialised (throughput does not depend on their weights). Results are whatever
@@ -52,7 +53,7 @@ def _option(text: str) -> tuple[str, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from kdistill.bench import PATHS, format_table, run_bench
+    from kdistill.bench import PATHS, format_table, format_targets, run_bench
     from kdistill.errors import KdistillError
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -66,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--compile-mode", default="default",
+                    help="torch.compile mode; reduce-overhead adds CUDA graphs")
     ap.add_argument("--channels-last", default=None, action=argparse.BooleanOptionalAction)
     ap.add_argument("--n-train", type=int, default=None)
     ap.add_argument("--cache-views", type=int, default=4)
@@ -86,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             device=args.device,
             precision=args.precision,
             compile=args.compile,
+            compile_mode=args.compile_mode,
             channels_last=args.channels_last,
             n_train=args.n_train,
             cache_views=args.cache_views,
@@ -118,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'path':10s} {'img/s':>10s} {'ms/step':>9s} {'peak MiB':>9s} {'x naive':>8s}")
     for row in format_table(result):
         print(f"{row[0]:10s} {row[1]:>10s} {row[2]:>9s} {row[3]:>9s} {row[4]:>8s}")
+    for line in format_targets(result):
+        print(line)
     print(f"appended to {args.out}")
     return 0
 

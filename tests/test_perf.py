@@ -60,6 +60,16 @@ def test_bench_times_all_four_paths_on_cpu(capsys):
         # throughput and step time describe the same measurement
         assert r["images_per_s"] * r["step_ms"] / 1e3 == pytest.approx(16, rel=1e-9)
     assert res["paths"]["naive"]["speedup_vs_naive"] == 1.0
+    assert "speedup_vs_naive" not in res["paths"]["teacher"]  # a forward pass is no training step
+    # all three targets are checkable from these five paths, with the CPU's live-vs-naive bar
+    targets = {t["name"]: t for t in res["targets"]}
+    assert set(targets) == {"kd_live_vs_naive", "kd_cached_vs_student", "kd_live_vs_student_plus_teacher"}
+    p = res["paths"]
+    assert targets["kd_live_vs_naive"]["target"] == 1.0
+    assert targets["kd_live_vs_naive"]["value"] == pytest.approx(
+        p["kd_live"]["images_per_s"] / p["naive"]["images_per_s"], abs=1e-4)
+    assert targets["kd_live_vs_student_plus_teacher"]["value"] == pytest.approx(
+        p["kd_live"]["step_ms"] / (p["student"]["step_ms"] + p["teacher"]["step_ms"]), abs=1e-4)
     assert res["cache"]["views"] == 2 and res["cache"]["bytes"] > 0
     assert res["config"]["precision"] == "fp32" and res["config"]["augment"] is True
     with pytest.raises(ConfigError, match="Unknown bench path"):
@@ -235,3 +245,30 @@ def test_two_cpu_processes_match_one(tmp_path):
     assert len(list((tmp_path / "two" / "checkpoints").iterdir())) == len(
         list((tmp_path / "one" / "checkpoints").iterdir())
     )
+
+
+def _paths(**ips_ms):
+    return {name: {"images_per_s": v[0], "step_ms": v[1]} for name, v in ips_ms.items()}
+
+
+def test_check_targets_verdicts_at_and_around_each_bar():
+    from kdistill.bench import check_targets, format_targets
+
+    # the H100 calibration loop: student 107k, live 56k, cached 92k, naive 10k images/s
+    p = _paths(student=(107e3, 2.39), kd_live=(56e3, 4.57), kd_cached=(92e3, 2.78), naive=(10e3, 25.6))
+    t = {x["name"]: x for x in check_targets(p, "cuda")}
+    assert t["kd_live_vs_naive"]["value"] == pytest.approx(5.6) and t["kd_live_vs_naive"]["met"]
+    assert t["kd_cached_vs_student"]["value"] == pytest.approx(92 / 107, abs=1e-4)
+    assert not t["kd_cached_vs_student"]["met"]  # 0.86 < 0.9
+    assert "kd_live_vs_student_plus_teacher" not in t  # no teacher path measured
+    # on a CPU the live-vs-naive bar is "not slower": 0.99x fails, 1.0x passes
+    assert not check_targets(_paths(kd_live=(99, 1), naive=(100, 1)), "cpu")[0]["met"]
+    assert check_targets(_paths(kd_live=(100, 1), naive=(100, 1)), "cpu")[0]["met"]
+    assert not check_targets(_paths(kd_live=(499, 1), naive=(100, 1)), "cuda")[0]["met"]
+    # live step within 10% of student + teacher forward, and just over it
+    ok = _paths(student=(1, 2.0), teacher=(1, 1.0), kd_live=(1, 3.3))
+    over = _paths(student=(1, 2.0), teacher=(1, 1.0), kd_live=(1, 3.31))
+    assert check_targets(ok, "cuda")[0]["met"] and check_targets(ok, "cuda")[0]["value"] == pytest.approx(1.1)
+    assert not check_targets(over, "cuda")[0]["met"]
+    lines = format_targets({"targets": check_targets(p, "cuda")})
+    assert lines[0].split()[-1] == "met" and lines[1].endswith("NOT met")

@@ -87,14 +87,14 @@ def register(app: typer.Typer, list_app: typer.Typer) -> None:
         n_train: Annotated[int | None, typer.Option(help="Use this many training samples.")] = None,
         cache_views: Annotated[int, typer.Option(help="Augmented views in the cached path's cache.")] = 4,
         paths: Annotated[
-            str, typer.Option(help="Comma-separated: student,kd_live,kd_cached,naive.")
-        ] = "student,kd_live,kd_cached,naive",
+            str, typer.Option(help="Comma-separated: student,kd_live,kd_cached,naive,teacher (forward only).")
+        ] = "student,kd_live,kd_cached,naive,teacher",
         as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     ) -> None:
         """Training throughput (images/s, step time, peak memory): fast paths vs a naive DataLoader loop."""
         from rich.table import Table
 
-        from .bench import format_table, run_bench
+        from .bench import format_table, format_targets, run_bench
         from .config import parse_override
 
         opts = dict(parse_override(o) for o in option or []) if option else None
@@ -124,5 +124,7 @@ def register(app: typer.Typer, list_app: typer.Typer) -> None:
         for row in format_table(result):
             table.add_row(*row)
         console.print(table)
+        for line in format_targets(result):
+            console.print(line, markup=False, highlight=False)
         if result["cache"]:
             console.print(f"cache: {result['cache']['summary']} built in {result['cache']['build_s']} s")

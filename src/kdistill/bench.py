@@ -9,7 +9,13 @@ dataset along four paths:
   (:mod:`kdistill.cache`), fast path;
 * ``naive``: KD with a live teacher the common way, as the reference: a
   ``torch.utils.data.DataLoader`` over CPU tensors, augmentation per batch on the CPU,
-  a copy to the device per batch, fp32, no compile, no channels_last.
+  a copy to the device per batch, fp32, no compile, no channels_last;
+* ``teacher``: the teacher's forward pass alone, as the live-KD path runs it (inference
+  mode, same batches, precision, layout and compilation): the cost a live teacher adds.
+
+:func:`check_targets` turns the numbers into the issue's three verdicts: live KD against
+the naive path (5x on a GPU; not slower on a CPU), cached KD against the student alone
+(0.9x), and live KD against student + teacher forward (at most 10% over their sum).
 
 The fast path is airbench's recipe (Keller Jordan, github.com/KellerJordan/cifar10-airbench):
 the whole dataset on the device, batches from an on-device permutation, vectorised
@@ -21,7 +27,6 @@ networks are freshly initialised: throughput does not depend on what they learnt
 
 from __future__ import annotations
 
-import math
 import platform
 import tempfile
 import time
@@ -33,7 +38,14 @@ from typing import Any
 import torch
 from torch import nn
 
-PATHS = ("student", "kd_live", "kd_cached", "naive")
+PATHS = ("student", "kd_live", "kd_cached", "naive", "teacher")
+
+#: live KD / naive images/s wanted on a GPU (the issue's target); on a CPU: not slower (1.0)
+LIVE_VS_NAIVE_GPU = 5.0
+#: cached KD / student-only images/s wanted
+CACHED_VS_STUDENT = 0.9
+#: live KD step time may exceed student step + teacher forward by this share
+LIVE_OVERHEAD = 0.10
 
 
 #: torch.compile modes that capture CUDA graphs: each step must be marked
@@ -224,6 +236,19 @@ def run_bench(
 
         return step
 
+    def forward_step(teacher_: ModuleTeacher) -> Callable[[dict], None]:
+        amp = torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+        def step(batch: dict) -> None:
+            if compile and compile_mode in CUDAGRAPH_MODES:
+                torch.compiler.cudagraph_mark_step_begin()
+            if channels_last and batch["x"].dim() == 4:
+                batch["x"] = batch["x"].contiguous(memory_format=torch.channels_last)
+            with amp:
+                teacher_(batch)
+
+        return step
+
     if len(data) < batch_size:
         raise ConfigError(
             f"The bench needs at least one full batch: {len(data)} samples < batch size {batch_size}."
@@ -235,14 +260,16 @@ def run_bench(
     tmp = tempfile.TemporaryDirectory(prefix="kdistill-bench-")
     try:
         for path in paths:
-            s = build(student)
-            if path != "naive":
+            s = build(student) if path != "teacher" else None
+            if path not in ("naive", "teacher"):
                 if channels_last:
                     s.to(memory_format=torch.channels_last)
                 if compile:
                     s.compile(mode=compile_mode)
             views = None
-            if path == "student":
+            if path == "teacher":
+                model = live_teacher(True)
+            elif path == "student":
                 model = create("ce", s)
             elif path == "kd_live":
                 model = create("kd", s, live_teacher(True), temperature=temperature)
@@ -272,7 +299,10 @@ def run_bench(
                 model = create("kd", s, cached, temperature=temperature)
             else:
                 model = create("kd", s, live_teacher(False), temperature=temperature)
-            model.to(dev).train()
+            if path == "teacher":
+                opt = None
+            else:
+                model.to(dev).train()
             if path == "naive":
                 opt = torch.optim.SGD(model.trainable_parameters(), lr=0.01, momentum=0.9)
                 batches = _naive_batches(data, batch_size, aug, dev, seed)
@@ -280,7 +310,8 @@ def run_bench(
             else:
                 from .config import TrainConfig
 
-                opt = make_optimizer(model.trainable_parameters(), TrainConfig(optimizer="sgd", lr=0.01), dev)
+                if path != "teacher":
+                    opt = make_optimizer(model.trainable_parameters(), TrainConfig(optimizer="sgd", lr=0.01), dev)
                 loader = DeviceLoader(
                     data,
                     batch_size,
@@ -292,7 +323,7 @@ def run_bench(
                     drop_last=True,  # one batch shape: no recompilation inside the timed steps
                 )
                 batches = _forever(loader)
-                step = fast_step(model, opt)
+                step = forward_step(model) if path == "teacher" else fast_step(model, opt)
             reset_peak_memory(dev)
             seconds, warm = _timed(step, batches, warmup, steps, dev)
             n = steps * batch_size
@@ -314,10 +345,12 @@ def run_bench(
         tmp.cleanup()
     if "naive" in results:
         ref = results["naive"]["images_per_s"]
-        for r in results.values():
-            r["speedup_vs_naive"] = r["images_per_s"] / ref
+        for name, r in results.items():
+            if name != "teacher":  # a forward pass is not a training step: no ratio to one
+                r["speedup_vs_naive"] = r["images_per_s"] / ref
     return {
         "paths": results,
+        "targets": check_targets(results, dev.type),
         "cache": cache_info,
         "config": {
             "teacher": teacher,
@@ -343,6 +376,48 @@ def run_bench(
     }
 
 
+def check_targets(paths: dict[str, dict[str, float]], device_type: str) -> list[dict[str, Any]]:
+    """The speed targets that the measured ``paths`` allow to check, each with its verdict.
+
+    * ``kd_live_vs_naive``: live-KD images/s over the naive path's, at least
+      :data:`LIVE_VS_NAIVE_GPU` on CUDA and at least 1 (not slower) elsewhere;
+    * ``kd_cached_vs_student``: cached-KD images/s over the student alone's, at least
+      :data:`CACHED_VS_STUDENT`;
+    * ``kd_live_vs_student_plus_teacher``: live-KD step time over (student step time +
+      teacher forward time), at most ``1 +`` :data:`LIVE_OVERHEAD`.
+
+    Returns ``[{"name", "value", "op", "target", "met"}]``; a target whose paths were not
+    measured is left out.
+    """
+
+    def ips(p: str) -> float:
+        return paths[p]["images_per_s"]
+
+    out = []
+
+    def add(name: str, value: float, op: str, target: float) -> None:
+        met = value >= target if op == ">=" else value <= target
+        out.append({"name": name, "value": round(value, 4), "op": op, "target": target, "met": bool(met)})
+
+    if "kd_live" in paths and "naive" in paths:
+        add("kd_live_vs_naive", ips("kd_live") / ips("naive"), ">=",
+            LIVE_VS_NAIVE_GPU if device_type == "cuda" else 1.0)
+    if "kd_cached" in paths and "student" in paths:
+        add("kd_cached_vs_student", ips("kd_cached") / ips("student"), ">=", CACHED_VS_STUDENT)
+    if {"kd_live", "student", "teacher"} <= paths.keys():
+        budget = paths["student"]["step_ms"] + paths["teacher"]["step_ms"]
+        add("kd_live_vs_student_plus_teacher", paths["kd_live"]["step_ms"] / budget, "<=", 1.0 + LIVE_OVERHEAD)
+    return out
+
+
+def format_targets(result: dict[str, Any]) -> list[str]:
+    """One line per checked target, e.g. ``kd_live_vs_naive  4.54 >= 5.0  not met``."""
+    return [
+        f"{t['name']:32s} {t['value']:7.3f} {t['op']} {t['target']:<5g} {'met' if t['met'] else 'NOT met'}"
+        for t in result.get("targets", [])
+    ]
+
+
 def _device_name(dev: torch.device) -> str:
     if dev.type == "cuda":
         return f"{dev} ({torch.cuda.get_device_name(dev)})"
@@ -350,17 +425,17 @@ def _device_name(dev: torch.device) -> str:
 
 
 def format_table(result: dict[str, Any]) -> list[tuple[str, ...]]:
-    """Rows ``(path, images/s, ms/step, peak MiB, x naive)`` for printing."""
+    """Rows ``(path, images/s, ms/step, peak MiB, x naive)`` for printing (``-``: no ratio)."""
     rows = []
     for name, r in result["paths"].items():
-        x = r.get("speedup_vs_naive", math.nan)
+        x = r.get("speedup_vs_naive")
         rows.append(
             (
                 name,
                 f"{r['images_per_s']:.1f}",
                 f"{r['step_ms']:.2f}",
                 f"{r['peak_memory_bytes'] / 2**20:.1f}",
-                f"{x:.2f}",
+                "-" if x is None else f"{x:.2f}",
             )
         )
     return rows
