@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-train", type=int, default=None)
     ap.add_argument("--cache-views", type=int, default=4)
     ap.add_argument("--paths", default=",".join(PATHS))
+    ap.add_argument("--repeat", type=int, default=1, help="rounds per path, round-robin; the median is reported")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=HERE / "RESULTS_perf.json")
     args = ap.parse_args(argv)
@@ -94,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             n_train=args.n_train,
             cache_views=args.cache_views,
             paths=tuple(p for p in args.paths.split(",") if p),
+            repeat=args.repeat,
             seed=args.seed,
             log=print,
         )

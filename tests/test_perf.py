@@ -272,3 +272,21 @@ def test_check_targets_verdicts_at_and_around_each_bar():
     assert not check_targets(over, "cuda")[0]["met"]
     lines = format_targets({"targets": check_targets(p, "cuda")})
     assert lines[0].split()[-1] == "met" and lines[1].endswith("NOT met")
+
+
+def test_bench_repeat_reports_the_median_of_interleaved_rounds():
+    logged = []
+    res = run_bench(
+        "mlp", "mlp", "synthetic", {"n_train": 64, "input_shape": [1, 8, 8]}, batch_size=16, steps=2,
+        warmup=1, device="cpu", paths=("student", "kd_cached"), cache_views=1, repeat=3, log=logged.append,
+    )
+    # round-robin: student, kd_cached, student, kd_cached, ...
+    assert [line.split()[0] for line in logged] == ["student", "kd_cached"] * 3
+    for r in res["paths"].values():
+        rounds = r["rounds_images_per_s"]
+        assert len(rounds) == 3
+        assert r["images_per_s"] == pytest.approx(sorted(rounds)[1], rel=1e-3)
+        assert r["images_per_s"] * r["step_ms"] / 1e3 == pytest.approx(16)
+    assert res["config"]["repeat"] == 3 and res["cache"]["views"] == 1  # the cache was built once
+    with pytest.raises(ConfigError, match="repeat must be at least 1"):
+        run_bench("mlp", "mlp", "synthetic", repeat=0)

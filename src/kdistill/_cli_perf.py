@@ -89,6 +89,9 @@ def register(app: typer.Typer, list_app: typer.Typer) -> None:
         paths: Annotated[
             str, typer.Option(help="Comma-separated: student,kd_live,kd_cached,naive,teacher (forward only).")
         ] = "student,kd_live,kd_cached,naive,teacher",
+        repeat: Annotated[
+            int, typer.Option(help="Measure every path this many times, round-robin; report the median.")
+        ] = 1,
         as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     ) -> None:
         """Training throughput (images/s, step time, peak memory): fast paths vs a naive DataLoader loop."""
@@ -114,6 +117,7 @@ def register(app: typer.Typer, list_app: typer.Typer) -> None:
             n_train=n_train,
             cache_views=cache_views,
             paths=tuple(p.strip() for p in paths.split(",") if p.strip()),
+            repeat=repeat,
         )
         if as_json:
             print(json.dumps(result))

@@ -28,6 +28,7 @@ networks are freshly initialised: throughput does not depend on what they learnt
 from __future__ import annotations
 
 import platform
+import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -148,6 +149,7 @@ def run_bench(
     n_train: int | None = None,
     temperature: float = 4.0,
     paths: tuple[str, ...] = PATHS,
+    repeat: int = 1,
     seed: int = 0,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -171,6 +173,10 @@ def run_bench(
         n_train: use only this many training samples (a quick run).
         temperature: KD temperature (does not change the cost).
         paths: which of :data:`PATHS` to run.
+        repeat: measure every path this many times, round-robin (path 1, 2, ..., 1, 2, ...),
+            and report the median images/s of the rounds (each round's number is kept in
+            ``rounds_images_per_s``): on a shared, noisy machine the ratios between paths
+            then come from interleaved measurements, not from one unlucky window.
         seed: seed of initialisation, data order and augmentation.
         log: prints one line per path.
 
@@ -191,7 +197,7 @@ def run_bench(
         raise ConfigError(f"Unknown bench path(s) {unknown}; choose from {list(PATHS)}.")
     if precision not in ("auto", "fp32", "bf16"):
         raise ConfigError(f"bench precision must be auto, fp32 or bf16, got {precision!r}.")
-    for name, v in (("batch_size", batch_size), ("steps", steps)):
+    for name, v in (("batch_size", batch_size), ("steps", steps), ("repeat", repeat)):
         if v < 1:
             raise ConfigError(f"{name} must be at least 1, got {v}.")
     dev = resolve_device(device)
@@ -249,100 +255,110 @@ def run_bench(
 
         return step
 
+    def build_cache() -> dict[str, Any]:
+        t0 = time.perf_counter()
+        meta = cache_teacher(
+            live_teacher(False),
+            data,
+            Path(tmp.name) / "cache",
+            dtype="fp16",
+            views=cache_views if aug is not None else 1,
+            augment=aug,
+            seed=seed,
+            batch_size=1024,
+            device=dev,
+            overwrite=True,
+        )
+        return {
+            "build_s": round(time.perf_counter() - t0, 3),
+            "views": meta["views"],
+            "dtype": meta["dtype"],
+            "bytes": meta["bytes"],
+            "summary": describe(meta),
+        }
+
     if len(data) < batch_size:
         raise ConfigError(
             f"The bench needs at least one full batch: {len(data)} samples < batch size {batch_size}."
         )
     results: dict[str, Any] = {}
+    rounds: dict[str, list[dict[str, float]]] = {}
     cudnn_benchmark = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = True  # autotune convolutions in the warm-up, as airbench does
     cache_info: dict[str, Any] = {}
     tmp = tempfile.TemporaryDirectory(prefix="kdistill-bench-")
     try:
-        for path in paths:
-            s = build(student) if path != "teacher" else None
-            if path not in ("naive", "teacher"):
-                if channels_last:
-                    s.to(memory_format=torch.channels_last)
-                if compile:
-                    s.compile(mode=compile_mode)
-            views = None
-            if path == "teacher":
-                model = live_teacher(True)
-            elif path == "student":
-                model = create("ce", s)
-            elif path == "kd_live":
-                model = create("kd", s, live_teacher(True), temperature=temperature)
-            elif path == "kd_cached":
-                t0 = time.perf_counter()
-                meta = cache_teacher(
-                    live_teacher(False),
-                    data,
-                    Path(tmp.name) / "cache",
-                    dtype="fp16",
-                    views=cache_views if aug is not None else 1,
-                    augment=aug,
-                    seed=seed,
-                    batch_size=1024,
-                    device=dev,
-                    overwrite=True,
-                )
-                cache_info = {
-                    "build_s": round(time.perf_counter() - t0, 3),
-                    "views": meta["views"],
-                    "dtype": meta["dtype"],
-                    "bytes": meta["bytes"],
-                    "summary": describe(meta),
-                }
-                cached = CachedTeacher.open(Path(tmp.name) / "cache", data, k).to(dev)
-                views = cached.views
-                model = create("kd", s, cached, temperature=temperature)
-            else:
-                model = create("kd", s, live_teacher(False), temperature=temperature)
-            if path == "teacher":
-                opt = None
-            else:
-                model.to(dev).train()
-            if path == "naive":
-                opt = torch.optim.SGD(model.trainable_parameters(), lr=0.01, momentum=0.9)
-                batches = _naive_batches(data, batch_size, aug, dev, seed)
-                step = fast_step(model, opt, fp32=True)
-            else:
-                from .config import TrainConfig
+        for rnd in range(repeat):
+            for path in paths:
+                s = build(student) if path != "teacher" else None
+                if path not in ("naive", "teacher"):
+                    if channels_last:
+                        s.to(memory_format=torch.channels_last)
+                    if compile:
+                        s.compile(mode=compile_mode)
+                views = None
+                if path == "teacher":
+                    model = live_teacher(True)
+                elif path == "student":
+                    model = create("ce", s)
+                elif path == "kd_live":
+                    model = create("kd", s, live_teacher(True), temperature=temperature)
+                elif path == "kd_cached":
+                    if not cache_info:  # built once, read by every round
+                        cache_info = build_cache()
+                    cached = CachedTeacher.open(Path(tmp.name) / "cache", data, k).to(dev)
+                    views = cached.views
+                    model = create("kd", s, cached, temperature=temperature)
+                else:
+                    model = create("kd", s, live_teacher(False), temperature=temperature)
+                if path == "teacher":
+                    opt = None
+                else:
+                    model.to(dev).train()
+                if path == "naive":
+                    opt = torch.optim.SGD(model.trainable_parameters(), lr=0.01, momentum=0.9)
+                    batches = _naive_batches(data, batch_size, aug, dev, seed)
+                    step = fast_step(model, opt, fp32=True)
+                else:
+                    from .config import TrainConfig
 
-                if path != "teacher":
-                    opt = make_optimizer(model.trainable_parameters(), TrainConfig(optimizer="sgd", lr=0.01), dev)
-                loader = DeviceLoader(
-                    data,
-                    batch_size,
-                    shuffle=True,
-                    seed=seed,
-                    device=dev,
-                    augment=aug if views is None else None,
-                    views=views,
-                    drop_last=True,  # one batch shape: no recompilation inside the timed steps
-                )
-                batches = _forever(loader)
-                step = forward_step(model) if path == "teacher" else fast_step(model, opt)
-            reset_peak_memory(dev)
-            seconds, warm = _timed(step, batches, warmup, steps, dev)
-            n = steps * batch_size
-            results[path] = {
-                "images_per_s": n / seconds,
-                "step_ms": 1e3 * seconds / steps,
-                "peak_memory_bytes": peak_memory_bytes(dev),
-                "warmup_s": round(warm, 3),
-            }
-            if log is not None:
-                r = results[path]
-                log(
-                    f"{path:10s} {r['images_per_s']:10.1f} img/s  {r['step_ms']:8.2f} ms/step  "
-                    f"peak {r['peak_memory_bytes'] / 2**20:8.1f} MiB"
-                )
-            del model, opt, batches
+                    if path != "teacher":
+                        opt = make_optimizer(model.trainable_parameters(), TrainConfig(optimizer="sgd", lr=0.01), dev)
+                    loader = DeviceLoader(
+                        data,
+                        batch_size,
+                        shuffle=True,
+                        seed=seed,
+                        device=dev,
+                        augment=aug if views is None else None,
+                        views=views,
+                        drop_last=True,  # one batch shape: no recompilation inside the timed steps
+                    )
+                    batches = _forever(loader)
+                    step = forward_step(model) if path == "teacher" else fast_step(model, opt)
+                reset_peak_memory(dev)
+                seconds, warm = _timed(step, batches, warmup, steps, dev)
+                n = steps * batch_size
+                r = {"images_per_s": n / seconds, "peak_memory_bytes": peak_memory_bytes(dev), "warmup_s": warm}
+                rounds.setdefault(path, []).append(r)
+                if log is not None:
+                    log(
+                        f"{path:10s} {r['images_per_s']:10.1f} img/s  {1e3 * seconds / steps:8.2f} ms/step  "
+                        f"peak {r['peak_memory_bytes'] / 2**20:8.1f} MiB" + (f"  (round {rnd + 1}/{repeat})" if repeat > 1 else "")
+                    )
+                del model, opt, batches
     finally:
         torch.backends.cudnn.benchmark = cudnn_benchmark
         tmp.cleanup()
+    for path, rs in rounds.items():
+        ips = statistics.median(r["images_per_s"] for r in rs)
+        results[path] = {
+            "images_per_s": ips,
+            "step_ms": 1e3 * batch_size / ips,
+            "peak_memory_bytes": max(r["peak_memory_bytes"] for r in rs),
+            "warmup_s": round(rs[0]["warmup_s"], 3),
+            "rounds_images_per_s": [round(r["images_per_s"], 2) for r in rs],
+        }
     if "naive" in results:
         ref = results["naive"]["images_per_s"]
         for name, r in results.items():
@@ -367,6 +383,7 @@ def run_bench(
             "channels_last": channels_last,
             "augment": aug is not None,
             "cache_views": cache_views,
+            "repeat": repeat,
             "seed": seed,
         },
         "device": _device_name(dev),
