@@ -125,6 +125,10 @@ def test_channels_last_changes_layout_not_results(tmp_path):
     assert teacher.module[2].weight.is_contiguous(memory_format=torch.channels_last)
     res, plain, _ = _fit(tmp_path, "plain", channels_last=False)
     assert not plain[2].weight.is_contiguous(memory_format=torch.channels_last)
+    # the default, "auto", means NHWC on CUDA with image data only: not on this CPU
+    assert TrainConfig().channels_last == "auto"
+    _, auto_student, auto = _fit(tmp_path, "auto", epochs=1)
+    assert auto.channels_last is False and not auto_student[2].weight.is_contiguous(memory_format=torch.channels_last)
     # the same arithmetic in another memory order
     for k in ("acc", "nll"):
         assert res_cl["final"]["test"][k] == pytest.approx(res["final"]["test"][k], abs=1e-4)

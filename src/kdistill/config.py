@@ -83,7 +83,9 @@ class TrainConfig(Strict):
     compile: bool = False
     #: torch.compile mode; "reduce-overhead" adds CUDA graphs (static batch shapes only)
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
-    channels_last: bool = False
+    #: NHWC layout for student and teacher networks and image batches; "auto": on CUDA with
+    #: image (N, C, H, W) data, off otherwise (on CPUs it rarely pays)
+    channels_last: bool | Literal["auto"] = "auto"
     eval_every: PosInt = 1
     # on CUDA, NaN/Inf is tested every log_every steps (a per-step test is a host sync)
     log_every: PosInt = 50

@@ -133,6 +133,8 @@ class Trainer:
             augment=augment if views is None else None,
             rank=self.accelerator.process_index, world=self.accelerator.num_processes, views=views,
         )
+        cl = cfg.channels_last
+        self.channels_last = cl if isinstance(cl, bool) else (self.device.type == "cuda" and train_data.x.dim() == 4)
         self.select_on = "val" if "val" in eval_sets else "test"
         self._stop_signal: int | None = None
         self.skipped_steps = 0
@@ -267,7 +269,7 @@ class Trainer:
                 for b, batch in enumerate(self.loader.iterate(epoch, start_batch), start=start_batch):
                     for g in self.optimizer.param_groups:
                         g["lr"] = cfg.lr * lr_factor(step, total, warmup, cfg.schedule, cfg.milestones, cfg.gamma)
-                    if cfg.channels_last and batch["x"].dim() == 4:
+                    if self.channels_last and batch["x"].dim() == 4:
                         batch["x"] = batch["x"].contiguous(memory_format=torch.channels_last)
                     if cfg.compile and cfg.compile_mode in ("reduce-overhead", "max-autotune"):
                         torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs: a new step
@@ -362,7 +364,7 @@ class Trainer:
         modules = [distiller.student] + [
             m.module for m in members if isinstance(getattr(m, "module", None), torch.nn.Module)]
         for m in modules:
-            if self.cfg.channels_last:
+            if self.channels_last:
                 m.to(memory_format=torch.channels_last)
             if self.cfg.compile:
                 m.compile(mode=self.cfg.compile_mode)
