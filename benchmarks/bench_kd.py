@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--compile-mode", default="default",
                     help="torch.compile mode; reduce-overhead adds CUDA graphs")
+    ap.add_argument("--compile-scope", default="networks", choices=["networks", "step"])
     ap.add_argument("--channels-last", default=None, action=argparse.BooleanOptionalAction)
     ap.add_argument("--n-train", type=int, default=None)
     ap.add_argument("--cache-views", type=int, default=4)
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             precision=args.precision,
             compile=args.compile,
             compile_mode=args.compile_mode,
+            compile_scope=args.compile_scope,
             channels_last=args.channels_last,
             n_train=args.n_train,
             cache_views=args.cache_views,

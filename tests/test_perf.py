@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import json
 import os
 import subprocess
@@ -23,7 +25,7 @@ from kdistill.teachers import ModuleTeacher
 SYN = {"num_classes": 4, "input_shape": [1, 8, 8], "n_train": 96, "n_test": 64}
 
 
-def test_bench_times_all_four_paths_on_cpu(capsys):
+def test_bench_times_all_five_paths_on_cpu(capsys):
     from kdistill.cli import main
 
     rc = main(
@@ -144,6 +146,24 @@ def test_compile_flag_compiles_student_and_teacher_once(tmp_path, monkeypatch):
     compiled.clear()
     _fit(tmp_path, "n", epochs=1)
     assert compiled == []
+    # compile_scope: step compiles the distiller's whole forward, and nothing else
+    _, _, trainer = _fit(tmp_path, "s", compile=True, compile_scope="step", epochs=1)
+    assert compiled == [trainer.accelerator.unwrap_model(trainer.model)]
+
+
+def test_step_scope_compile_gives_the_eager_results(tmp_path):
+    """torch.compile of teacher + student + KD loss in one graph (inductor on the CPU) must
+    train to the same numbers as the eager run: the same arithmetic, fused."""
+    torch.manual_seed(0)
+    teacher_net = _conv(1, 8)
+    eager, _, _ = _fit(tmp_path, "eager", teacher=ModuleTeacher(copy.deepcopy(teacher_net), 4), epochs=1)
+    fused, _, trainer = _fit(tmp_path, "step", teacher=ModuleTeacher(teacher_net, 4), epochs=1,
+                             compile=True, compile_scope="step")
+    distiller = trainer.accelerator.unwrap_model(trainer.model)
+    assert distiller._compiled_call_impl is not None
+    assert set(fused["final"]["test"]) == set(eager["final"]["test"])
+    for k in eager["final"]["test"]:
+        assert fused["final"]["test"][k] == pytest.approx(eager["final"]["test"][k], rel=1e-3, abs=1e-4)
 
 
 def _nan_student() -> nn.Module:
@@ -294,3 +314,16 @@ def test_bench_repeat_reports_the_median_of_interleaved_rounds():
     assert res["config"]["repeat"] == 3 and res["cache"]["views"] == 1  # the cache was built once
     with pytest.raises(ConfigError, match="repeat must be at least 1"):
         run_bench("mlp", "mlp", "synthetic", repeat=0)
+
+
+def test_bench_step_scope_compiles_the_training_forward_not_the_networks(monkeypatch):
+    compiled = []
+    monkeypatch.setattr(nn.Module, "compile", lambda self, *a, **k: compiled.append(type(self).__name__))
+    res = run_bench("mlp", "mlp", "synthetic", {"n_train": 64, "input_shape": [1, 8, 8]}, batch_size=16,
+                    steps=1, warmup=1, device="cpu", paths=("student", "kd_live", "naive", "teacher"),
+                    compile=True, compile_scope="step")
+    # student and kd_live: the Distiller; naive: nothing; teacher alone: its network
+    assert compiled == ["Distiller", "Distiller", "MLP"]
+    assert res["config"]["compile_scope"] == "step"
+    with pytest.raises(ConfigError, match="compile_scope must be networks or step"):
+        run_bench("mlp", "mlp", "synthetic", compile=True, compile_scope="all")

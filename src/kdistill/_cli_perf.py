@@ -80,6 +80,9 @@ def register(app: typer.Typer, list_app: typer.Typer) -> None:
         compile_mode: Annotated[
             str, typer.Option("--compile-mode", help="torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune.")
         ] = "default",
+        compile_scope: Annotated[
+            str, typer.Option("--compile-scope", help="networks (each network) or step (teacher + student + loss in one graph).")
+        ] = "networks",
         channels_last: Annotated[
             bool | None,
             typer.Option("--channels-last/--no-channels-last", help="NHWC layout (default: on CUDA)."),
@@ -113,6 +116,7 @@ def register(app: typer.Typer, list_app: typer.Typer) -> None:
             precision=precision,
             compile=compile,
             compile_mode=compile_mode,
+            compile_scope=compile_scope,
             channels_last=channels_last,
             n_train=n_train,
             cache_views=cache_views,

@@ -143,6 +143,7 @@ def run_bench(
     precision: str = "auto",
     compile: bool = False,
     compile_mode: str = "default",
+    compile_scope: str = "networks",
     channels_last: bool | None = None,
     augment: bool = True,
     cache_views: int = 4,
@@ -167,6 +168,9 @@ def run_bench(
             path is always fp32.
         compile: ``torch.compile`` student and teacher on the fast paths.
         compile_mode: torch.compile's mode; ``"reduce-overhead"`` adds CUDA graphs.
+        compile_scope: ``"networks"`` compiles student and teacher networks one by one;
+            ``"step"`` compiles each training path's whole forward (teacher, student and
+            loss in one graph), as ``train.compile_scope: step`` does.
         channels_last: NHWC memory layout on the fast paths (default: on CUDA with images).
         augment: shift-by-4 + horizontal flip on image inputs (the CIFAR recipe).
         cache_views: augmented views per sample in the ``kd_cached`` path's cache.
@@ -195,6 +199,8 @@ def run_bench(
     unknown = [p for p in paths if p not in PATHS]
     if unknown:
         raise ConfigError(f"Unknown bench path(s) {unknown}; choose from {list(PATHS)}.")
+    if compile_scope not in ("networks", "step"):
+        raise ConfigError(f"bench compile_scope must be networks or step, got {compile_scope!r}.")
     if precision not in ("auto", "fp32", "bf16"):
         raise ConfigError(f"bench precision must be auto, fp32 or bf16, got {precision!r}.")
     for name, v in (("batch_size", batch_size), ("steps", steps), ("repeat", repeat)):
@@ -217,11 +223,11 @@ def run_bench(
         torch.manual_seed(seed)
         return create_model(name, k, shape).to(dev)
 
-    def live_teacher(fast: bool) -> ModuleTeacher:
+    def live_teacher(fast: bool, alone: bool = False) -> ModuleTeacher:
         t = ModuleTeacher(build(teacher), k)
         if fast and channels_last:
             t.module.to(memory_format=torch.channels_last)
-        if fast and compile:
+        if fast and compile and (alone or compile_scope == "networks"):
             t.module.compile(mode=compile_mode)
         return t
 
@@ -294,11 +300,11 @@ def run_bench(
                 if path not in ("naive", "teacher"):
                     if channels_last:
                         s.to(memory_format=torch.channels_last)
-                    if compile:
+                    if compile and compile_scope == "networks":
                         s.compile(mode=compile_mode)
                 views = None
                 if path == "teacher":
-                    model = live_teacher(True)
+                    model = live_teacher(True, alone=True)
                 elif path == "student":
                     model = create("ce", s)
                 elif path == "kd_live":
@@ -315,6 +321,8 @@ def run_bench(
                     opt = None
                 else:
                     model.to(dev).train()
+                    if compile and compile_scope == "step" and path != "naive":
+                        model.compile(mode=compile_mode)
                 if path == "naive":
                     opt = torch.optim.SGD(model.trainable_parameters(), lr=0.01, momentum=0.9)
                     batches = _naive_batches(data, batch_size, aug, dev, seed)
@@ -380,6 +388,7 @@ def run_bench(
             "precision": "bf16" if bf16 else "fp32",
             "compile": compile,
             "compile_mode": compile_mode if compile else None,
+            "compile_scope": compile_scope if compile else None,
             "channels_last": channels_last,
             "augment": aug is not None,
             "cache_views": cache_views,

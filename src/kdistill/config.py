@@ -86,6 +86,10 @@ class TrainConfig(Strict):
     #: NHWC layout for student and teacher networks and image batches; "auto": on CUDA with
     #: image (N, C, H, W) data, off otherwise (on CPUs it rarely pays)
     channels_last: bool | Literal["auto"] = "auto"
+    #: what train.compile compiles: "networks" (student and teacher networks, each on its
+    #: own) or "step" (the whole forward: teacher, student and loss terms in one graph, so a
+    #: CUDA-graphed step also covers the loss and a teacher cache's lookup)
+    compile_scope: Literal["networks", "step"] = "networks"
     eval_every: PosInt = 1
     # on CUDA, NaN/Inf is tested every log_every steps (a per-step test is a host sync)
     log_every: PosInt = 50

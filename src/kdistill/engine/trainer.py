@@ -358,7 +358,8 @@ class Trainer:
     def _fast_path(self, distiller: Distiller) -> None:
         """``train.channels_last`` and ``train.compile`` on the student and the teacher's
         network(s), once, before the loop (the airbench recipe). ``Module.compile`` compiles
-        in place, so state-dict keys and checkpoints are unchanged."""
+        in place, so state-dict keys and checkpoints are unchanged. ``compile_scope: step``
+        compiles the distiller's forward instead (teacher + student + loss terms)."""
         teacher = distiller.teacher
         members = getattr(teacher, "members", None) or ([teacher] if teacher is not None else [])
         modules = [distiller.student] + [
@@ -366,8 +367,10 @@ class Trainer:
         for m in modules:
             if self.channels_last:
                 m.to(memory_format=torch.channels_last)
-            if self.cfg.compile:
+            if self.cfg.compile and self.cfg.compile_scope == "networks":
                 m.compile(mode=self.cfg.compile_mode)
+        if self.cfg.compile and self.cfg.compile_scope == "step":
+            distiller.compile(mode=self.cfg.compile_mode)
 
     def _defer_nonfinite_checks(self) -> bool:
         """On CUDA a finiteness test is a host sync that stalls the GPU queue: accumulate a
