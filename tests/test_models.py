@@ -50,6 +50,19 @@ def test_grey_28x28_trains(name):
         assert torch.isfinite(p.grad).all(), f"{name}: non-finite gradient in {pname}"
 
 
+@pytest.mark.parametrize("name", [*IMAGE_MODELS, "mlp"])
+def test_channels_last_gives_the_same_outputs(name):
+    """``train.channels_last`` (on by default on CUDA) hands NHWC batches to every network,
+    MLPs included: no model may ``.view`` across the layout or change its result."""
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10, input_shape=(1, 28, 28)).eval()
+    x = torch.randn(3, 1, 28, 28)
+    ref = model(x)
+    model.to(memory_format=torch.channels_last)
+    out = model(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("name", IMAGE_MODELS)
 def test_rgb_32x32_taps(name):
     """CIFAR-100 shape: taps resolve, stages go shallow -> deep, embedding feeds the classifier."""
