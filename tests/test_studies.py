@@ -231,3 +231,39 @@ def test_an_unfinished_cell_started_with_another_config_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="different config"):
         rs.run_study("takd_mnist1d", tmp_path, [0], 0.25, "cpu", None, [], command="c",
                      only=["teacher_cnn1d_c16"], log=lambda _: None)
+
+
+def test_cache_teachers_reads_the_teacher_from_a_cache_with_the_live_teachers_numbers(tmp_path, tiny_fmnist):
+    sets = [f"data.root={tiny_fmnist}"]
+    only = ["teacher_mlp", "student", "kd_T20_mlp_teacher"]
+    live = rs.run_study("hinton_fmnist", tmp_path / "live", [0], rs.TINY, "cpu", None, sets, command="c",
+                        only=only, log=lambda s: None)
+    lines: list[str] = []
+    cached = rs.run_study("hinton_fmnist", tmp_path / "cached", [0], rs.TINY, "cpu", None, sets, command="c",
+                          only=only, log=lines.append, cache_teachers=True)
+    sd = tmp_path / "cached" / "hinton_fmnist"
+    cell = json.loads((sd / "kd_T20_mlp_teacher-s0" / "study_cell.json").read_text())
+    cache = Path(cell["teacher_cache"])
+    assert cache.parent == sd / "teacher_mlp-s0" and (cache / "meta.json").is_file()
+    assert f"cache: {cache}" in (sd / "kd_T20_mlp_teacher-s0" / "config.yaml").read_text()
+    assert sum("teacher cache" in x and "built" in x for x in lines) == 1
+    # the same teacher outputs, so the same student: the cache only skips the forward passes
+    row = {r["label"]: r for r in cached["rows"]}["kd_T20_mlp_teacher"]
+    ref = {r["label"]: r for r in live["rows"]}["kd_T20_mlp_teacher"]
+    assert row["last_acc"]["mean"] == pytest.approx(ref["last_acc"]["mean"], abs=0.011)
+    res = json.loads((sd / "kd_T20_mlp_teacher-s0" / "results.json").read_text())
+    ref_res = json.loads((tmp_path / "live" / "hinton_fmnist" / "kd_T20_mlp_teacher-s0" / "results.json").read_text())
+    assert res["final"]["test"]["nll"] == pytest.approx(ref_res["final"]["test"]["nll"], rel=1e-3)
+    assert res["final"]["test"]["agreement"] == pytest.approx(ref_res["final"]["test"]["agreement"], abs=0.011)
+
+
+@pytest.mark.parametrize(("raw", "why"), [
+    ({"data": {"augment": {"shift": 2}}, "method": {"name": "kd"}}, "augmented"),
+    ({"data": {"transfer": {"size": 5}}, "method": {"name": "kd"}}, "transfer set"),
+    ({"data": {}, "method": [{"name": "kd"}, {"name": "crd"}]}, "crd read(s) more than the teacher's logits"),
+])
+def test_cells_a_cache_cannot_serve_keep_the_live_teacher(raw, why):
+    raw = {**raw, "teacher": {"model": "mlp", "checkpoint": "/nonexistent/model.safetensors"}}
+    lines: list[str] = []
+    assert rs.use_teacher_cache(raw, lines.append) is None
+    assert raw["teacher"]["model"] == "mlp" and why in lines[0]

@@ -200,6 +200,44 @@ def plan(study: Study, seeds: list[int], only: list[str] | None = None) -> list[
 
 
 # -- running -------------------------------------------------------------------------------
+#: methods that read nothing of the teacher but its logits, all a teacher cache needs to hold
+LOGIT_METHODS = {"kd", "dkd", "dist", "ce"}
+
+
+def use_teacher_cache(raw: dict[str, Any], log) -> str | None:
+    """Point a distilled cell at a cache of its teacher's outputs instead of the live teacher.
+
+    The cache (``kdistill.cache``: logits of every training sample plus the test/val sets,
+    with the data's and the teacher's fingerprints) is built once per teacher cell and data
+    config, in ``<teacher cell>/teacher_cache-<hash of the data config>``, and then read by
+    every cell it fits. It fits when the cell sees each training sample as stored: no
+    augmentation, no transfer set, and a method that reads logits only. The arithmetic is the
+    live teacher's; what it saves is the teacher's forward pass on every step.
+
+    Returns the cache's path, or None (the cell keeps its live teacher; the log says why).
+    """
+    import hashlib
+
+    from kdistill.cache import cache_from_config
+
+    data = raw.get("data") or {}
+    terms = raw["method"] if isinstance(raw.get("method"), list) else [raw.get("method") or {}]
+    others = sorted({t.get("name", "kd") for t in terms} - LOGIT_METHODS)
+    why = ("its data is augmented" if data.get("augment") else "it has a transfer set" if data.get("transfer")
+           else f"{', '.join(others)} read(s) more than the teacher's logits" if others else None)
+    if why:
+        log(f"    live teacher: {why}")
+        return None
+    key = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+    path = Path(raw["teacher"]["checkpoint"]).parent / f"teacher_cache-{key}"
+    if not (path / "meta.json").is_file():
+        t0 = time.perf_counter()
+        cache_from_config(validate_config(raw), path, overwrite=True)
+        log(f"    teacher cache {path} built in {time.perf_counter() - t0:.1f} s")
+    raw["teacher"] = {"cache": str(path)}
+    return str(path)
+
+
 def run_cell(raw: dict[str, Any], cell_dir: Path, log) -> None:
     from kdistill.engine.run import run_experiment
     from kdistill.schemes import run_scheme
@@ -220,8 +258,11 @@ def run_cell(raw: dict[str, Any], cell_dir: Path, log) -> None:
 
 def run_study(name: str, out: str | Path, seeds: list[int], scale: float | str = 1.0, device: str = "auto",
               max_minutes: float | None = None, overrides: list[str] = (), command: str | None = None,
-              only: list[str] | None = None, log=print) -> dict[str, Any]:
-    """Run every unfinished cell of study ``name`` into ``out/name`` and write the table."""
+              only: list[str] | None = None, log=print, cache_teachers: bool = False) -> dict[str, Any]:
+    """Run every unfinished cell of study ``name`` into ``out/name`` and write the table.
+
+    ``cache_teachers``: distilled cells that can (see :func:`use_teacher_cache`) read a cache
+    of their teacher's outputs instead of running the teacher on every step."""
     if name not in STUDIES:
         raise ConfigError(f"Unknown study {name!r}; known: {', '.join(STUDIES)}.")
     study = STUDIES[name]()
@@ -251,12 +292,14 @@ def run_study(name: str, out: str | Path, seeds: list[int], scale: float | str =
         raw = cell_config(study, spec, seed, study_dir, scale, device, parsed)
         log(f"[{i}/{len(cells)}] {cell_dir.name}: running")
         t0 = time.perf_counter()
+        cache = use_teacher_cache(raw, log) if cache_teachers and spec.teacher_from else None
         ensure_transfer_file(raw, log)
         run_cell(raw, cell_dir, log)
         atomic_write_json(cell_dir / "study_cell.json", {
             "study": name, "group": spec.group, "seed": seed, "role": spec.role,
             "epochs": raw["train"]["epochs"], "epochs_scale": scale, "wall_s": round(time.perf_counter() - t0, 2),
             "command": command, "commit": commit, "hardware": hw,
+            **({"teacher_cache": cache} if cache else {}),
         })
     result = build_table(study, study_dir, seeds, not_run)
     result["invocation"] = {"command": command, "commit": commit, "hardware": hw, "seeds": seeds,
@@ -468,12 +511,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="run only these groups (comma-separated); the table still lists every finished cell")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key in every cell, e.g. data.subset=2000 (repeatable)")
+    p.add_argument("--cache-teachers", action="store_true",
+                   help="distilled cells without augmentation that read only logits use a cache of their "
+                        "teacher's outputs (built once per teacher cell) instead of a live teacher")
     a = p.parse_args(argv)
     try:
         res = run_study(a.study, a.out, a.seeds, a.epochs_scale, a.device, a.max_minutes, a.overrides,
                         command=" ".join(shlex.quote(x) for x in ["python", "benchmarks/studies/run_study.py",
                                                                   *(sys.argv[1:] if argv is None else argv)]),
-                        only=a.only)
+                        only=a.only, cache_teachers=a.cache_teachers)
     except KdistillError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
