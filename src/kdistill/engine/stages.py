@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import torch
+from .trainer import make_optimizer
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -25,7 +25,10 @@ def run_pre_stages(trainer: Trainer) -> list[dict]:
         if epochs < stage.epochs:
             trainer.log(f"{stage.name}: {epochs} epoch(s) instead of {stage.epochs} (capped at train.epochs)")
         params = [p for p in stage.params if p.requires_grad]
-        opt = torch.optim.Adam(params, lr=stage.lr or trainer.cfg.lr)
+        # the run's own optimizer, momentum and weight decay at the stage's learning rate, as
+        # RepDistiller's init stage does (its SGD at the main learning rate); an Adam here
+        # at an SGD-sized learning rate (0.05-0.2) wrecked the layers it initialised
+        opt = make_optimizer(params, trainer.cfg.model_copy(update={"lr": stage.lr or trainer.cfg.lr}), trainer.device)
         distiller.train()
         for epoch in range(epochs):
             total, n = 0.0, 0
