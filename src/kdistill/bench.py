@@ -231,15 +231,19 @@ def run_bench(
             t.module.compile(mode=compile_mode)
         return t
 
+    def begin(batch: dict, cl: bool) -> None:
+        """What every timed step does first: mark a CUDA-graph step, lay the batch out."""
+        if compile and compile_mode in CUDAGRAPH_MODES:
+            torch.compiler.cudagraph_mark_step_begin()
+        if cl and batch["x"].dim() == 4:
+            batch["x"] = batch["x"].contiguous(memory_format=torch.channels_last)
+
     def fast_step(model: nn.Module, opt: torch.optim.Optimizer, fp32: bool = False) -> Callable[[dict], None]:
         amp = torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 and not fp32 else nullcontext()
         cl = channels_last and not fp32
 
         def step(batch: dict) -> None:
-            if compile and compile_mode in CUDAGRAPH_MODES:
-                torch.compiler.cudagraph_mark_step_begin()
-            if cl and batch["x"].dim() == 4:
-                batch["x"] = batch["x"].contiguous(memory_format=torch.channels_last)
+            begin(batch, cl)
             with amp:
                 loss = model(batch)["loss"]
             loss.backward()
@@ -252,10 +256,7 @@ def run_bench(
         amp = torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
         def step(batch: dict) -> None:
-            if compile and compile_mode in CUDAGRAPH_MODES:
-                torch.compiler.cudagraph_mark_step_begin()
-            if channels_last and batch["x"].dim() == 4:
-                batch["x"] = batch["x"].contiguous(memory_format=torch.channels_last)
+            begin(batch, channels_last)
             with amp:
                 teacher_(batch)
 
