@@ -126,10 +126,18 @@ def test_channels_last_changes_layout_not_results(tmp_path):
     assert teacher.module[2].weight.is_contiguous(memory_format=torch.channels_last)
     res, plain, _ = _fit(tmp_path, "plain", channels_last=False)
     assert not plain[2].weight.is_contiguous(memory_format=torch.channels_last)
-    # the default, "auto", means NHWC on CUDA with image data only: not on this CPU
+    # the default, "auto", means NHWC whenever the data are images, on this CPU too ...
     assert TrainConfig().channels_last == "auto"
     _, auto_student, auto = _fit(tmp_path, "auto", epochs=1)
-    assert auto.channels_last is False and not auto_student[2].weight.is_contiguous(memory_format=torch.channels_last)
+    assert auto.channels_last is True and auto_student[2].weight.is_contiguous(memory_format=torch.channels_last)
+    # ... and never for flat inputs, where there is no channel dimension to move
+    flat = load_dataset("synthetic", n_train=64, n_test=32, num_classes=4, input_shape=[8])
+    mlp = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    flat_trainer = Trainer(
+        create("kd", mlp, ModuleTeacher(nn.Sequential(nn.Linear(8, 4)), 4)), flat.train, {"test": flat.test},
+        TrainConfig(epochs=1, device="cpu"), tmp_path / "flat", batch_size=32, log=lambda s: None,
+    )
+    assert flat_trainer.channels_last is False
     # the same arithmetic in another memory order
     for k in ("acc", "nll"):
         assert res_cl["final"]["test"][k] == pytest.approx(res["final"]["test"][k], abs=1e-4)

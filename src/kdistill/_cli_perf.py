@@ -85,7 +85,7 @@ def register(app: typer.Typer, list_app: typer.Typer) -> None:
         ] = "networks",
         channels_last: Annotated[
             bool | None,
-            typer.Option("--channels-last/--no-channels-last", help="NHWC layout (default: on CUDA)."),
+            typer.Option("--channels-last/--no-channels-last", help="NHWC layout on the fast paths (default: on for image data)."),
         ] = None,
         n_train: Annotated[int | None, typer.Option(help="Use this many training samples.")] = None,
         cache_views: Annotated[int, typer.Option(help="Augmented views in the cached path's cache.")] = 4,

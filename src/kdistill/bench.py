@@ -171,7 +171,8 @@ def run_bench(
         compile_scope: ``"networks"`` compiles student and teacher networks one by one;
             ``"step"`` compiles each training path's whole forward (teacher, student and
             loss in one graph), as ``train.compile_scope: step`` does.
-        channels_last: NHWC memory layout on the fast paths (default: on CUDA with images).
+        channels_last: NHWC memory layout on the fast paths (default: on, with images, on every
+            device; the naive path keeps NCHW).
         augment: shift-by-4 + horizontal flip on image inputs (the CIFAR recipe).
         cache_views: augmented views per sample in the ``kd_cached`` path's cache.
         n_train: use only this many training samples (a quick run).
@@ -214,7 +215,7 @@ def run_bench(
         data = data.subset(n_train, seed=seed)
     images = data.x.dim() == 4
     if channels_last is None:
-        channels_last = dev.type == "cuda" and images
+        channels_last = images
     bf16 = precision == "bf16" or (precision == "auto" and dev.type == "cuda")
     aug = Augment(4, True) if augment and images else None
     k, shape = data.num_classes, data.input_shape

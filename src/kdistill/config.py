@@ -83,8 +83,8 @@ class TrainConfig(Strict):
     compile: bool = False
     #: torch.compile mode; "reduce-overhead" adds CUDA graphs (static batch shapes only)
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
-    #: NHWC layout for student and teacher networks and image batches; "auto": on CUDA with
-    #: image (N, C, H, W) data, off otherwise (on CPUs it rarely pays)
+    #: NHWC layout for student and teacher networks and image batches; "auto": on with image
+    #: (N, C, H, W) data on every device (cuDNN and oneDNN both run NHWC convolutions faster)
     channels_last: bool | Literal["auto"] = "auto"
     #: what train.compile compiles: "networks" (student and teacher networks, each on its
     #: own) or "step" (the whole forward: teacher, student and loss terms in one graph, so a

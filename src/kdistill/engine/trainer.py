@@ -134,7 +134,8 @@ class Trainer:
             rank=self.accelerator.process_index, world=self.accelerator.num_processes, views=views,
         )
         cl = cfg.channels_last
-        self.channels_last = cl if isinstance(cl, bool) else (self.device.type == "cuda" and train_data.x.dim() == 4)
+        # auto: NHWC for image batches on every device (oneDNN's CPU convolutions gain too)
+        self.channels_last = cl if isinstance(cl, bool) else train_data.x.dim() == 4
         self.select_on = "val" if "val" in eval_sets else "test"
         self._stop_signal: int | None = None
         self.skipped_steps = 0
