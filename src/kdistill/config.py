@@ -90,6 +90,12 @@ class TrainConfig(Strict):
     #: own) or "step" (the whole forward: teacher, student and loss terms in one graph, so a
     #: CUDA-graphed step also covers the loss and a teacher cache's lookup)
     compile_scope: Literal["networks", "step"] = "networks"
+    #: shard the student (and the terms' connectors) over the processes with FSDP2 through
+    #: Accelerate, instead of DDP's whole copy per process; needs 2+ processes (torchrun /
+    #: accelerate launch). See kdistill.engine.sharding.
+    fsdp: bool = False
+    #: module classes that become FSDP units of their own besides the student (e.g. ["BasicBlock"])
+    fsdp_wrap: list[str] = Field(default_factory=list)
     eval_every: PosInt = 1
     # on CUDA, NaN/Inf is tested every log_every steps (a per-step test is a host sync)
     log_every: PosInt = 50
@@ -98,6 +104,14 @@ class TrainConfig(Strict):
     #: experiment trackers (through Accelerate's tracker classes), written to <run>/trackers
     log_with: list[Literal["tensorboard", "mlflow"]] = Field(default_factory=list)
     progress: bool = True
+
+    @model_validator(mode="after")
+    def _fsdp_alone(self):
+        if self.fsdp and self.compile:
+            raise ValueError("train.fsdp does not combine with train.compile in this version; drop one of them")
+        if self.fsdp_wrap and not self.fsdp:
+            raise ValueError("train.fsdp_wrap names FSDP units; it needs train.fsdp: true")
+        return self
 
     @field_validator("device")
     @classmethod

@@ -74,16 +74,19 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def state_dict_tensors(module: nn.Module) -> dict[str, Tensor]:
+def state_dict_tensors(module: nn.Module | dict[str, Tensor]) -> dict[str, Tensor]:
+    """A module's state dict (or a ready one, e.g. gathered from FSDP shards) as CPU tensors
+    safetensors can write."""
+    sd = module if isinstance(module, dict) else module.state_dict()
     # clone: safetensors refuses tensors that share storage (tied weights, views)
-    return {k: v.detach().cpu().clone().contiguous() for k, v in module.state_dict().items()}
+    return {k: v.detach().cpu().clone().contiguous() for k, v in sd.items()}
 
 
 def save_checkpoint(
     root: str | Path,
     kind: str,
     step: int,
-    model: nn.Module,
+    model: nn.Module | dict[str, Tensor],
     state: dict[str, Any],
     train_state: dict[str, Any] | None = None,
     keep: int = 2,

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 def run_pre_stages(trainer: Trainer) -> list[dict]:
     """Run every term's :meth:`~kdistill.methods.Method.pre_stage`; returns one log row each."""
-    distiller = trainer.accelerator.unwrap_model(trainer.model)
+    distiller = trainer.distiller  # before any DDP/FSDP wrapper: see Trainer.fit
     rows = []
     for term in distiller.terms:
         stage = term.pre_stage()
@@ -32,12 +32,13 @@ def run_pre_stages(trainer: Trainer) -> list[dict]:
         distiller.train()
         for epoch in range(epochs):
             total, n = 0.0, 0
-            for batch in trainer.loader.iterate(epoch):
+            for batch in trainer.stage_loader().iterate(epoch):
                 with trainer.accelerator.autocast():
                     loss = stage.loss(distiller.context(batch))
-                opt.zero_grad(set_to_none=True)
                 trainer.accelerator.backward(loss)
                 opt.step()
+                # no stage gradient may reach the main training's first step
+                opt.zero_grad(set_to_none=True)
                 total += float(loss.detach()) * batch["y"].shape[0]
                 n += batch["y"].shape[0]
             row = {"stage": stage.name, "stage_epoch": epoch, "stage_loss": total / max(1, n)}

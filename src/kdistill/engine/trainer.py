@@ -29,9 +29,10 @@ from ..bench import peak_memory_bytes
 from ..cache import stored_views
 from ..config import TrainConfig
 from ..data import ArrayDataset, Augment, DeviceLoader
-from ..errors import Interrupted, NonFiniteError
+from ..errors import ConfigError, Interrupted, NonFiniteError
 from ..methods import Distiller
 from ..metrics import classification_metrics, predict_logits
+from . import sharding
 from .checkpoint import find_checkpoint, load_into, load_train_state, save_checkpoint
 
 
@@ -44,20 +45,26 @@ def resolve_device(name: str) -> torch.device:
 _ACCELERATORS: dict[tuple, Any] = {}
 
 
-def get_accelerator(device: torch.device, precision: str):
-    """One Accelerate ``Accelerator`` per (device type, precision) in this process."""
+def get_accelerator(device: torch.device, precision: str, fsdp: bool = False):
+    """One Accelerate ``Accelerator`` per (device type, precision, FSDP) in this process;
+    with ``fsdp``, Accelerate's FSDP2 plugin (see :mod:`kdistill.engine.sharding`)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
     mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
-    key = (device.type, mp)
+    key = (device.type, mp, fsdp)
     if key not in _ACCELERATORS:
         if _ACCELERATORS:  # Accelerate keeps global state; switching settings needs a reset
             AcceleratorState._reset_state(reset_partial_state=False)
+            sharding.disable_on_cpu()
             _ACCELERATORS.clear()
-        _ACCELERATORS[key] = Accelerator(cpu=device.type == "cpu", mixed_precision=mp)
+        plugin = sharding.make_plugin() if fsdp else None
+        acc = Accelerator(cpu=device.type == "cpu", mixed_precision=mp, fsdp_plugin=plugin)
+        if plugin is not None:
+            sharding.enable_on_cpu(acc, plugin, mp)
+        _ACCELERATORS[key] = acc
     return _ACCELERATORS[key]
 
 
@@ -125,13 +132,19 @@ class Trainer:
         self.teacher_logits = teacher_logits or {}
         self.log = log
         self.device = resolve_device(cfg.device)
-        self.accelerator = get_accelerator(self.device, cfg.precision)
+        self.accelerator = get_accelerator(self.device, cfg.precision, cfg.fsdp)
         self.device = self.accelerator.device
+        self.fsdp = sharding.is_fsdp(self.accelerator)
+        if cfg.fsdp and not self.fsdp:
+            log("train.fsdp: one process has nothing to shard; training unsharded.")
+        self.units: list[str] = []
         views = stored_views(distiller.teacher, augment)  # a teacher cache's fixed augmented views
+        self._loader_args = dict(
+            shuffle=True, seed=cfg.seed, device=self.device, augment=augment if views is None else None, views=views)
+        self.train_data, self.batch_size = train_data, batch_size
         self.loader = DeviceLoader(
-            train_data, batch_size, shuffle=True, seed=cfg.seed, device=self.device,
-            augment=augment if views is None else None,
-            rank=self.accelerator.process_index, world=self.accelerator.num_processes, views=views,
+            train_data, batch_size, rank=self.accelerator.process_index, world=self.accelerator.num_processes,
+            **self._loader_args,
         )
         cl = cfg.channels_last
         # auto: NHWC for image batches on every device (oneDNN's CPU convolutions gain too)
@@ -153,40 +166,69 @@ class Trainer:
             pass
         return saved
 
+    def stage_loader(self) -> DeviceLoader:
+        """Batches for first stages: with several processes, every process reads the whole
+        training set at the global batch size (the one-process batches), so all of them
+        make the same updates without any gradient exchange."""
+        world = self.accelerator.num_processes
+        if world == 1:
+            return self.loader
+        return DeviceLoader(self.train_data, self.batch_size * world, **self._loader_args)
+
     # -- evaluation ----------------------------------------------------------------------
     def evaluate(self) -> dict[str, dict[str, float]]:
-        student = self.accelerator.unwrap_model(self.model).student
+        model = self.accelerator.unwrap_model(self.model)
+        if self.fsdp:  # every process evaluates (a collective): the same buffers on each
+            sharding.sync_buffers(model)
+        student = model.student
         out = {}
         for name, ds in self.eval_sets.items():
             # fp32, not autocast: reported metrics must not depend on the training precision
             logits = predict_logits(student, ds.x, self.eval_batch_size, self.device)
             out[name] = classification_metrics(logits, ds.y, self.teacher_logits.get(name))
+        if self.fsdp:
+            sharding.reshard(model)
         return out
 
     # -- checkpoints ---------------------------------------------------------------------
     def _save(self, kind: str, state: dict[str, Any], keep: int = 2):
+        model: Any = self.accelerator.unwrap_model(self.model)
+        if self.fsdp:  # gathering the full weights is a collective: every process takes part
+            sharding.sync_buffers(model)
+            model = sharding.full_model_state(model)
+            optim = sharding.full_optimizer_state(self.accelerator.unwrap_model(self.model), self.optimizer)
         if not self.accelerator.is_main_process:
             return None
         train_state = {
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optim if self.fsdp else self.optimizer.state_dict(),
+            "optimizer_format": sharding.OPTIMIZER_FORMAT[self.fsdp],
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
         }
         return save_checkpoint(
-            self.ckpt_dir, kind, state["step"], self.accelerator.unwrap_model(self.model), state,
-            train_state if kind == "last" else None, keep=keep,
+            self.ckpt_dir, kind, state["step"], model, state, train_state if kind == "last" else None, keep=keep,
         )
 
-    def _restore(self) -> dict[str, Any] | None:
-        found = find_checkpoint(self.ckpt_dir, "last")
+    def _restore(self, found) -> dict[str, Any] | None:
         if found is None:
             return None
         path, meta = found
         from safetensors.torch import load_file
 
-        load_into(self.accelerator.unwrap_model(self.model), load_file(str(path / "model.safetensors")), "distiller")
         ts = load_train_state(path)
-        self.optimizer.load_state_dict(ts["optimizer"])
+        written_by = ts.get("optimizer_format", "torch")
+        if written_by != sharding.OPTIMIZER_FORMAT[self.fsdp]:
+            was = written_by == sharding.OPTIMIZER_FORMAT[True]
+            raise ConfigError(
+                f"The checkpoint {path} was written by a {'sharded (train.fsdp)' if was else 'unsharded'} run; "
+                f"resume it {'with train.fsdp=true and 2+ processes' if was else 'without train.fsdp'}."
+            )
+        weights = load_file(str(path / "model.safetensors"))
+        if self.fsdp:
+            sharding.load_full_state(self.accelerator.unwrap_model(self.model), self.optimizer, weights, ts["optimizer"])
+        else:
+            load_into(self.accelerator.unwrap_model(self.model), weights, "distiller")
+            self.optimizer.load_state_dict(ts["optimizer"])
         torch.set_rng_state(ts["rng_cpu"])
         if ts.get("rng_cuda") and self.device.type == "cuda":
             torch.cuda.set_rng_state_all(ts["rng_cuda"])
@@ -222,11 +264,45 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
-        self.optimizer = make_optimizer(self.distiller.trainable_parameters(), cfg, self.device)
-        self.model, self.optimizer = self.accelerator.prepare(self.distiller, self.optimizer)
+        found = find_checkpoint(self.ckpt_dir, "last") if resume else None
+        if found is None and self.accelerator.is_main_process:
+            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        self.distiller.to(self.device)
+        self._fast_path(self.distiller)
+        if found is None:
+            # before the DDP/FSDP wrapper: first stages run the same full batches on every
+            # process, so the replicas (or the shards cut from them) start out identical
+            from .stages import run_pre_stages
+
+            for row in run_pre_stages(self):
+                self._append_metrics(row)
+        work = self.distiller
+        if self.fsdp:  # shard a copy; the caller's distiller gets the full weights at the end
+            work = sharding.working_copy(self.distiller)
+            for m in self.distiller.children():
+                m.to("cpu")
+            self.units = sharding.set_units(self.accelerator, work, work.student, cfg.fsdp_wrap)
+        self.optimizer = make_optimizer(work.trainable_parameters(), cfg, self.device)
+        self.model, self.optimizer = self.accelerator.prepare(work, self.optimizer)
+        self.optimizer.zero_grad(set_to_none=True)  # the first step sees its own gradients only
+        del work
+        if self.fsdp:
+            sharded = self.accelerator.unwrap_model(self.model)
+            sharding.check_sharded(sharded)
+            self._local_fraction = sharding.local_fraction(sharded)
+        try:
+            return self._loop(found)
+        finally:
+            if self.fsdp:  # free the shards before anything else (see sharding.collect)
+                self.model = self.optimizer = None
+                sharding.collect()
+                for m in self.distiller.children():
+                    m.to(self.device)
+
+    def _loop(self, found) -> dict[str, Any]:
+        cfg = self.cfg
         distiller = self.accelerator.unwrap_model(self.model)
         distiller.to(self.device)
-        self._fast_path(distiller)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         self._deferred = self._defer_nonfinite_checks()
@@ -239,21 +315,13 @@ class Trainer:
         epoch, start_batch, step = 0, 0, 0
         best = {"score": -1.0, "epoch": None, "metrics": None}
         history: list[dict] = []
-        meta = self._restore() if resume else None
+        meta = self._restore(found)
         if meta is not None:
             epoch, start_batch, step = meta["epoch"], meta["batch"], meta["step"]
             best = meta.get("best", best)
             history = meta.get("history", [])
             self.skipped_steps = meta.get("skipped_steps", 0)
             self._truncate_metrics(epoch)
-        elif self.accelerator.is_main_process:
-            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
-
-        if meta is None:
-            from .stages import run_pre_stages
-
-            for row in run_pre_stages(self):
-                self._append_metrics(row)
         from .tracking import Trackers
 
         trackers = Trackers(cfg.log_with if self.accelerator.is_main_process else [], self.run_dir, self.hparams)
@@ -279,7 +347,7 @@ class Trainer:
                     loss = out["loss"]
                     if self._deferred:
                         self._flag(loss)
-                    elif not torch.isfinite(loss):
+                    elif self._any(not torch.isfinite(loss)):
                         bad = [k for k, v in out.items() if k.startswith("loss_") and not torch.isfinite(v).all()]
                         self._skip_or_stop(f"Non-finite loss at epoch {epoch}, step {step}: {', '.join(bad)} went "
                                            "NaN/Inf.", last_good)
@@ -288,7 +356,7 @@ class Trainer:
                     last_of_epoch = b + 1 == batches
                     if (b + 1) % cfg.grad_accum == 0 or last_of_epoch:
                         params = distiller.trainable_parameters()
-                        norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf"))
+                        norm = sharding.as_plain(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf")))
                         if self._deferred:
                             self._flag(norm)
                         elif not torch.isfinite(norm):
@@ -305,12 +373,11 @@ class Trainer:
                         for k, v in out.items():
                             if k.startswith("loss"):
                                 sums[k] = sums.get(k, 0.0) + v.detach().float() * bs
-                        at_boundary = not last_of_epoch
-                        if at_boundary and (self._stop_signal is not None or
-                                            (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
+                        stop = not last_of_epoch and self._stopping(step)
+                        if stop or (not last_of_epoch and cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
                             self._check_flag(epoch, step, last_good)
                             last_good = self._save("last", self._state(epoch, b + 1, step, best, history))
-                            if self._stop_signal is not None:
+                            if stop:
                                 raise Interrupted(self._interrupt_message(last_good))
                 self._check_flag(epoch, step, last_good)
                 if self.accelerator.num_processes > 1:  # log the epoch's means over every process's shard
@@ -328,7 +395,7 @@ class Trainer:
                     for split, m in ev.items():
                         row.update({f"{split}_{k}": v for k, v in m.items()})
                     score = ev[self.select_on]["acc"]
-                    if score > best["score"]:
+                    if self._any(score > best["score"]):  # the same decision on every process
                         best = {"score": score, "epoch": epoch, "metrics": ev}
                         self._save("best", self._state(epoch + 1, 0, step, best, history), keep=1)
                 history.append(row)
@@ -337,13 +404,22 @@ class Trainer:
                 epoch += 1
                 last_good = self._save("last", self._state(epoch, 0, step, best, history))
                 self.log(_epoch_line(row, cfg.epochs))
-                if self._stop_signal is not None and epoch < cfg.epochs:
+                if self._stopping() and epoch < cfg.epochs:
                     raise Interrupted(self._interrupt_message(last_good))
         finally:
             trackers.finish()
             for s, h in saved_handlers.items():
                 signal.signal(s, h)
         final = self.evaluate() if cfg.epochs else {}
+        dist_info: dict[str, Any] = {
+            "processes": self.accelerator.num_processes,
+            "strategy": "fsdp" if self.fsdp else ("ddp" if self.accelerator.num_processes > 1 else "none"),
+        }
+        if self.fsdp:
+            sharded = self.accelerator.unwrap_model(self.model)
+            dist_info |= {"units": self.units, "local_param_fraction": round(self._local_fraction, 4)}
+            sharding.sync_buffers(sharded)
+            self.distiller.load_state_dict(sharding.full_model_state(sharded, everywhere=True))
         return {
             "final": final,
             "best": {"epoch": best["epoch"], "selected_on": self.select_on, **(best["metrics"] or {})},
@@ -353,7 +429,27 @@ class Trainer:
             "train_time_s": round(time.perf_counter() - t_start, 2),
             "device": str(self.device),
             "peak_memory_bytes": peak_memory_bytes(self.device),
+            "distributed": dist_info,
         }
+
+    def _any(self, flag: bool | Tensor) -> bool:
+        """``flag`` on any process (one all-reduce when there are several): decisions that
+        change what every process does next (skip a batch, save a checkpoint) must agree."""
+        flag = bool(flag)
+        return sharding.agree(flag, self.device) if self.accelerator.num_processes > 1 else flag
+
+    def _stopping(self, step: int | None = None) -> bool:
+        """Whether a stop signal asks to save and stop. With several processes, every
+        process must stop at the same step (under FSDP a checkpoint is a collective): they
+        agree at epoch ends and every ``train.log_every`` steps."""
+        if self.accelerator.num_processes == 1:
+            return self._stop_signal is not None
+        if step is not None and step % self.cfg.log_every:
+            return False
+        if self._any(self._stop_signal is not None):
+            self._stop_signal = self._stop_signal or signal.SIGTERM
+            return True
+        return False
 
     # -- fast path -----------------------------------------------------------------------
     def _fast_path(self, distiller: Distiller) -> None:
@@ -366,7 +462,9 @@ class Trainer:
         modules = [distiller.student] + [
             m.module for m in members if isinstance(getattr(m, "module", None), torch.nn.Module)]
         for m in modules:
-            if self.channels_last:
+            # fully_shard refuses NHWC-strided parameters: under FSDP the student keeps NCHW
+            # weights (its convolutions still take NHWC batches) and the teacher goes NHWC
+            if self.channels_last and not (self.fsdp and m is distiller.student):
                 m.to(memory_format=torch.channels_last)
             if self.cfg.compile and self.cfg.compile_scope == "networks":
                 m.compile(mode=self.cfg.compile_mode)

@@ -179,7 +179,7 @@ class Distiller(nn.Module):
         if self._taps is not None:
             with self._taps as taps:
                 logits = self.student(batch["x"])
-            feats = dict(taps.features)
+            feats, taps.features = dict(taps.features), {}  # hold no graph between steps
         else:
             logits, feats = self.student(batch["x"]), {}
         return Context(batch, logits, feats, t_out, self.epoch, self.total_epochs)

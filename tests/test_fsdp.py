@@ -1,0 +1,239 @@
+"""train.fsdp: the student sharded over 2 CPU processes (gloo) with FSDP2 through Accelerate."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from kdistill.config import TrainConfig, load_config
+from kdistill.data import load_dataset
+from kdistill.engine import sharding
+from kdistill.engine.trainer import Trainer
+from kdistill.errors import ConfigError
+from kdistill.methods import create
+from kdistill.models import create_model
+from kdistill.teachers import ModuleTeacher
+
+FILES = ["checkpoints", "config.yaml", "metrics.jsonl", "model.json", "model.safetensors", "results.json"]
+
+
+def _torchrun(cfg_file, run_dir, *sets: str, resume: bool = False) -> subprocess.CompletedProcess:
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            "-m", "kdistill.cli", "train", str(cfg_file), "--run-dir", str(run_dir)] + (["--resume"] if resume else [])
+    for s in sets:
+        args += ["--set", s]
+    return subprocess.run(args, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=240)
+
+
+@pytest.fixture(scope="module")
+def mlp_config(tmp_path_factory):
+    """A tiny KD run whose student has no BatchNorm: 2 processes x 16 = 1 process x 32 exactly."""
+    tmp = tmp_path_factory.mktemp("fsdp")
+    torch.manual_seed(1)
+    ckpt = tmp / "teacher.safetensors"
+    save_file({k: v.contiguous() for k, v in create_model("mlp", 4, (1, 8, 8), hidden=(32,)).state_dict().items()},
+              str(ckpt))
+    cfg = tmp / "run.yaml"
+    cfg.write_text(
+        "data: {name: synthetic, batch_size: 32,\n"
+        "       options: {num_classes: 4, input_shape: [1, 8, 8], n_train: 256, n_test: 128}}\n"
+        f"teacher: {{model: mlp, kwargs: {{hidden: [32]}}, checkpoint: {ckpt}}}\n"
+        "student: {model: mlp, kwargs: {hidden: [16]}}\n"
+        "method: {name: kd, temperature: 4}\n"
+        "train: {epochs: 2, lr: 0.05, optimizer: sgd, momentum: 0.9, device: cpu, precision: fp32}\n"
+    )
+    from kdistill.engine.run import run_experiment
+
+    one = run_experiment(load_config(cfg), tmp / "one", log=lambda s: None)
+    return cfg, one, tmp
+
+
+@pytest.mark.slow
+def test_two_fsdp_processes_match_one_and_hold_half_the_student_each(mlp_config):
+    cfg, one, tmp = mlp_config
+    proc = _torchrun(cfg, tmp / "fsdp", "data.batch_size=16", "train.fsdp=true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads((tmp / "fsdp" / "results.json").read_text())
+    assert one["distributed"] == {"processes": 1, "strategy": "none"}
+    d = two["distributed"]
+    assert d["processes"] == 2 and d["strategy"] == "fsdp" and d["units"] == ["MLP"]
+    # every weight and bias of this MLP has an even first dimension: each process holds half
+    assert d["local_param_fraction"] == pytest.approx(0.5)
+    assert two["steps"] == one["steps"] == 16
+    for k in ("acc", "nll", "agreement", "kl_to_teacher"):
+        assert two["final"]["test"][k] == pytest.approx(one["final"]["test"][k], rel=1e-4, abs=1e-5)
+    assert sorted(p.name for p in (tmp / "fsdp").iterdir()) == FILES
+    # the saved student is whole (gathered from the shards) and equals the one-process student
+    w2, w1 = load_file(str(tmp / "fsdp" / "model.safetensors")), load_file(str(tmp / "one" / "model.safetensors"))
+    assert w2.keys() == w1.keys()
+    for k in w1:
+        assert w2[k].shape == w1[k].shape
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_fsdp_resume_from_the_first_epoch_ends_where_the_straight_run_ends(mlp_config):
+    """The checkpoint after epoch 1 holds full weights and the name-keyed optimizer state
+    (SGD momentum): resuming from it must reproduce the straight run's epoch 2."""
+    cfg, _, tmp = mlp_config
+    straight = tmp / "fsdp_straight"
+    proc = _torchrun(cfg, straight, "data.batch_size=16", "train.fsdp=true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ref = json.loads((straight / "results.json").read_text())
+    resumed = tmp / "fsdp_resumed"
+    shutil.copytree(straight, resumed)
+    ckpts = sorted((resumed / "checkpoints").glob("last-*"))
+    assert [p.name for p in ckpts] == ["last-000000008", "last-000000016"]
+    shutil.rmtree(ckpts[-1])
+    (resumed / "results.json").unlink()
+    ts = torch.load(ckpts[0] / "train_state.pt", weights_only=True)
+    assert ts["optimizer_format"] == "fsdp-full"
+    assert "student.net.0.weight" in ts["optimizer"]["state"] or any(
+        k.startswith("student.") for k in ts["optimizer"]["state"])
+    proc = _torchrun(cfg, resumed, "data.batch_size=16", "train.fsdp=true", resume=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Resuming from" in proc.stdout + proc.stderr
+    again = json.loads((resumed / "results.json").read_text())
+    for k in ("acc", "nll", "kl_to_teacher"):
+        assert again["final"]["test"][k] == pytest.approx(ref["final"]["test"][k], rel=1e-5, abs=1e-6)
+
+    # the same checkpoint in a one-process run: refused, saying why and what to do
+    proc = subprocess.run([sys.executable, "-m", "kdistill.cli", "train", str(cfg), "--run-dir", str(resumed),
+                           "--resume"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "written by a sharded (train.fsdp) run" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_fsdp_with_a_conv_student_batchnorm_channels_last_and_a_first_stage(tmp_path):
+    """A resnet student (BatchNorm, NHWC on by default for images), FitNets' first stage
+    run before sharding, BasicBlocks as units of their own: trains, agrees, saves whole."""
+    torch.manual_seed(2)
+    ckpt = tmp_path / "teacher.safetensors"
+    save_file({k: v.contiguous() for k, v in create_model("resnet8", 4, (1, 8, 8)).state_dict().items()}, str(ckpt))
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(
+        "data: {name: synthetic, batch_size: 16, augment: {shift: 1, flip: true},\n"
+        "       options: {num_classes: 4, input_shape: [1, 8, 8], n_train: 128, n_test: 64}}\n"
+        f"teacher: {{model: resnet8, checkpoint: {ckpt}}}\n"
+        "student: {model: resnet8}\n"
+        "method: [{name: kd}, {name: fitnet, hint_epochs: 1}]\n"
+        "train: {epochs: 2, lr: 0.05, optimizer: sgd, device: cpu, precision: fp32, fsdp: true,\n"
+        "        fsdp_wrap: [BasicBlock]}\n"
+    )
+    proc = _torchrun(cfg, tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    d = res["distributed"]
+    assert d["strategy"] == "fsdp" and d["units"][1:] == ["BasicBlock"]
+    assert 0.45 < d["local_param_fraction"] < 0.6  # odd first dimensions leave a little more on one
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in rows if "stage" in r] == ["fitnet_hint"]
+    assert all(r["stage_loss"] == r["stage_loss"] for r in rows if "stage" in r)  # finite, not NaN
+    student = create_model("resnet8", 4, (1, 8, 8))
+    student.load_state_dict(load_file(str(tmp_path / "run" / "model.safetensors")))  # whole, plain tensors
+    assert 0.0 <= res["final"]["test"]["acc"] <= 1.0 and res["final"]["test"]["nll"] == res["final"]["test"]["nll"]
+
+
+def test_fsdp_settings_are_checked():
+    with pytest.raises(ValueError, match="does not combine with train.compile"):
+        TrainConfig(fsdp=True, compile=True)
+    with pytest.raises(ValueError, match="needs train.fsdp: true"):
+        TrainConfig(fsdp_wrap=["BasicBlock"])
+    with pytest.raises(ConfigError, match="fsdp"):
+        load_config(None, ["student.model=mlp", "train.fsdp=true", "train.compile=true"])
+
+
+def test_fsdp_units_are_the_student_and_named_classes_that_exist():
+    plugin = sharding.make_plugin()
+    acc = SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin))
+    student = create_model("resnet8", 4, (1, 8, 8))
+    d = create("ce", student)
+    assert sharding.set_units(acc, d, student, ["BasicBlock"]) == [type(student).__name__, "BasicBlock"]
+    assert plugin.transformer_cls_names_to_wrap == [type(student).__name__, "BasicBlock"]
+    with pytest.raises(ConfigError, match=r"\['Bottleneck'\].*not module classes of this model"):
+        sharding.set_units(acc, d, student, ["Bottleneck"])
+
+
+def test_working_copy_shares_the_teacher_and_copies_the_rest():
+    teacher = ModuleTeacher(nn.Linear(4, 3), 3)
+    d = create("kd", nn.Linear(4, 3), teacher)
+    c = sharding.working_copy(d)
+    assert c.teacher is d.teacher
+    assert c.student is not d.student and c.student.weight is not d.student.weight
+    torch.testing.assert_close(c.student.weight, d.student.weight)
+
+
+def test_one_process_with_fsdp_trains_unsharded_and_says_so(tmp_path):
+    data = load_dataset("synthetic", num_classes=4, input_shape=[8], n_train=64, n_test=32)
+    said = []
+    t = Trainer(create("ce", nn.Linear(8, 4)), data.train, {"test": data.test},
+                TrainConfig(epochs=1, device="cpu", fsdp=True), tmp_path, batch_size=32, log=said.append)
+    res = t.fit()
+    assert res["distributed"] == {"processes": 1, "strategy": "none"}
+    assert any("nothing to shard" in s for s in said)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_a_first_stage_leaves_every_process_with_the_one_process_network(tmp_path, strategy):
+    """First stages (here FitNets' hint stage) run before the DDP/FSDP wrapper, on the whole
+    training set at the global batch on every process: the 2-process run then ends where
+    the 1-process run ends (before, each DDP replica trained its stage on its own shard
+    without exchanging gradients, and the replicas drifted apart)."""
+    from kdistill.engine.run import run_experiment
+
+    torch.manual_seed(3)
+    ckpt = tmp_path / "teacher.safetensors"
+    save_file({k: v.contiguous() for k, v in create_model("mlp", 4, (1, 8, 8), hidden=(32,)).state_dict().items()},
+              str(ckpt))
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(
+        "data: {name: synthetic, batch_size: 32,\n"
+        "       options: {num_classes: 4, input_shape: [1, 8, 8], n_train: 256, n_test: 128}}\n"
+        f"teacher: {{model: mlp, kwargs: {{hidden: [32]}}, checkpoint: {ckpt}}}\n"
+        "student: {model: mlp, kwargs: {hidden: [16]}}\n"
+        "method: [{name: kd}, {name: fitnet, hint_epochs: 2, weight: 0.1}]\n"
+        "train: {epochs: 2, lr: 0.01, optimizer: sgd, device: cpu, precision: fp32, grad_clip: 5}\n"
+    )
+    one = run_experiment(load_config(cfg), tmp_path / "one", log=lambda s: None)
+    proc = _torchrun(cfg, tmp_path / "two", "data.batch_size=16", f"train.fsdp={str(strategy == 'fsdp').lower()}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert two["distributed"]["strategy"] == strategy
+    rows = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    rows1 = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    stage2, stage1 = [r for r in rows if "stage" in r], [r for r in rows1 if "stage" in r]
+    assert len(stage2) == len(stage1) == 2  # logged once, by the main process
+    for a, b in zip(stage2, stage1, strict=True):
+        assert a["stage_loss"] == pytest.approx(b["stage_loss"], rel=1e-5)
+    for k in ("acc", "nll", "kl_to_teacher"):
+        assert two["final"]["test"][k] == pytest.approx(one["final"]["test"][k], rel=1e-4, abs=1e-5)
+
+
+def test_a_first_stage_leaves_no_gradient_for_the_main_training(tmp_path):
+    """Stage gradients left on the parameters used to be added to the main training's
+    first step (the trainer zeroes after stepping); stages now clear them."""
+    from kdistill.engine.stages import run_pre_stages
+
+    data = load_dataset("synthetic", num_classes=4, input_shape=[1, 8, 8], n_train=64, n_test=32)
+    torch.manual_seed(0)
+    d = create([{"name": "kd"}, {"name": "fitnet", "hint_epochs": 1}], create_model("resnet8", 4, (1, 8, 8)),
+               ModuleTeacher(create_model("resnet8", 4, (1, 8, 8)), 4), example=data.train.x[:8])
+    before = {n: p.detach().clone() for n, p in d.named_parameters()}
+    t = Trainer(d, data.train, {"test": data.test}, TrainConfig(epochs=1, device="cpu", optimizer="sgd", lr=0.01),
+                tmp_path, batch_size=16, log=lambda s: None)
+    rows = run_pre_stages(t)
+    assert [r["stage"] for r in rows] == ["fitnet_hint"]
+    assert any(not torch.equal(before[n], p) for n, p in d.named_parameters())  # the stage trained
+    assert all(p.grad is None for p in d.parameters())
