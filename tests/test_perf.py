@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -334,3 +335,17 @@ def test_bench_step_scope_compiles_the_training_forward_not_the_networks(monkeyp
     assert res["config"]["compile_scope"] == "step"
     with pytest.raises(ConfigError, match="compile_scope must be networks or step"):
         run_bench("mlp", "mlp", "synthetic", compile=True, compile_scope="all")
+
+
+def test_torchdistill_side_by_side_says_what_to_install_when_torchdistill_is_missing():
+    """benchmarks/bench_torchdistill.py runs in a venv with torchvision and torchdistill;
+    without them it names what failed to import and how to make that venv, exit code 2."""
+    import importlib.util
+
+    if importlib.util.find_spec("torchdistill") is not None:
+        pytest.skip("torchdistill is installed here")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_torchdistill.py"
+    proc = subprocess.run([sys.executable, str(script), "--steps", "1"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "torchdistill: ModuleNotFoundError" in proc.stderr and "pip install torchdistill" in proc.stderr
+    assert "Traceback" not in proc.stderr
