@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -237,3 +238,54 @@ def test_a_first_stage_leaves_no_gradient_for_the_main_training(tmp_path):
     assert [r["stage"] for r in rows] == ["fitnet_hint"]
     assert any(not torch.equal(before[n], p) for n, p in d.named_parameters())  # the stage trained
     assert all(p.grad is None for p in d.parameters())
+
+
+@pytest.mark.slow
+def test_sigterm_stops_every_fsdp_process_at_one_step_and_the_resumed_run_ends_like_a_straight_one(tmp_path):
+    """A checkpoint is a collective under FSDP: the processes agree on a stop (every
+    train.log_every steps) and save together; resuming then reproduces the straight run."""
+    import signal
+    import time
+
+    torch.manual_seed(4)
+    ckpt = tmp_path / "teacher.safetensors"
+    save_file({k: v.contiguous() for k, v in create_model("mlp", 4, (1, 8, 8), hidden=(32,)).state_dict().items()},
+              str(ckpt))
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(
+        "data: {name: synthetic, batch_size: 16,\n"
+        "       options: {num_classes: 4, input_shape: [1, 8, 8], n_train: 4096, n_test: 128}}\n"
+        f"teacher: {{model: mlp, kwargs: {{hidden: [32]}}, checkpoint: {ckpt}}}\n"
+        "student: {model: mlp, kwargs: {hidden: [16]}}\n"
+        "method: {name: kd}\n"
+        "train: {epochs: 8, lr: 0.02, optimizer: sgd, device: cpu, precision: fp32, fsdp: true, log_every: 5,\n"
+        "        progress: false}\n"
+    )
+    run = tmp_path / "stopped"
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            "-m", "kdistill.cli", "train", str(cfg), "--run-dir", str(run)]
+    proc = subprocess.Popen(args, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").read_text()):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)  # torchrun passes it on to both workers
+    out, err = proc.communicate(timeout=120)
+    assert not (run / "results.json").exists(), "the run finished before the signal: make it longer"
+    said = [line for line in (out + err).splitlines() if "Stopped by SIGTERM" in line]
+    assert len(said) == 2, out + err
+    paths = {line.split("checkpoint saved at ")[1].split(". Resume")[0] for line in said}
+    assert len(paths) == 1 and "None" not in paths  # both stopped at the same step, and say where
+    saved = Path(paths.pop())
+    assert saved.is_dir() and int(saved.name.split("-")[1]) % 5 == 0
+
+    resumed = subprocess.run(args + ["--resume"], env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                             text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    straight = _torchrun(cfg, tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    a = json.loads((run / "results.json").read_text())
+    b = json.loads((tmp_path / "straight" / "results.json").read_text())
+    assert a["steps"] == b["steps"]
+    for k in ("acc", "nll", "kl_to_teacher"):
+        assert a["final"]["test"][k] == pytest.approx(b["final"]["test"][k], rel=1e-5, abs=1e-6)

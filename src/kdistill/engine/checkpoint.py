@@ -82,6 +82,11 @@ def state_dict_tensors(module: nn.Module | dict[str, Tensor]) -> dict[str, Tenso
     return {k: v.detach().cpu().clone().contiguous() for k, v in sd.items()}
 
 
+def checkpoint_path(root: str | Path, kind: str, step: int) -> Path:
+    """The folder :func:`save_checkpoint` writes for ``kind`` at ``step``."""
+    return Path(root) / f"{kind}-{step:09d}"
+
+
 def save_checkpoint(
     root: str | Path,
     kind: str,
@@ -94,7 +99,7 @@ def save_checkpoint(
     """Write ``root/<kind>-<step>/`` atomically and prune older ones of the same kind."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{kind}-{step:09d}"
+    final = checkpoint_path(root, kind, step)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{kind}-{step:09d}."))
     try:
         save_file(state_dict_tensors(model), str(tmp / "model.safetensors"))

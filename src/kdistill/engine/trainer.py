@@ -33,7 +33,7 @@ from ..errors import ConfigError, Interrupted, NonFiniteError
 from ..methods import Distiller
 from ..metrics import classification_metrics, predict_logits
 from . import sharding
-from .checkpoint import find_checkpoint, load_into, load_train_state, save_checkpoint
+from .checkpoint import checkpoint_path, find_checkpoint, load_into, load_train_state, save_checkpoint
 
 
 def resolve_device(name: str) -> torch.device:
@@ -135,8 +135,10 @@ class Trainer:
         self.accelerator = get_accelerator(self.device, cfg.precision, cfg.fsdp)
         self.device = self.accelerator.device
         self.fsdp = sharding.is_fsdp(self.accelerator)
+        if not self.accelerator.is_main_process:  # one set of progress lines, not one per process
+            self.log = lambda line: None
         if cfg.fsdp and not self.fsdp:
-            log("train.fsdp: one process has nothing to shard; training unsharded.")
+            self.log("train.fsdp: one process has nothing to shard; training unsharded.")
         self.units: list[str] = []
         views = stored_views(distiller.teacher, augment)  # a teacher cache's fixed augmented views
         self._loader_args = dict(
@@ -198,7 +200,7 @@ class Trainer:
             model = sharding.full_model_state(model)
             optim = sharding.full_optimizer_state(self.accelerator.unwrap_model(self.model), self.optimizer)
         if not self.accelerator.is_main_process:
-            return None
+            return checkpoint_path(self.ckpt_dir, kind, state["step"])  # what the main process writes
         train_state = {
             "optimizer": optim if self.fsdp else self.optimizer.state_dict(),
             "optimizer_format": sharding.OPTIMIZER_FORMAT[self.fsdp],
