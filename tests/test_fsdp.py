@@ -289,3 +289,39 @@ def test_sigterm_stops_every_fsdp_process_at_one_step_and_the_resumed_run_ends_l
     assert a["steps"] == b["steps"]
     for k in ("acc", "nll", "kl_to_teacher"):
         assert a["final"]["test"][k] == pytest.approx(b["final"]["test"][k], rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_reading_a_teacher_cache_of_augmented_views_match_one(tmp_path, strategy):
+    """teacher.cache under DDP/FSDP: each process reads its shard's stored views (the
+    augmentation the teacher saw), so 2 processes end where 1 process ends."""
+    from kdistill.engine.run import run_experiment
+
+    torch.manual_seed(5)
+    ckpt = tmp_path / "teacher.safetensors"
+    save_file({k: v.contiguous() for k, v in create_model("mlp", 4, (1, 8, 8), hidden=(32,)).state_dict().items()},
+              str(ckpt))
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(
+        "data: {name: synthetic, batch_size: 32, augment: {shift: 1, flip: true},\n"
+        "       options: {num_classes: 4, input_shape: [1, 8, 8], n_train: 256, n_test: 128}}\n"
+        f"teacher: {{model: mlp, kwargs: {{hidden: [32]}}, checkpoint: {ckpt}}}\n"
+        "student: {model: mlp, kwargs: {hidden: [16]}}\n"
+        "method: {name: kd, temperature: 4}\n"
+        "train: {epochs: 2, lr: 0.05, optimizer: sgd, device: cpu, precision: fp32}\n"
+    )
+    made = subprocess.run([sys.executable, "-m", "kdistill.cli", "cache-teacher", str(cfg), "--out",
+                           str(tmp_path / "cache"), "--views", "2"], capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr[-2000:]
+    cached = [f"teacher.cache={tmp_path / 'cache'}", "teacher.model=null", "teacher.checkpoint=null",
+              "teacher.kwargs={}"]
+    cfg1 = load_config(cfg, cached)
+    one = run_experiment(cfg1, tmp_path / "one", log=lambda s: None)
+    proc = _torchrun(cfg, tmp_path / "two", *cached, "data.batch_size=16",
+                     f"train.fsdp={str(strategy == 'fsdp').lower()}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert two["distributed"]["strategy"] == strategy and two["teacher"]["cache"] == str(tmp_path / "cache")
+    for k in ("acc", "nll", "agreement", "kl_to_teacher"):
+        assert two["final"]["test"][k] == pytest.approx(one["final"]["test"][k], rel=1e-4, abs=1e-5)
