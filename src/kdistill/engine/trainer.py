@@ -198,7 +198,8 @@ class Trainer:
         if self.fsdp:  # gathering the full weights is a collective: every process takes part
             sharding.sync_buffers(model)
             model = sharding.full_model_state(model)
-            optim = sharding.full_optimizer_state(self.accelerator.unwrap_model(self.model), self.optimizer)
+            optim = (sharding.full_optimizer_state(self.accelerator.unwrap_model(self.model), self.optimizer)
+                     if kind == "last" else None)  # "best" keeps weights only
         if not self.accelerator.is_main_process:
             return checkpoint_path(self.ckpt_dir, kind, state["step"])  # what the main process writes
         train_state = {
