@@ -325,3 +325,15 @@ def test_two_processes_reading_a_teacher_cache_of_augmented_views_match_one(tmp_
     assert two["distributed"]["strategy"] == strategy and two["teacher"]["cache"] == str(tmp_path / "cache")
     for k in ("acc", "nll", "agreement", "kl_to_teacher"):
         assert two["final"]["test"][k] == pytest.approx(one["final"]["test"][k], rel=1e-4, abs=1e-5)
+
+
+def test_fused_optimizers_on_cpu_but_not_for_fsdp_shards():
+    """Fused optimizer kernels run on CPU too; FSDP shards (DTensors) get the foreach ones,
+    since torch has no DTensor rule for the fused SGD kernel (an FSDP run failed with it)."""
+    from kdistill.engine.trainer import make_optimizer
+
+    cpu = torch.device("cpu")
+    for opt in ("sgd", "adamw", "adam"):
+        params = list(nn.Linear(4, 3).parameters())
+        assert make_optimizer(params, TrainConfig(optimizer=opt), cpu).defaults["fused"] is True
+        assert not make_optimizer(params, TrainConfig(optimizer=opt), cpu, sharded=True).defaults.get("fused")

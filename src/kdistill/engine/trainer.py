@@ -80,8 +80,11 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str, milestones, gam
     return 1.0
 
 
-def make_optimizer(params, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    fused = {"fused": True} if device.type == "cuda" else {}
+def make_optimizer(params, cfg: TrainConfig, device: torch.device, sharded: bool = False) -> torch.optim.Optimizer:
+    """The run's optimizer. Fused kernels on CUDA and CPU (a resnet32x4 AdamW step on the
+    2-core CPU: 17 ms foreach, 2.5 ms fused; SGD 4.5 -> 2.6 ms), except for FSDP-sharded
+    parameters: torch 2.13 has no DTensor sharding rule for ``_fused_sgd_``."""
+    fused = {"fused": True} if device.type in ("cuda", "cpu") and not sharded else {}
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
@@ -285,7 +288,7 @@ class Trainer:
             for m in self.distiller.children():
                 m.to("cpu")
             self.units = sharding.set_units(self.accelerator, work, work.student, cfg.fsdp_wrap)
-        self.optimizer = make_optimizer(work.trainable_parameters(), cfg, self.device)
+        self.optimizer = make_optimizer(work.trainable_parameters(), cfg, self.device, sharded=self.fsdp)
         self.model, self.optimizer = self.accelerator.prepare(work, self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)  # the first step sees its own gradients only
         del work
