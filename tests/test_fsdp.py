@@ -337,3 +337,51 @@ def test_fused_optimizers_on_cpu_but_not_for_fsdp_shards():
         params = list(nn.Linear(4, 3).parameters())
         assert make_optimizer(params, TrainConfig(optimizer=opt), cpu).defaults["fused"] is True
         assert not make_optimizer(params, TrainConfig(optimizer=opt), cpu, sharded=True).defaults.get("fused")
+
+
+SCHEME_DATA = ("data: {name: synthetic, batch_size: 32,\n"
+               "       options: {num_classes: 4, input_shape: [1, 8, 8], n_train: 256, n_test: 128}}\n")
+SCHEMES = {
+    # peers read apart from the group's output (DML) and exit heads made after the student's
+    # output (BYOT): losses that reach the student's weights before its output does
+    "dml": "student: {model: mlp, kwargs: {hidden: [16]}}\n"
+           "scheme: {name: dml, peers: [{model: mlp, kwargs: {hidden: [16]}}, {model: mlp, kwargs: {hidden: [8]}}]}\n",
+    "byot": "student: {model: resnet8}\nscheme: {name: byot}\n",
+    # stages that read the weights an earlier stage's main process wrote
+    "ensemble": "teacher: {model: mlp, kwargs: {hidden: [16]}}\nstudent: {model: mlp, kwargs: {hidden: [8]}}\n"
+                "method: {name: kd}\nscheme: {name: ensemble, members: 2}\n",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme", sorted(SCHEMES))
+def test_schemes_on_two_processes_end_like_the_reference(tmp_path, scheme):
+    """Each scheme on 2 processes, FSDP and DDP: both finish, with the same final metrics
+    (and, without BatchNorm, the 1-process run's). BatchNorm statistics are rank 0's in both
+    strategies, so resnet8 (BYOT) is compared between them, not with 1 process."""
+    from kdistill.schemes import run_scheme
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(SCHEME_DATA + SCHEMES[scheme] +
+                   "train: {epochs: 2, lr: 0.02, optimizer: sgd, device: cpu, precision: fp32}\n")
+    res = {}
+    for strategy in ("ddp", "fsdp"):
+        proc = _torchrun(cfg, tmp_path / strategy, "data.batch_size=16", f"train.fsdp={str(strategy == 'fsdp').lower()}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        res[strategy] = json.loads((tmp_path / strategy / "results.json").read_text())
+    if scheme != "byot":
+        res["one"] = run_scheme(load_config(cfg), tmp_path / "one", log=lambda s: None)
+    ref = res["ddp"]["final"]["test"]
+    for name, r in res.items():
+        for k in ("acc", "nll"):
+            assert r["final"]["test"][k] == pytest.approx(ref[k], rel=1e-4, abs=1e-5), (name, k)
+
+
+def test_the_accelerator_lets_go_of_a_finished_run(tmp_path):
+    """Accelerate keeps every prepared model: after fit it must hold none of them (a study or
+    a scheme runs many fits in one process; sharded modules alive at exit can abort it)."""
+    data = load_dataset("synthetic", num_classes=4, input_shape=[8], n_train=64, n_test=32)
+    t = Trainer(create("ce", nn.Linear(8, 4)), data.train, {"test": data.test}, TrainConfig(epochs=1, device="cpu"),
+                tmp_path, batch_size=32, log=lambda s: None)
+    t.fit()
+    assert t.accelerator._models == [] and t.accelerator._optimizers == []

@@ -110,6 +110,15 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def sync_processes() -> None:
+    """Wait until every process of a multi-process run gets here, so files the main process
+    has just written (a finished stage's weights) are there for the others to read."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
 def save_model(run_dir: Path, model: nn.Module, record: dict[str, Any]) -> None:
     """``model.safetensors`` + ``model.json``: the deployable network and how to rebuild it."""
     from safetensors.torch import save_file
@@ -279,6 +288,7 @@ def run_experiment(cfg: RunConfig, run_dir: str | Path | None = None, resume: bo
     }
     if is_main_process():
         atomic_write_json(run_dir / "results.json", results)
+    sync_processes()  # a scheme's next stage reads this run's files on every process
     return results | {"run_dir": str(run_dir)}
 
 

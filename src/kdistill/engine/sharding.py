@@ -175,6 +175,18 @@ def check_sharded(model: nn.Module) -> None:
         )
 
 
+def keep_student_gathered(student: nn.Module) -> None:
+    """Keep the student unit's own weights gathered from forward to backward.
+
+    ``fully_shard`` re-gathers a resharded unit for backward from a hook on the unit's
+    *output*. Losses that read tensors made inside the student after its output (BYOT's
+    exit heads) or instead of it (DML's per-peer logits) reach the weights first and find
+    them freed. Peak memory barely changes: the whole unit is gathered during its forward
+    and backward anyway; gradients and optimizer state stay sharded, and ``train.fsdp_wrap``
+    units inside keep resharding."""
+    student.set_reshard_after_forward(False, recurse=False)
+
+
 def local_fraction(model: nn.Module) -> float:
     """Share of the model's parameter elements held by this process (right after sharding:
     a unit that is gathered at the moment holds plain tensors)."""

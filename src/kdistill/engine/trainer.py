@@ -295,10 +295,14 @@ class Trainer:
         if self.fsdp:
             sharded = self.accelerator.unwrap_model(self.model)
             sharding.check_sharded(sharded)
+            sharding.keep_student_gathered(sharded.student)
             self._local_fraction = sharding.local_fraction(sharded)
         try:
             return self._loop(found)
         finally:
+            # the accelerator keeps every prepared model and optimizer: let go of them, or
+            # each run in one process (a scheme's stages, a study) keeps its own alive
+            self.accelerator.free_memory()
             if self.fsdp:  # free the shards before anything else (see sharding.collect)
                 self.model = self.optimizer = None
                 sharding.collect()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,15 @@ from torch import Tensor, nn
 from ..config import ModelConfig, RunConfig, TeacherConfig, TrainConfig, validate_config
 from ..data import ArrayDataset, Augment, DataSplits
 from ..engine.checkpoint import atomic_write_json, state_dict_tensors
-from ..engine.run import build_model, model_record, prepare_data, run_experiment, save_model
+from ..engine.run import (
+    build_model,
+    is_main_process,
+    model_record,
+    prepare_data,
+    run_experiment,
+    save_model,
+    sync_processes,
+)
 from ..engine.trainer import Trainer
 from ..errors import ConfigError
 from ..methods import Distiller
@@ -117,7 +126,11 @@ class SchemeContext:
             from safetensors.torch import save_file
 
             path.parent.mkdir(parents=True, exist_ok=True)
-            save_file(state_dict_tensors(model), str(path))
+            # every process of a multi-process run draws the same weights; each writes its
+            # own temporary file and renames it, so a reader never sees half a file
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            save_file(state_dict_tensors(model), str(tmp))
+            os.replace(tmp, path)
         return spec.model_copy(update={"checkpoint": str(path)})
 
     def eval_sets(self) -> dict:
@@ -176,7 +189,9 @@ class SchemeContext:
         record = model_record(model, spec.model, spec.kwargs, self.data)
         save_model(sub, model.cpu(), record)
         results = {"name": name, "student": record, **extra}
-        atomic_write_json(sub / "results.json", results)
+        if is_main_process():
+            atomic_write_json(sub / "results.json", results)
+        sync_processes()
         return results | {"run_dir": str(sub)}
 
 
