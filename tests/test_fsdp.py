@@ -64,6 +64,9 @@ def test_two_fsdp_processes_match_one_and_hold_half_the_student_each(mlp_config)
     cfg, one, tmp = mlp_config
     proc = _torchrun(cfg, tmp / "fsdp", "data.batch_size=16", "train.fsdp=true")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # one set of progress lines, from the main process (it used to be one per process)
+    said = (proc.stdout + proc.stderr).splitlines()
+    assert sum("epoch 2/2" in line for line in said) == 1, proc.stdout
     two = json.loads((tmp / "fsdp" / "results.json").read_text())
     assert one["distributed"] == {"processes": 1, "strategy": "none"}
     d = two["distributed"]
@@ -385,3 +388,15 @@ def test_the_accelerator_lets_go_of_a_finished_run(tmp_path):
                 tmp_path, batch_size=32, log=lambda s: None)
     t.fit()
     assert t.accelerator._models == [] and t.accelerator._optimizers == []
+
+
+def test_feature_taps_hold_no_graph_between_steps():
+    """The distiller copies what its taps recorded and clears them: the last step's
+    features (and the graph behind them) are not kept alive until the next step."""
+    torch.manual_seed(0)
+    data = load_dataset("synthetic", num_classes=4, input_shape=[1, 8, 8], n_train=32, n_test=8)
+    d = create("fitnet", create_model("resnet8", 4, (1, 8, 8)), ModuleTeacher(create_model("resnet8", 4, (1, 8, 8)), 4),
+               example=data.train.x[:8])
+    ctx = d.context({"x": data.train.x[:8], "y": data.train.y[:8], "index": torch.arange(8)})
+    assert ctx.student_features and all(f.grad_fn is not None for f in ctx.student_features.values())
+    assert d._taps.features == {}
