@@ -363,7 +363,8 @@ SCHEMES = {
 def test_schemes_on_two_processes_end_like_the_reference(tmp_path, scheme):
     """Each scheme on 2 processes, FSDP and DDP: both finish, with the same final metrics
     (and, without BatchNorm, the 1-process run's). BatchNorm statistics are rank 0's in both
-    strategies, so resnet8 (BYOT) is compared between them, not with 1 process."""
+    strategies (every process evaluates on them), so resnet8 (BYOT) is compared between them,
+    not with 1 process."""
     from kdistill.schemes import run_scheme
 
     cfg = tmp_path / "run.yaml"
@@ -380,6 +381,13 @@ def test_schemes_on_two_processes_end_like_the_reference(tmp_path, scheme):
     for name, r in res.items():
         for k in ("acc", "nll"):
             assert r["final"]["test"][k] == pytest.approx(ref[k], rel=1e-4, abs=1e-5), (name, k)
+    if scheme == "byot":
+        # the results are the main process's: its last epoch's log and the saved weights (a
+        # DDP process's BatchNorm statistics last saw its own batch; the file once held
+        # whichever process wrote last)
+        for strategy in ("ddp", "fsdp"):
+            rows = (tmp_path / strategy / "network" / "metrics.jsonl").read_text().splitlines()
+            assert res[strategy]["final"]["test"]["nll"] == pytest.approx(json.loads(rows[-1])["test_nll"], rel=1e-6)
 
 
 def test_the_accelerator_lets_go_of_a_finished_run(tmp_path):
@@ -402,3 +410,54 @@ def test_feature_taps_hold_no_graph_between_steps():
     ctx = d.context({"x": data.train.x[:8], "y": data.train.y[:8], "index": torch.arange(8)})
     assert ctx.student_features and all(f.grad_fn is not None for f in ctx.student_features.values())
     assert d._taps.features == {}
+
+
+DDP_BN_SCRIPT = """
+import json, os, sys, torch
+from kdistill.config import TrainConfig
+from kdistill.data import load_dataset
+from kdistill.engine.trainer import Trainer
+from kdistill.methods import create
+from kdistill.models import create_model
+
+torch.manual_seed(0)
+data = load_dataset("synthetic", num_classes=4, input_shape=[1, 8, 8], n_train=128, n_test=64)
+out = sys.argv[1]
+t = Trainer(create("ce", create_model("resnet8", 4, (1, 8, 8))), data.train, {"test": data.test},
+            TrainConfig(epochs=1, lr=0.05, optimizer="sgd", device="cpu", precision="fp32", progress=False),
+            os.path.join(out, "run"), batch_size=16, log=lambda s: None)
+res = t.fit()
+bn = {k: v.tolist() for k, v in t.distiller.student.state_dict().items() if "running" in k}
+with open(os.path.join(out, f"rank{os.environ['RANK']}.json"), "w") as f:
+    json.dump({"final": res["final"], "bn": bn}, f)
+"""
+
+
+def test_ddp_processes_leave_fit_with_the_main_process_model(tmp_path):
+    """Under DDP each process's BatchNorm running statistics last saw its own batch; the
+    trainer evaluates every process on rank 0's, so all of them report the same metrics and
+    hold the model the main process saves (a scheme's next stage runs on all of them)."""
+    script = tmp_path / "ddp_bn.py"
+    script.write_text(DDP_BN_SCRIPT)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), str(tmp_path)], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["bn"].keys() == r1["bn"].keys() and r0["bn"]
+    for k in r0["bn"]:
+        torch.testing.assert_close(torch.tensor(r1["bn"][k]), torch.tensor(r0["bn"][k]), rtol=0, atol=0)
+    assert r0["final"] == r1["final"]
+
+
+def test_only_the_main_process_writes_run_records(tmp_path, monkeypatch):
+    """A scheme's results, study and stage files come from the main process alone (they were
+    written by every process, so the file held whichever one finished last)."""
+    from kdistill.engine.run import write_json
+
+    monkeypatch.setenv("RANK", "1")
+    write_json(tmp_path / "results.json", {"rank": 1})
+    assert not (tmp_path / "results.json").exists()
+    monkeypatch.setenv("RANK", "0")
+    write_json(tmp_path / "results.json", {"rank": 0})
+    assert json.loads((tmp_path / "results.json").read_text()) == {"rank": 0}

@@ -119,6 +119,14 @@ def sync_processes() -> None:
         dist.barrier()
 
 
+def write_json(path: Path, obj: Any) -> None:
+    """Write a run folder's JSON file from the main process only. Every process of a
+    multi-process run computes the same record; one writer keeps the file that of the
+    process whose weights are saved (see :func:`save_model`)."""
+    if is_main_process():
+        atomic_write_json(path, obj)
+
+
 def save_model(run_dir: Path, model: nn.Module, record: dict[str, Any]) -> None:
     """``model.safetensors`` + ``model.json``: the deployable network and how to rebuild it."""
     from safetensors.torch import save_file
@@ -219,8 +227,7 @@ def ensure_teacher(cfg: RunConfig, data: DataSplits, run_dir: Path, resume: bool
             res = _train_model(tcfg, model, data, data.train, sub, cfg, resume, log, augment=t.augment)
             res.pop("distiller")
             save_model(sub, model, record)
-            if is_main_process():
-                atomic_write_json(sub / "results.json", {"role": what, **record, **res})
+            write_json(sub / "results.json", {"role": what, **record, **res})
         record["checkpoint"] = ckpt or str(sub / "model.safetensors")
         members.append(model)
         records.append(record)
@@ -286,8 +293,7 @@ def run_experiment(cfg: RunConfig, run_dir: str | Path | None = None, resume: bo
         "torch": torch.__version__,
         "host": platform.node(),
     }
-    if is_main_process():
-        atomic_write_json(run_dir / "results.json", results)
+    write_json(run_dir / "results.json", results)
     sync_processes()  # a scheme's next stage reads this run's files on every process
     return results | {"run_dir": str(run_dir)}
 

@@ -183,7 +183,12 @@ class Trainer:
     # -- evaluation ----------------------------------------------------------------------
     def evaluate(self) -> dict[str, dict[str, float]]:
         model = self.accelerator.unwrap_model(self.model)
-        if self.fsdp:  # every process evaluates (a collective): the same buffers on each
+        if self.accelerator.num_processes > 1:
+            # every process evaluates on rank 0's BatchNorm statistics: under DDP each
+            # process's running statistics last saw its own batch, and metrics that differ
+            # between processes would split agreed decisions (early stopping, best epoch).
+            # The final evaluation so also leaves every process with the model the main
+            # process saves (a scheme's next stage and its evaluations run on all of them).
             sharding.sync_buffers(model)
         student = model.student
         out = {}
@@ -430,6 +435,7 @@ class Trainer:
             dist_info |= {"units": self.units, "local_param_fraction": round(self._local_fraction, 4)}
             sharding.sync_buffers(sharded)
             self.distiller.load_state_dict(sharding.full_model_state(sharded, everywhere=True))
+
         return {
             "final": final,
             "best": {"epoch": best["epoch"], "selected_on": self.select_on, **(best["metrics"] or {})},

@@ -14,15 +14,15 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig, RunConfig, TeacherConfig, TrainConfig, validate_config
 from ..data import ArrayDataset, Augment, DataSplits
-from ..engine.checkpoint import atomic_write_json, state_dict_tensors
+from ..engine.checkpoint import state_dict_tensors
 from ..engine.run import (
     build_model,
-    is_main_process,
     model_record,
     prepare_data,
     run_experiment,
     save_model,
     sync_processes,
+    write_json,
 )
 from ..engine.trainer import Trainer
 from ..errors import ConfigError
@@ -189,8 +189,7 @@ class SchemeContext:
         record = model_record(model, spec.model, spec.kwargs, self.data)
         save_model(sub, model.cpu(), record)
         results = {"name": name, "student": record, **extra}
-        if is_main_process():
-            atomic_write_json(sub / "results.json", results)
+        write_json(sub / "results.json", results)
         sync_processes()
         return results | {"run_dir": str(sub)}
 
@@ -246,7 +245,7 @@ def evaluate_ensemble(ctx: SchemeContext, models: list[nn.Module], combine: str,
     metrics = ctx.evaluate(lambda x: ens({"x": x}).logits)
     ens_dir = ctx.run_dir / "ensemble"
     ens_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(ens_dir / "results.json",
+    write_json(ens_dir / "results.json",
                       {"name": "ensemble", "combine": combine, "members": member_paths, "final": metrics})
     return {"dir": "ensemble", "model": label, "test_acc": metrics["test"]["acc"],
             "test_ece": metrics["test"]["ece"]}

@@ -21,7 +21,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .._registry import Registry
 from ..config import ModelConfig, RunConfig, dump_config
-from ..engine.checkpoint import atomic_write_json, atomic_write_text
+from ..engine.checkpoint import atomic_write_text
+from ..engine.run import is_main_process, write_json
 from ..errors import ConfigError, did_you_mean
 from ._common import SchemeContext
 
@@ -131,13 +132,14 @@ def run_scheme(
         )
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+        if is_main_process():
+            atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
     except OSError as e:
         raise ConfigError(f"Cannot write to the run folder {run_dir}: {e.strerror or e}.") from None
     ctx = SchemeContext(cfg, run_dir, resume, log, trust)
     result = SCHEMES.get(name)().run(ctx, settings)
     result = {"name": run_dir.name, "scheme": name, "settings": settings.model_dump(mode="json"), **result}
-    atomic_write_json(run_dir / "results.json", result)
+    write_json(run_dir / "results.json", result)
     for stage, row in result.get("stages", {}).items():
         acc = next((row[k] for k in ("test_acc", "combined_acc", "test_acc_remapped") if k in row), None)
         log(f"{name} {stage}: test acc {acc:.4f}" if isinstance(acc, float) else f"{name} {stage}: {row}")

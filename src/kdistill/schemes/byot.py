@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from ..data import DataSplits
 from ..engine.checkpoint import load_into, load_weights
-from ..engine.run import build_model, model_record, save_model
+from ..engine.run import build_model, model_record, save_model, write_json
 from ..errors import ConfigError
 from ..losses import hard_label_ce, kl_to_targets
 from ..methods import Distiller
@@ -283,13 +283,11 @@ class BYOT(Scheme):
     def _save_exit(
         ctx: SchemeContext, name: str, model: nn.Module, spec, tap, deep, data: DataSplits
     ) -> dict:
-        from ..engine.checkpoint import atomic_write_json
-
         sub = ctx.run_dir / name
         sub.mkdir(parents=True, exist_ok=True)
         record = model_record(model, spec.model, spec.kwargs, data) | {"exit_tap": tap, "deep_tap": deep}
         metrics = ctx.evaluate(model)
         save_model(sub, model.cpu(), record)
         res = {"name": name, "student": record, "final": metrics}
-        atomic_write_json(sub / "results.json", res)
+        write_json(sub / "results.json", res)
         return res | {"run_dir": str(sub)}

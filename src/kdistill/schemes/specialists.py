@@ -35,8 +35,7 @@ from torch import Tensor, nn
 
 from ..config import TrainConfig
 from ..data import ArrayDataset
-from ..engine.checkpoint import atomic_write_json
-from ..engine.run import build_model, model_record, save_model
+from ..engine.run import build_model, model_record, save_model, write_json
 from ..errors import ConfigError
 from ..methods import create
 from ..metrics import accuracy, predict_logits
@@ -244,7 +243,7 @@ class Specialists(Scheme):
                 "dustbin": len(classes),
             }
             save_model(ctx.run_dir / name, model.cpu(), record)
-            atomic_write_json(ctx.run_dir / name / "results.json", {"name": name, "student": record, **fit})
+            write_json(ctx.run_dir / name / "results.json", {"name": name, "student": record, **fit})
             specialists.append(model)
             stages[name] = {"dir": name, "classes": classes, "test_acc_remapped": fit["final"]["test"]["acc"]}
 
@@ -277,7 +276,7 @@ class Specialists(Scheme):
                 "generalist_acc_covered": accuracy(gl[on], ds.y[on]) if on.any() else None,
                 "combined_acc_covered": accuracy(q[on], ds.y[on]) if on.any() else None,
             }
-        atomic_write_json(
+        write_json(
             ctx.run_dir / "combined" / "results.json",
             {"name": "combined", "subsets": subsets, "covered_classes": covered, "final": combined},
         )

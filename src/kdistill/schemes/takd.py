@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import field_validator
 
 from ..config import ModelConfig, RunConfig, TeacherConfig
-from ..engine.checkpoint import atomic_write_json
+from ..engine.run import write_json
 from ..errors import ConfigError
 from ._common import ModelSpec, SchemeContext, as_model, deployable, model_path, safe_name, summary
 from ._registry import Scheme, SchemeConfig, register_scheme
@@ -146,7 +146,7 @@ def run_study(
             f"via assistant {row['student_via_assistant_acc']}"
         )
     out = {"student": student, "assistant": assistant, "rows": rows}
-    atomic_write_json(run_dir / "study.json", out)
+    write_json(run_dir / "study.json", out)
     return out
 
 
