@@ -481,3 +481,88 @@ def test_only_the_main_process_writes_run_records(tmp_path, monkeypatch):
     monkeypatch.setenv("RANK", "0")
     write_json(tmp_path / "results.json", {"rank": 0})
     assert json.loads((tmp_path / "results.json").read_text()) == {"rank": 0}
+
+
+CRD_SCRIPT = """
+import json, os, sys, torch
+from kdistill.config import TrainConfig
+from kdistill.data import load_dataset
+from kdistill.engine.trainer import Trainer
+from kdistill.methods import create
+from kdistill.models import create_model
+from kdistill.teachers import ModuleTeacher
+
+torch.manual_seed(0)
+data = load_dataset("synthetic", num_classes=4, input_shape=[1, 8, 8], n_train=96, n_test=32)
+out, fsdp = sys.argv[1], sys.argv[2] == "fsdp"
+d = create("crd", create_model("mlp", 4, (1, 8, 8), hidden=(16,)),
+           ModuleTeacher(create_model("mlp", 4, (1, 8, 8), hidden=(32,)), 4),
+           example=data.train.x[:8], num_data=96, num_negatives=8, embed_dim=8)
+term = d.terms[0]
+init = term.memory_s.clone()
+t = Trainer(d, data.train, {"test": data.test},
+            TrainConfig(epochs=1, lr=0.05, optimizer="sgd", device="cpu", precision="fp32", progress=False, fsdp=fsdp),
+            os.path.join(out, "run"), batch_size=16, log=lambda s: None)
+t.fit()
+with open(os.path.join(out, f"rank{os.environ['RANK']}.json"), "w") as f:
+    json.dump({"init": init.tolist(), "memory_s": term.memory_s.tolist(), "memory_t": term.memory_t.tolist(),
+               "z": term.z.tolist()}, f)
+"""
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_crd_memory_banks_hold_every_process_batch(tmp_path, strategy):
+    """CRD's banks keep one embedding per training sample. On 2 processes each process
+    updates its banks with both processes' batches, so after one epoch every row has moved
+    (re-normalised to unit length), on both processes alike, and Z is the same everywhere.
+    (DDP used to broadcast process 0's banks every step, dropping process 1's updates; under
+    FSDP each process kept only its own rows.)"""
+    script = tmp_path / "crd.py"
+    script.write_text(CRD_SCRIPT)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), str(tmp_path), strategy], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    for k in ("memory_s", "memory_t", "z"):
+        torch.testing.assert_close(torch.tensor(r1[k]), torch.tensor(r0[k]), rtol=0, atol=0)
+    m, init = torch.tensor(r0["memory_s"]), torch.tensor(r0["init"])
+    torch.testing.assert_close(m.norm(dim=1), torch.ones(96), rtol=0, atol=1e-5)
+    assert not (init.norm(dim=1) - 1).abs().lt(1e-5).any()  # no row started at unit length
+    assert (m - init).abs().amax(dim=1).gt(0).all()
+
+
+GATHER_SCRIPT = """
+import json, os, sys, torch
+import torch.distributed as dist
+from kdistill.distributed import gather_rows, mean_over_processes, world_size
+
+dist.init_process_group("gloo")
+r = dist.get_rank()
+x = torch.arange(r + 2, dtype=torch.float32)[:, None] + 10 * r  # rank 0: 2 rows, rank 1: 3
+i = torch.arange(r + 2) + 100 * r
+gx, gi = gather_rows(x, i)
+mean = mean_over_processes(torch.tensor(float(r)))
+with open(os.path.join(sys.argv[1], f"rank{r}.json"), "w") as f:
+    json.dump({"world": world_size(), "x": gx.tolist(), "i": gi.tolist(), "mean": float(mean)}, f)
+dist.destroy_process_group()
+"""
+
+
+def test_gather_rows_across_processes_of_unequal_batches(tmp_path):
+    """gather_rows: every process gets all rows in rank order, also when the processes'
+    batches differ in length; mean_over_processes averages a value over them."""
+    from kdistill.distributed import gather_rows, mean_over_processes, world_size
+
+    t = torch.ones(3, 2)
+    assert world_size() == 1 and gather_rows(t)[0] is t and mean_over_processes(t) is t  # no process group
+    script = tmp_path / "gather.py"
+    script.write_text(GATHER_SCRIPT)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), str(tmp_path)], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for r in (0, 1):
+        got = json.loads((tmp_path / f"rank{r}.json").read_text())
+        assert got == {"world": 2, "x": [[0.0], [1.0], [10.0], [11.0], [12.0]], "i": [0, 1, 100, 101, 102],
+                       "mean": 0.5}

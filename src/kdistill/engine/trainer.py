@@ -48,7 +48,7 @@ _ACCELERATORS: dict[tuple, Any] = {}
 def get_accelerator(device: torch.device, precision: str, fsdp: bool = False):
     """One Accelerate ``Accelerator`` per (device type, precision, FSDP) in this process;
     with ``fsdp``, Accelerate's FSDP2 plugin (see :mod:`kdistill.engine.sharding`)."""
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DistributedDataParallelKwargs
     from accelerate.state import AcceleratorState
 
     if precision == "auto":
@@ -61,7 +61,12 @@ def get_accelerator(device: torch.device, precision: str, fsdp: bool = False):
             sharding.disable_on_cpu()
             _ACCELERATORS.clear()
         plugin = sharding.make_plugin() if fsdp else None
-        acc = Accelerator(cpu=device.type == "cpu", mixed_precision=mp, fsdp_plugin=plugin)
+        # DDP does not broadcast buffers every forward: BatchNorm in training mode reads
+        # batch statistics, the teacher's buffers never change, and state that every process
+        # needs (CRD's memory banks) is kept equal by the method itself (see distributed.py);
+        # evaluations and checkpoints take process 0's buffers, as under FSDP
+        ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
+        acc = Accelerator(cpu=device.type == "cpu", mixed_precision=mp, fsdp_plugin=plugin, kwargs_handlers=[ddp])
         if plugin is not None:
             sharding.enable_on_cpu(acc, plugin, mp)
         _ACCELERATORS[key] = acc

@@ -16,6 +16,10 @@ After each training step the banks move to the batch's embeddings with momentum 
 re-normalised. Positives are keyed by ``batch["index"]``, the sample's position in the
 training set.
 
+On several processes (DDP, FSDP) every process updates its banks with the embeddings and
+indices of all processes' batches (gathered each step), so the banks stay the same on all
+of them, as if one process had seen the global batch; ``Z`` is the mean over processes.
+
 The banks need the training set's size: set ``num_data`` (``kdistill train`` fills it in
 from the data; in your own loop pass ``num_data=len(train_set)`` to ``create``).
 
@@ -35,6 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..distributed import gather_rows, mean_over_processes
 from ..errors import ConfigError, DataError
 from ._base import Context, Method
 from ._registry import register_method
@@ -106,7 +111,8 @@ class CRD(Method):
             dots = torch.bmm(memory[idx], v.float().unsqueeze(-1)).squeeze(-1)
         scores = torch.exp(dots / self.cfg.temperature)
         if self.z[slot] < 0:
-            self.z[slot] = scores.detach().mean() * self.num_data
+            first = scores.detach().mean()
+            self.z[slot] = (mean_over_processes(first) if self.training else first) * self.num_data
         # a copy: the buffer is written again for the other direction before backward
         return scores / self.z[slot].clone()
 
@@ -135,6 +141,7 @@ class CRD(Method):
             self._scores(v_t, self.memory_s, idx, 1), self.num_data
         )
         if self.training:
+            v_s, v_t, index = gather_rows(v_s, v_t, index)  # every process's batch
             self._update(self.memory_s, v_s, index)
             self._update(self.memory_t, v_t, index)
         return loss

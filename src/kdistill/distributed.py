@@ -1,0 +1,62 @@
+"""Collectives for method state that every process must share (CRD's memory banks).
+
+Each function is the identity on one process (no ``torch.distributed`` process group, or a
+group of one), so a method calls them unconditionally. Under DDP or FSDP every process runs
+the training step, so every process reaches the same collectives in the same order; call
+them only from training-mode code (evaluation may run on the main process alone).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def world_size() -> int:
+    """Processes in the default process group (1 without one)."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def gather_rows(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """Every process's rows of each tensor, concatenated in rank order (not differentiable).
+
+    The tensors of one call share their first dimension; it may differ between processes
+    (a last, shorter batch): the lengths are exchanged first and the rows padded to the
+    longest, then trimmed.
+    """
+    world = world_size()
+    if world == 1:
+        return tensors
+    import torch.distributed as dist
+
+    n = tensors[0].shape[0]
+    if any(t.shape[0] != n for t in tensors):
+        raise ValueError(f"gather_rows: first dimensions differ: {[t.shape[0] for t in tensors]}")
+    device = tensors[0].device
+    sizes = torch.empty(world, dtype=torch.long, device=device)
+    dist.all_gather_into_tensor(sizes, torch.tensor([n], dtype=torch.long, device=device))
+    lengths = sizes.tolist()
+    longest = max(lengths)
+    out = []
+    for t in tensors:
+        t = t.detach().contiguous()
+        if n < longest:
+            t = torch.cat([t, t.new_zeros((longest - n, *t.shape[1:]))])
+        rows = t.new_empty((world * longest, *t.shape[1:]))
+        dist.all_gather_into_tensor(rows, t)
+        out.append(torch.cat([rows[r * longest : r * longest + k] for r, k in enumerate(lengths)]))
+    return tuple(out)
+
+
+def mean_over_processes(t: Tensor) -> Tensor:
+    """The mean of ``t`` over processes (a new tensor; ``t`` is left as it is)."""
+    world = world_size()
+    if world == 1:
+        return t
+    import torch.distributed as dist
+
+    total = t.detach().clone()
+    dist.all_reduce(total)
+    return total / world
