@@ -1,4 +1,5 @@
-"""Collectives for method state that every process must share (CRD's memory banks).
+"""Collectives for state that every process must share: buffers (BatchNorm statistics)
+and method state such as CRD's memory banks.
 
 Each function is the identity on one process (no ``torch.distributed`` process group, or a
 group of one), so a method calls them unconditionally. Under DDP or FSDP every process runs
@@ -9,7 +10,7 @@ them only from training-mode code (evaluation may run on the main process alone)
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def world_size() -> int:
@@ -17,6 +18,17 @@ def world_size() -> int:
     import torch.distributed as dist
 
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def sync_buffers(model: nn.Module) -> None:
+    """Copy process 0's buffers (BatchNorm statistics, CRD's banks) to every process (a
+    collective)."""
+    if world_size() == 1:
+        return
+    import torch.distributed as dist
+
+    for b in model.buffers():
+        dist.broadcast(b.data, src=0)
 
 
 def gather_rows(*tensors: Tensor) -> tuple[Tensor, ...]:

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ..config import RunConfig, TrainConfig, dump_config
 from ..data import ArrayDataset, Augment, DataSplits, load_dataset, mnist1d_transfer
+from ..distributed import world_size
 from ..errors import ConfigError, DataError, ShapeError
 from ..methods import Distiller, create
 from ..models import create_model
@@ -113,9 +114,9 @@ def is_main_process() -> bool:
 def sync_processes() -> None:
     """Wait until every process of a multi-process run gets here, so files the main process
     has just written (a finished stage's weights) are there for the others to read."""
-    import torch.distributed as dist
+    if world_size() > 1:
+        import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
 
 

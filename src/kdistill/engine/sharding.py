@@ -116,14 +116,6 @@ def working_copy(distiller: nn.Module) -> nn.Module:
     return copy.deepcopy(distiller, memo)
 
 
-def sync_buffers(model: nn.Module) -> None:
-    """Broadcast every floating/integer buffer from process 0 (BatchNorm statistics)."""
-    import torch.distributed as dist
-
-    for b in model.buffers():
-        dist.broadcast(b.data, src=0)
-
-
 def full_model_state(model: nn.Module, everywhere: bool = False) -> dict[str, Tensor]:
     """The unsharded state dict (a collective: every process must call it). On process 0
     only (CPU tensors) unless ``everywhere``."""

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .. import distributed
 from ..bench import peak_memory_bytes
 from ..cache import stored_views
 from ..config import TrainConfig
@@ -194,7 +195,7 @@ class Trainer:
             # between processes would split agreed decisions (early stopping, best epoch).
             # The final evaluation so also leaves every process with the model the main
             # process saves (a scheme's next stage and its evaluations run on all of them).
-            sharding.sync_buffers(model)
+            distributed.sync_buffers(model)
         student = model.student
         out = {}
         for name, ds in self.eval_sets.items():
@@ -209,7 +210,7 @@ class Trainer:
     def _save(self, kind: str, state: dict[str, Any], keep: int = 2):
         model: Any = self.accelerator.unwrap_model(self.model)
         if self.fsdp:  # gathering the full weights is a collective: every process takes part
-            sharding.sync_buffers(model)
+            distributed.sync_buffers(model)
             model = sharding.full_model_state(model)
             optim = (sharding.full_optimizer_state(self.accelerator.unwrap_model(self.model), self.optimizer)
                      if kind == "last" else None)  # "best" keeps weights only
@@ -438,9 +439,8 @@ class Trainer:
         if self.fsdp:
             sharded = self.accelerator.unwrap_model(self.model)
             dist_info |= {"units": self.units, "local_param_fraction": round(self._local_fraction, 4)}
-            sharding.sync_buffers(sharded)
+            distributed.sync_buffers(sharded)
             self.distiller.load_state_dict(sharding.full_model_state(sharded, everywhere=True))
-
         return {
             "final": final,
             "best": {"epoch": best["epoch"], "selected_on": self.select_on, **(best["metrics"] or {})},

@@ -246,7 +246,7 @@ def evaluate_ensemble(ctx: SchemeContext, models: list[nn.Module], combine: str,
     ens_dir = ctx.run_dir / "ensemble"
     ens_dir.mkdir(parents=True, exist_ok=True)
     write_json(ens_dir / "results.json",
-                      {"name": "ensemble", "combine": combine, "members": member_paths, "final": metrics})
+               {"name": "ensemble", "combine": combine, "members": member_paths, "final": metrics})
     return {"dir": "ensemble", "model": label, "test_acc": metrics["test"]["acc"],
             "test_ece": metrics["test"]["ece"]}
 
