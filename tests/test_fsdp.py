@@ -27,6 +27,17 @@ from kdistill.teachers import ModuleTeacher
 FILES = ["checkpoints", "config.yaml", "metrics.jsonl", "model.json", "model.safetensors", "results.json"]
 
 
+def _run_on_two_processes(script: str, tmp_path: Path, *args: str) -> None:
+    """Run the Python ``script`` on 2 gloo processes with ``tmp_path`` and ``args`` as its
+    arguments; it writes what each rank saw under ``tmp_path``."""
+    path = tmp_path / "script.py"
+    path.write_text(script)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(path), str(tmp_path), *args], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 def _torchrun(cfg_file, run_dir, *sets: str, resume: bool = False) -> subprocess.CompletedProcess:
     args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
             "-m", "kdistill.cli", "train", str(cfg_file), "--run-dir", str(run_dir)] + (["--resume"] if resume else [])
@@ -457,12 +468,7 @@ def test_ddp_processes_leave_fit_with_the_main_process_model(tmp_path):
     """Under DDP each process's BatchNorm running statistics last saw its own batch; the
     trainer evaluates every process on rank 0's, so all of them report the same metrics and
     hold the model the main process saves (a scheme's next stage runs on all of them)."""
-    script = tmp_path / "ddp_bn.py"
-    script.write_text(DDP_BN_SCRIPT)
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script), str(tmp_path)], env={**os.environ, "OMP_NUM_THREADS": "1"},
-                          capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _run_on_two_processes(DDP_BN_SCRIPT, tmp_path)
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["bn"].keys() == r1["bn"].keys() and r0["bn"]
     for k in r0["bn"]:
@@ -517,12 +523,7 @@ def test_crd_memory_banks_hold_every_process_batch(tmp_path, strategy):
     (re-normalised to unit length), on both processes alike, and Z is the same everywhere.
     (DDP used to broadcast process 0's banks every step, dropping process 1's updates; under
     FSDP each process kept only its own rows.)"""
-    script = tmp_path / "crd.py"
-    script.write_text(CRD_SCRIPT)
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script), str(tmp_path), strategy], env={**os.environ, "OMP_NUM_THREADS": "1"},
-                          capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _run_on_two_processes(CRD_SCRIPT, tmp_path, strategy)
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     for k in ("memory_s", "memory_t", "z"):
         torch.testing.assert_close(torch.tensor(r1[k]), torch.tensor(r0[k]), rtol=0, atol=0)
@@ -556,12 +557,7 @@ def test_gather_rows_across_processes_of_unequal_batches(tmp_path):
 
     t = torch.ones(3, 2)
     assert world_size() == 1 and gather_rows(t)[0] is t and mean_over_processes(t) is t  # no process group
-    script = tmp_path / "gather.py"
-    script.write_text(GATHER_SCRIPT)
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script), str(tmp_path)], env={**os.environ, "OMP_NUM_THREADS": "1"},
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _run_on_two_processes(GATHER_SCRIPT, tmp_path)
     for r in (0, 1):
         got = json.loads((tmp_path / f"rank{r}.json").read_text())
         assert got == {"world": 2, "x": [[0.0], [1.0], [10.0], [11.0], [12.0]], "i": [0, 1, 100, 101, 102],
