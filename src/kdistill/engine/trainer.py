@@ -439,7 +439,6 @@ class Trainer:
         if self.fsdp:
             sharded = self.accelerator.unwrap_model(self.model)
             dist_info |= {"units": self.units, "local_param_fraction": round(self._local_fraction, 4)}
-            distributed.sync_buffers(sharded)
             self.distiller.load_state_dict(sharding.full_model_state(sharded, everywhere=True))
         return {
             "final": final,
