@@ -24,6 +24,7 @@ checkpoint), ``student/`` (the student on train + pseudo-data, the deployable re
 
 from __future__ import annotations
 
+import io
 import math
 from typing import Annotated, Literal
 
@@ -33,6 +34,8 @@ from pydantic import Field
 from torch import Tensor
 
 from ..config import TeacherConfig
+from ..engine.checkpoint import atomic_write_bytes
+from ..engine.run import is_main_process, sync_processes
 from ..errors import ConfigError
 from ._common import SchemeContext, deployable, model_path, summary
 from ._registry import Scheme, SchemeConfig, register_scheme
@@ -131,14 +134,18 @@ class TransferSet(Scheme):
             transfer = cfg.data.transfer.model_dump(mode="json")
         else:
             path = ctx.run_dir / "transfer.npz"
-            if not (ctx.resume and path.is_file()):
+            if not (ctx.resume and path.is_file()) and is_main_process():
                 pseudo = (
                     munge(x, size, st.p, st.s, st.seed)[0]
                     if st.generator == "munge"
                     else gaussian_noise(x, size, st.seed)
                 )
-                with open(path, "wb") as f:
-                    np.savez(f, x=pseudo.numpy().astype(np.float32))
+                buf = io.BytesIO()
+                np.savez(buf, x=pseudo.numpy().astype(np.float32))
+                atomic_write_bytes(path, buf.getvalue())
+            # the other processes read it next (every process once wrote it in place, and
+            # one could read the file while another was rewriting it)
+            sync_processes()
             transfer = {"source": "npz", "path": str(path), "size": size}
         student = ctx.run_stage("student", cfg.student, teacher, transfer=transfer)
         stages["student"] = summary(student)
