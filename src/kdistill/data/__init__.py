@@ -3,6 +3,7 @@
 from .arrays import UNLABELED, ArrayDataset, DataSplits
 from .datasets import DATASETS, load_dataset, mnist1d_transfer, register_dataset
 from .loaders import Augment, DeviceLoader, StoredViews
+from .protocol import Dataset, Loader
 
 __all__ = [
     "DATASETS",
@@ -10,6 +11,8 @@ __all__ = [
     "ArrayDataset",
     "Augment",
     "DataSplits",
+    "Dataset",
+    "Loader",
     "DeviceLoader",
     "load_dataset",
     "mnist1d_transfer",

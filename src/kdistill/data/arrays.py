@@ -25,6 +25,7 @@ class ArrayDataset:
     y: Tensor
     num_classes: int
     name: str = "data"
+    names: list[str] | None = None
 
     def __post_init__(self):
         self.x = torch.as_tensor(self.x, dtype=torch.float32)
@@ -40,6 +41,35 @@ class ArrayDataset:
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x.shape[1:])
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self.names
+
+    @property
+    def resident(self) -> bool:
+        return True
+
+    def take(self, index: Tensor) -> dict[str, Tensor]:
+        index = torch.as_tensor(index, dtype=torch.int64)
+        return {"x": self.x[index], "y": self.y[index], "index": index}
+
+    def labels(self) -> Tensor:
+        return self.y
+
+    def example(self, n: int = 2) -> Tensor:
+        return self.x[:n]
+
+    def batches(self, batch_size: int):
+        for i in range(0, len(self), batch_size):
+            idx = torch.arange(i, min(i + batch_size, len(self)))
+            yield {"x": self.x[i : i + batch_size], "y": self.y[i : i + batch_size], "index": idx}
+
+    def loader(self, batch_size: int, **kwargs):
+        """The device-resident loader (see :class:`~kdistill.data.DeviceLoader`)."""
+        from .loaders import DeviceLoader
+
+        return DeviceLoader(self, batch_size, **kwargs)
 
     def fingerprint(self) -> str:
         """SHA-256 over shapes, inputs and labels (what a teacher cache is checked against)."""
