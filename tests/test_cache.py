@@ -17,7 +17,8 @@ from kdistill.errors import ConfigError, DataError
 from kdistill.losses import kl_to_targets
 from kdistill.methods import create
 from kdistill.models import create_model
-from kdistill.teachers import CachedTeacher, EnsembleTeacher, ModuleTeacher, TopKTeacherOutput
+from kdistill.cache import CachedTeacher, TopKTeacherOutput
+from kdistill.teachers import EnsembleTeacher, ModuleTeacher
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +220,7 @@ def test_cache_teacher_cli_then_train_from_the_cache(tmp_path, data):
 
     from kdistill.cli import main
     from kdistill.config import load_config
-    from kdistill.engine.run import run_experiment
+    from kdistill.runs import run_experiment
 
     ckpt = tmp_path / "teacher.safetensors"
     save_file({k: v.contiguous() for k, v in _mlp(1).state_dict().items()}, str(ckpt))

@@ -64,7 +64,7 @@ def mlp_config(tmp_path_factory):
         "method: {name: kd, temperature: 4}\n"
         "train: {epochs: 2, lr: 0.05, optimizer: sgd, momentum: 0.9, device: cpu, precision: fp32}\n"
     )
-    from kdistill.engine.run import run_experiment
+    from kdistill.runs import run_experiment
 
     one = run_experiment(load_config(cfg), tmp / "one", log=lambda s: None)
     return cfg, one, tmp
@@ -206,7 +206,7 @@ def test_a_first_stage_leaves_every_process_with_the_one_process_network(tmp_pat
     training set at the global batch on every process: the 2-process run then ends where
     the 1-process run ends (before, each DDP replica trained its stage on its own shard
     without exchanging gradients, and the replicas drifted apart)."""
-    from kdistill.engine.run import run_experiment
+    from kdistill.runs import run_experiment
 
     torch.manual_seed(3)
     ckpt = tmp_path / "teacher.safetensors"
@@ -312,7 +312,7 @@ def test_sigterm_stops_every_fsdp_process_at_one_step_and_the_resumed_run_ends_l
 def test_two_processes_reading_a_teacher_cache_of_augmented_views_match_one(tmp_path, strategy):
     """teacher.cache under DDP/FSDP: each process reads its shard's stored views (the
     augmentation the teacher saw), so 2 processes end where 1 process ends."""
-    from kdistill.engine.run import run_experiment
+    from kdistill.runs import run_experiment
 
     torch.manual_seed(5)
     ckpt = tmp_path / "teacher.safetensors"
@@ -479,7 +479,7 @@ def test_ddp_processes_leave_fit_with_the_main_process_model(tmp_path):
 def test_only_the_main_process_writes_run_records(tmp_path, monkeypatch):
     """A scheme's results, study and stage files come from the main process alone (they were
     written by every process, so the file held whichever one finished last)."""
-    from kdistill.engine.run import write_json
+    from kdistill.runs import write_json
 
     monkeypatch.setenv("RANK", "1")
     write_json(tmp_path / "results.json", {"rank": 1})

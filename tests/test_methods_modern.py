@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdistill.engine.run import with_num_data
+from kdistill.runs import with_num_data
 from kdistill.errors import ConfigError, DataError, ShapeError
 from kdistill.losses import kd_loss
 from kdistill.methods import create

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import typer
 from torch import nn
 from typer.testing import CliRunner
 
@@ -464,11 +463,8 @@ def test_layer_choice_errors(images):
 
 # ----------------------------------------------------------------------------------- CLI
 def cli_app():
-    from kdistill._cli_methods import register
+    from kdistill.cli import app
 
-    app, list_app = typer.Typer(), typer.Typer()
-    app.add_typer(list_app, name="list")
-    register(app, list_app)
     return app
 
 

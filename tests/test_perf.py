@@ -213,7 +213,7 @@ def test_two_cpu_processes_match_one(tmp_path):
     run must end where the one-process run ends, and write one set of files."""
     from safetensors.torch import save_file
 
-    from kdistill.engine.run import run_experiment
+    from kdistill.runs import run_experiment
 
     torch.manual_seed(1)
     ckpt = tmp_path / "teacher.safetensors"

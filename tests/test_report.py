@@ -424,7 +424,7 @@ def _base_cfg(**over):
 
 
 def test_plan_sweep_and_grid_parsing():
-    from kdistill.report.compare import parse_grid, parse_seeds, plan_sweep
+    from kdistill.runs.grid import parse_grid, parse_seeds, plan_sweep
 
     grid = parse_grid(["method.temperature=1,2,4", "method.alpha=0.5,0.9", "student.kwargs.hidden=[[8],[16,16]]"])
     assert grid["method.temperature"] == [1, 2, 4] and grid["student.kwargs.hidden"] == [[8], [16, 16]]
@@ -450,7 +450,7 @@ def test_plan_sweep_and_grid_parsing():
 
 
 def test_plan_methods_keeps_config_settings_for_same_method():
-    from kdistill.report.compare import plan_methods
+    from kdistill.runs.grid import plan_methods
 
     cells = plan_methods(_base_cfg(), ["kd", "ce"], [3])
     by = {c.name: c for c in cells}
@@ -462,7 +462,7 @@ def test_plan_methods_keeps_config_settings_for_same_method():
 
 
 def test_compare_refuses_configs_with_different_data(tmp_path):
-    from kdistill.report.compare import plan_configs
+    from kdistill.runs.grid import plan_configs
 
     a = _base_cfg()
     b = _base_cfg(data={"name": "synthetic", "options": {"num_classes": 3}})
@@ -490,7 +490,8 @@ def _chromium() -> str | None:
 
 @pytest.fixture(scope="module")
 def tiny_compare(tmp_path_factory):
-    from kdistill.report.compare import plan_methods, run_grid
+    from kdistill.report.compare import run_grid
+    from kdistill.runs.grid import plan_methods
 
     out = tmp_path_factory.mktemp("e2e") / "cmp"
     cells = plan_methods(_base_cfg(), ["kd"], [0, 1])
@@ -556,7 +557,8 @@ def test_end_to_end_rerun_skips_finished_cells(tiny_compare):
 
 
 def test_end_to_end_changed_config_is_refused(tiny_compare):
-    from kdistill.report.compare import plan_methods, run_grid
+    from kdistill.report.compare import run_grid
+    from kdistill.runs.grid import plan_methods
 
     cells = plan_methods(_base_cfg(train={"epochs": 2, "lr": 0.01, "progress": False}), ["kd"], [0, 1])
     with pytest.raises(ConfigError, match="different config .*train.lr"):
@@ -625,7 +627,8 @@ def test_report_renders_in_headless_chromium(tiny_compare, tmp_path):
 
 
 def test_a_failing_cell_does_not_cost_the_grid(tmp_path):
-    from kdistill.report.compare import plan_methods, run_grid
+    from kdistill.report.compare import run_grid
+    from kdistill.runs.grid import plan_methods
 
     cfg = _base_cfg(teacher=None, train={"epochs": 1, "progress": False})
     logs: list[str] = []
@@ -637,7 +640,7 @@ def test_a_failing_cell_does_not_cost_the_grid(tmp_path):
 
 
 def test_scheme_configs_are_refused_by_compare():
-    from kdistill.report.compare import plan_methods
+    from kdistill.runs.grid import plan_methods
 
     cfg = _base_cfg().model_copy(update={"scheme": {"name": "ban"}})
     with pytest.raises(ConfigError, match="scheme"):
@@ -654,17 +657,17 @@ def test_tables_follow_the_grid_order_of_compare_json(compare_dir):
 
 
 def test_teacher_sharing_keys():
-    from kdistill.report.compare import _teacher_key, plan_methods, plan_sweep
+    from kdistill.runs.grid import plan_methods, plan_sweep, teacher_key
 
     cells = plan_methods(_base_cfg(), ["kd"], [0, 1])
-    per_seed = {c.name: _teacher_key(c, "per-seed") for c in cells}
+    per_seed = {c.name: teacher_key(c, "per-seed") for c in cells}
     assert per_seed["scratch-s0"] == per_seed["kd-s0"] != per_seed["kd-s1"]
-    assert len({_teacher_key(c, "shared") for c in cells}) == 1
+    assert len({teacher_key(c, "shared") for c in cells}) == 1
     # a sweep over the teacher's training changes the teacher; over the method it does not
     sw = plan_sweep(_base_cfg(), {"teacher.train.lr": [0.01, 0.02], "method.alpha": [0.5, 0.9]}, [0])
-    assert len({_teacher_key(c, "per-seed") for c in sw if c.group != "scratch"}) == 2
+    assert len({teacher_key(c, "per-seed") for c in sw if c.group != "scratch"}) == 2
     with_ckpt = _base_cfg(teacher={"model": "mlp", "checkpoint": "t.safetensors"})
-    assert all(_teacher_key(c, "per-seed") is None for c in plan_methods(with_ckpt, ["kd"], [0]))
+    assert all(teacher_key(c, "per-seed") is None for c in plan_methods(with_ckpt, ["kd"], [0]))
 
 
 def test_html_escapes_folder_names(tmp_path):

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from kdistill.config import validate_config
-from kdistill.engine.run import run_experiment
+from kdistill.runs import run_experiment
 
 pytest.importorskip("tensorboard", reason="tensorboard not installed (pip install -e '.[dev]')")
 

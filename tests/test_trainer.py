@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from kdistill.config import validate_config
 from kdistill.engine.checkpoint import find_checkpoint, list_checkpoints
-from kdistill.engine.run import run_experiment
+from kdistill.runs import run_experiment
 from kdistill.engine.trainer import lr_factor
 from kdistill.errors import ConfigError, NonFiniteError, ShapeError
 from kdistill.methods import Method, register_method

@@ -239,7 +239,7 @@ def use_teacher_cache(raw: dict[str, Any], log) -> str | None:
 
 
 def run_cell(raw: dict[str, Any], cell_dir: Path, log) -> None:
-    from kdistill.engine.run import run_experiment
+    from kdistill.runs import run_experiment
     from kdistill.schemes import run_scheme
 
     cfg = validate_config(raw)

@@ -39,6 +39,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .devices import peak_memory_bytes, reset_peak_memory  # noqa: F401  (re-exported)
+
 PATHS = ("student", "kd_live", "kd_cached", "naive", "teacher")
 
 #: live KD / naive images/s wanted on a GPU (the issue's target); on a CPU: not slower (1.0)
@@ -51,39 +53,6 @@ LIVE_OVERHEAD = 0.10
 
 #: torch.compile modes that capture CUDA graphs: each step must be marked
 CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
-
-
-def peak_memory_bytes(device: torch.device | str) -> int:
-    """Peak memory since the last :func:`reset_peak_memory`: CUDA bytes allocated by
-    tensors on a GPU, else the process's peak resident set (``VmHWM``, or
-    ``getrusage``'s ``ru_maxrss`` where /proc is missing)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-    import sys
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if sys.platform == "darwin" else rss * 1024)  # bytes on macOS, KiB on Linux
-
-
-def reset_peak_memory(device: torch.device | str) -> None:
-    """Start a new peak: CUDA's allocator statistics, or Linux's ``VmHWM`` (``clear_refs`` 5)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass  # the peak then covers the whole process so far
 
 
 def _timed(
@@ -122,7 +91,8 @@ def _naive_batches(data, batch_size: int, augment, device: torch.device, seed: i
     """The reference data path: DataLoader over CPU tensors, CPU augmentation, a copy per batch."""
     from torch.utils.data import DataLoader, TensorDataset
 
-    ds = TensorDataset(data.x, data.y, torch.arange(len(data)))
+    every = data.take(torch.arange(len(data)))  # the arrays on the CPU, as a reference loop holds them
+    ds = TensorDataset(every["x"], every["y"], every["index"])
     g = torch.Generator().manual_seed(seed)
     while True:
         for x, y, idx in DataLoader(ds, batch_size=batch_size, shuffle=True, generator=g, drop_last=True):
@@ -189,13 +159,14 @@ def run_bench(
         ``{"paths": {name: {"images_per_s", "step_ms", "peak_memory_bytes", "warmup_s"}},
         "cache": {...}, "config": {...}, "device", "torch", "host", ...}``.
     """
-    from .cache import cache_teacher, describe
-    from .data import Augment, DeviceLoader, load_dataset
-    from .engine.trainer import make_optimizer, resolve_device
+    from .cache import CachedTeacher, cache_teacher, describe
+    from .data import Augment, load_dataset
+    from .devices import resolve_device
+    from .engine.trainer import make_optimizer
     from .errors import ConfigError
     from .methods import create
     from .models import create_model
-    from .teachers import CachedTeacher, ModuleTeacher
+    from .teachers import ModuleTeacher
 
     unknown = [p for p in paths if p not in PATHS]
     if unknown:
@@ -213,7 +184,7 @@ def run_bench(
     data = load_dataset(dataset, **data_options).train
     if n_train:
         data = data.subset(n_train, seed=seed)
-    images = data.x.dim() == 4
+    images = len(data.input_shape) == 3
     if channels_last is None:
         channels_last = images
     bf16 = precision == "bf16" or (precision == "auto" and dev.type == "cuda")
@@ -334,8 +305,7 @@ def run_bench(
 
                     if path != "teacher":
                         opt = make_optimizer(model.trainable_parameters(), TrainConfig(optimizer="sgd", lr=0.01), dev)
-                    loader = DeviceLoader(
-                        data,
+                    loader = data.loader(
                         batch_size,
                         shuffle=True,
                         seed=seed,

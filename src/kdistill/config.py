@@ -294,3 +294,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 def dump_config(cfg: RunConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def parse_ints(text: str, what: str) -> tuple[int, ...]:
+    """``"1,28,28"`` -> ``(1, 28, 28)``: positive integers separated by commas (a sample's
+    shape, channels first and without the batch dimension, or a list of batch sizes)."""
+    try:
+        values = tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        values = ()
+    if not values or any(v < 1 for v in values):
+        raise ConfigError(
+            f"{what} must be positive integers separated by commas, like 1,28,28 (a shape: channels first, "
+            f"without the batch dimension; 1,40 for a sequence); got {text!r}."
+        )
+    return values

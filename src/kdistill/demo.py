@@ -24,7 +24,7 @@ from typing import Any
 
 from .config import validate_config
 from .engine.checkpoint import atomic_write_json, atomic_write_text
-from .engine.run import run_experiment
+from .runs import run_experiment
 
 TEACHER = {"model": "cnn1d", "kwargs": {"channels": 64}}
 STUDENT = {"model": "mlp", "kwargs": {"hidden": [100, 100]}}

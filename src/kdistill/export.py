@@ -2,7 +2,7 @@
 
 Only the student leaves the run. ``model.safetensors`` holds the student's own state dict
 (the run writes it from the bare student, never from the distiller), so connectors,
-auxiliary heads and extra branches of a method are not in it; :func:`load_saved_model`
+auxiliary heads and extra branches of a method are not in it; :func:`kdistill.runs.load_saved`
 rebuilds the network from ``model.json`` and loads that file strictly, so a file with any
 extra tensor is refused rather than silently carried along.
 
@@ -42,7 +42,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .config import load_config
+from .data import Dataset
 from .errors import CheckpointError, ConfigError, KdistillError, ShapeError
+from .runs import load_saved, prepare_data
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 EXPORTERS = ("auto", "dynamo", "legacy")
@@ -58,60 +61,6 @@ class ParityError(KdistillError):
     """The exported model does not reproduce the PyTorch student."""
 
     exit_code = 4
-
-
-# -- loading a saved model ------------------------------------------------------------------
-def read_model_record(folder: str | Path, what: str = "student") -> dict[str, Any]:
-    """``model.json`` of a run folder (or of its ``teacher/``), checked for the keys needed."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise CheckpointError(f"{str(folder)!r} is not a folder; give the run folder that training wrote.")
-    weights = folder / "model.safetensors"
-    if not weights.is_file():
-        hint = (
-            " It has checkpoints but no final model: the run did not finish; resume it with "
-            "`kdistill train CONFIG --resume` (same output folder)."
-            if (folder / "checkpoints").is_dir()
-            else " Train a run first (`kdistill train CONFIG`) and pass its folder."
-        )
-        raise CheckpointError(f"{folder} has no model.safetensors (no finished {what} model).{hint}")
-    try:
-        record = json.loads((folder / "model.json").read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{folder} has model.safetensors but no model.json, so the {what} "
-                              "cannot be rebuilt; it is written at the end of a run.") from None
-    except ValueError:
-        raise CheckpointError(f"{folder / 'model.json'} is damaged (not valid JSON).") from None
-    missing = [k for k in ("model", "num_classes", "input_shape") if k not in record]
-    if missing:
-        raise CheckpointError(f"{folder / 'model.json'} lacks {', '.join(missing)}; it cannot rebuild the {what}.")
-    return record
-
-
-def load_saved_model(folder: str | Path, what: str = "student") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model saved in ``folder`` (``model.json`` + ``model.safetensors``), in eval mode.
-
-    The load is strict: a file with tensors the rebuilt network lacks (a connector, an
-    auxiliary head) or missing some of its tensors raises :class:`CheckpointError`.
-    """
-    from .engine.checkpoint import load_into, load_weights
-    from .models import create_model
-
-    folder = Path(folder)
-    record = read_model_record(folder, what)
-    model = create_model(record["model"], int(record["num_classes"]), tuple(record["input_shape"]),
-                         **record.get("kwargs", {}))
-    state = load_weights(folder / "model.safetensors")
-    expected = set(model.state_dict())
-    extra = sorted(set(state) - expected)
-    if extra:
-        raise CheckpointError(
-            f"{folder / 'model.safetensors'} holds tensors that are not part of the {what} "
-            f"{record['model']!r}: {', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}. "
-            "Only the bare student is exported; re-save it from the student alone."
-        )
-    load_into(model, state, what)
-    return model.eval(), record
 
 
 # -- exporters ------------------------------------------------------------------------------
@@ -222,11 +171,11 @@ def onnx_session(path: str | Path, device: str = "cpu", threads: int | None = No
 
 # -- parity ----------------------------------------------------------------------------------
 @torch.no_grad()
-def batched_logits(fn: Callable[[Tensor], Tensor | np.ndarray], x: Tensor, batch_size: int) -> Tensor:
-    """``fn`` applied to ``x`` in batches, as one float32 CPU tensor."""
+def batched_logits(fn: Callable[[Tensor], Tensor | np.ndarray], data: Dataset, batch_size: int) -> Tensor:
+    """``fn`` applied to every input of ``data`` in batches, as one float32 CPU tensor."""
     outs = []
-    for i in range(0, x.shape[0], batch_size):
-        out = fn(x[i : i + batch_size])
+    for batch in data.batches(batch_size):
+        out = fn(batch["x"])
         outs.append(torch.as_tensor(np.asarray(out) if not isinstance(out, Tensor) else out).float().cpu())
     return torch.cat(outs)
 
@@ -249,9 +198,6 @@ def parity(reference: Tensor, exported: Tensor, labels: Tensor | None = None) ->
 
 
 def _test_set(run_dir: Path, record: dict[str, Any]):
-    from .config import load_config
-    from .engine.run import prepare_data
-
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise ConfigError(f"{run_dir} has no config.yaml, so its test set cannot be rebuilt for the parity check.")
@@ -303,7 +249,7 @@ def export_run(run_dir: str | Path, format: str = "onnx", out: str | Path | None
     if exporter not in EXPORTERS:
         raise ConfigError(f"Unknown ONNX exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}.")
     run_dir = Path(run_dir)
-    model, record = load_saved_model(run_dir, "student")
+    model, record = load_saved(run_dir, "student")
     if format == "onnx":
         _require("onnxruntime", "Checking an ONNX export")
         _require("onnx", "ONNX export")
@@ -313,7 +259,7 @@ def export_run(run_dir: str | Path, format: str = "onnx", out: str | Path | None
     target = Path(out) if out is not None else run_dir / "export" / DEFAULT_NAMES[format]
     if format != "safetensors" and target.is_dir():
         target = target / DEFAULT_NAMES[format]
-    example = test.x[:2]
+    example = test.example(2)
     t0 = time.perf_counter()
     entry: dict[str, Any] = {"format": format, "path": str(target), "model": record["model"],
                              "input_shape": list(shape), "num_classes": record["num_classes"],
@@ -352,16 +298,16 @@ def export_run(run_dir: str | Path, format: str = "onnx", out: str | Path | None
         save_file(state_dict_tensors(model), str(tmp), metadata={"format": "pt", "kdistill_model": record["model"]})
         tmp.replace(target / "model.safetensors")
         atomic_write_json(target / "model.json", record)
-        runner, _ = load_saved_model(target, "exported student")
+        runner, _ = load_saved(target, "exported student")
         entry["runtime"] = f"torch {torch.__version__} (rebuilt from model.json)"
     entry["file_bytes"] = _size(target)
     entry["export_s"] = time.perf_counter() - t0
     with torch.no_grad():
-        ref = batched_logits(model, test.x, bs)
-        got = batched_logits(runner, test.x, bs)
+        ref = batched_logits(model, test, bs)
+        got = batched_logits(runner, test, bs)
     if got.shape != ref.shape:
         raise ShapeError(f"The exported model gives logits of shape {tuple(got.shape)}, PyTorch {tuple(ref.shape)}.")
-    entry["parity"] = {"dataset": cfg.data.name, "split": "test", "batch_size": bs, **parity(ref, got, test.y)}
+    entry["parity"] = {"dataset": cfg.data.name, "split": "test", "batch_size": bs, **parity(ref, got, test.labels())}
     entry["threshold"] = MIN_AGREEMENT
     agreement = entry["parity"]["top1_agreement"]
     entry["passed"] = bool(agreement >= MIN_AGREEMENT and np.isfinite(entry["parity"]["max_abs_diff"]))

@@ -56,15 +56,17 @@ def classification_metrics(logits: Tensor, labels: Tensor, teacher_logits: Tenso
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module | callable, x: Tensor, batch_size: int = 1024, device=None) -> Tensor:
-    """Logits for every row of ``x``, in eval mode, batched."""
+def predict_logits(model: nn.Module | callable, x, batch_size: int = 1024, device=None) -> Tensor:
+    """Logits for every sample of ``x`` (a tensor of inputs, or a dataset: anything with
+    ``batches(batch_size)``, read in dataset order), in eval mode, batched."""
     was = getattr(model, "training", False)
     if isinstance(model, nn.Module):
         model.eval()
         device = device or next(iter(model.parameters()), torch.empty(0)).device
     outs = []
-    for i in range(0, x.shape[0], batch_size):
-        xb = x[i : i + batch_size]
+    inputs = (b["x"] for b in x.batches(batch_size)) if hasattr(x, "batches") else (
+        x[i : i + batch_size] for i in range(0, x.shape[0], batch_size))
+    for xb in inputs:
         if device is not None:
             xb = xb.to(device)
         outs.append(model(xb).float().cpu())

@@ -99,9 +99,9 @@ def predict(source: str | Path, input_npz: str | Path, out_npz: str | Path, batc
         run = lambda xb: np.asarray(session.run(None, {inp.name: xb})[0], dtype=np.float32)
         backend = "onnxruntime"
     else:
-        from .export import load_saved_model
+        from .runs import load_saved
 
-        model, record = load_saved_model(source, "model")
+        model, record = load_saved(source, "model")
         check_shape(x, tuple(record["input_shape"]), f"the saved {record['model']!r}")
         x = x.astype(np.float32, copy=False)
 

@@ -40,63 +40,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import CheckpointError
+from .measure import count_params, latency_ms, param_bytes, summarize_times  # noqa: F401  (re-exported)
+from .runs import load_saved, rebuild
+
 # Defaults: batch 1 is on-line serving, 64 a typical scoring batch; 10 warm-up passes let
 # allocators and ONNX Runtime's arena settle, 50 timed passes keep p95 meaningful.
 BATCH_SIZES = (1, 64)
 WARMUP = 10
 REPEATS = 50
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def param_bytes(model: nn.Module) -> int:
-    """Bytes of parameters and buffers as stored (what a safetensors file holds, minus header)."""
-    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
-
-
-def _summary(times: list[float]) -> tuple[float, float]:
-    times = sorted(times)
-    p50 = times[len(times) // 2]
-    p95 = times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))]
-    return p50, p95
-
-
-@torch.no_grad()
-def latency_ms(
-    model: nn.Module,
-    input_shape: tuple[int, ...],
-    batch_size: int = 1,
-    repeats: int = 50,
-    warmup: int = 10,
-    device: str | torch.device = "cpu",
-) -> dict[str, float]:
-    """Median and p95 forward latency in milliseconds for one batch, after warm-up."""
-    was = model.training
-    model.eval()
-    x = torch.randn((batch_size, *input_shape), device=device)
-    cuda = torch.device(device).type == "cuda"
-    for _ in range(warmup):
-        model(x)
-    times = []
-    for _ in range(repeats):
-        if cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        model(x)
-        if cuda:
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - t0) * 1e3)
-    model.train(was)
-    p50, p95 = _summary(times)
-    return {
-        "p50": p50,
-        "p95": p95,
-        "batch_size": batch_size,
-        "repeats": repeats,
-        "threads": torch.get_num_threads(),
-    }
 
 
 def ort_latency_ms(
@@ -118,7 +70,7 @@ def ort_latency_ms(
         t0 = time.perf_counter()
         session.run(None, {name: x})
         times.append((time.perf_counter() - t0) * 1e3)
-    p50, p95 = _summary(times)
+    p50, p95 = summarize_times(times)
     opts = session.get_session_options()
     return {
         "p50": p50,
@@ -288,14 +240,9 @@ def _threads(n: int | None) -> Iterator[None]:
 
 def _teacher_sources(run_dir: Path) -> list[tuple[str, nn.Module, int]]:
     """``(name, model, file_bytes)`` of each teacher member the run folder can rebuild."""
-    from .engine.checkpoint import load_into, load_weights
-    from .errors import CheckpointError
-    from .export import load_saved_model
-    from .models import create_model
-
     sub = run_dir / "teacher"
     if (sub / "model.json").is_file() and (sub / "model.safetensors").is_file():
-        model, rec = load_saved_model(sub, what="teacher")
+        model, rec = load_saved(sub, what="teacher")
         return [(f"teacher {rec['model']}", model, (sub / "model.safetensors").stat().st_size)]
     try:
         record = json.loads((run_dir / "results.json").read_text()).get("teacher") or {}
@@ -315,8 +262,7 @@ def _teacher_sources(run_dir: Path) -> list[tuple[str, nn.Module, int]]:
                 f"The teacher checkpoint {ckpt!r} named in {run_dir / 'results.json'} is missing; "
                 "put it back or profile the student alone with --no-teacher."
             )
-        model = create_model(rec["model"], rec["num_classes"], tuple(rec["input_shape"]), **rec.get("kwargs", {}))
-        load_into(model, load_weights(path), "teacher")
+        model = rebuild(rec, path, "teacher")
         size = path.stat().st_size if path.suffix == ".safetensors" else safetensors_bytes(model)
         label = f"teacher {rec['model']}" if len(members) == 1 else f"teacher member {i} {rec['model']}"
         found.append((label, model, size))
@@ -366,9 +312,7 @@ def profile_run(
 
 def _profile_run(run_dir: Path, batch_sizes, repeats, warmup, onnx, teacher, write) -> dict[str, Any]:
     from .engine.checkpoint import atomic_write_json
-    from .export import load_saved_model
-
-    student, record = load_saved_model(run_dir, what="student")
+    student, record = load_saved(run_dir, what="student")
     shape = tuple(record["input_shape"])
     kw = dict(batch_sizes=batch_sizes, repeats=repeats, warmup=warmup, onnx=onnx)
     result: dict[str, Any] = {

@@ -118,8 +118,14 @@ class ArrayDataset:
             replace(self, x=self.x[out], y=self.y[out], name=f"{self.name}-val"),
         )
 
-    def unlabeled(self) -> ArrayDataset:
-        return replace(self, y=torch.full_like(self.y, UNLABELED))
+    def select(self, index: Tensor) -> ArrayDataset:
+        """The samples at ``index`` (in that order), as a dataset of their own."""
+        index = torch.as_tensor(index, dtype=torch.int64)
+        return replace(self, x=self.x[index], y=self.y[index])
+
+    def relabel(self, lut: Tensor, num_classes: int) -> ArrayDataset:
+        """Every label ``c`` replaced by ``lut[c]``, in a label space of ``num_classes``."""
+        return replace(self, y=torch.as_tensor(lut, dtype=torch.int64)[self.y], num_classes=num_classes)
 
     def concat(self, other: ArrayDataset) -> ArrayDataset:
         if other.input_shape != self.input_shape:

@@ -85,6 +85,16 @@ class Dataset(Protocol):
         """Every sample once, in dataset order, without augmentation (evaluation, caching)."""
         ...
 
+    def select(self, index: Tensor) -> Dataset:
+        """The samples at ``index`` (int64, in that order) as a dataset of their own
+        (a specialist's training subset)."""
+        ...
+
+    def relabel(self, lut: Tensor, num_classes: int) -> Dataset:
+        """The same samples with every label ``c`` replaced by ``lut[c]`` (int64), in a
+        label space of ``num_classes`` classes."""
+        ...
+
     def loader(self, batch_size: int, *, shuffle: bool = True, seed: int = 0,
                device: torch.device | str = "cpu", drop_last: bool = False, augment: Any = None,
                rank: int = 0, world: int = 1, views: Any = None) -> Loader:

@@ -5,7 +5,8 @@ student): a :class:`~kdistill.methods.Distiller` whose ``forward(batch)`` return
 weighted loss and its parts. The trainer sums nothing itself: it steps, schedules the
 learning rate, evaluates, logs ``metrics.jsonl`` and checkpoints.
 
-Exact resume: batches come from a :class:`~kdistill.data.DeviceLoader` whose order and
+Exact resume: batches come from the training set's loader (``train_data.loader``; the
+device-resident :class:`~kdistill.data.DeviceLoader` for arrays), whose order and
 augmentation are a function of ``(seed, epoch)``, the learning rate is a function of the
 step, and checkpoints hold the optimizer and RNG states; so a run stopped at any optimizer
 step and resumed ends with the same weights as one that never stopped (bit-identical on
@@ -26,21 +27,15 @@ import torch
 from torch import Tensor
 
 from .. import distributed
-from ..bench import peak_memory_bytes
 from ..cache import stored_views
 from ..config import TrainConfig
-from ..data import ArrayDataset, Augment, DeviceLoader
+from ..data import Augment, Dataset, Loader
+from ..devices import peak_memory_bytes, resolve_device
 from ..errors import ConfigError, Interrupted, NonFiniteError
 from ..methods import Distiller
 from ..metrics import classification_metrics, predict_logits
 from . import sharding
 from .checkpoint import checkpoint_path, find_checkpoint, load_into, load_train_state, save_checkpoint
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 _ACCELERATORS: dict[tuple, Any] = {}
@@ -120,8 +115,8 @@ class Trainer:
     def __init__(
         self,
         distiller: Distiller,
-        train_data: ArrayDataset,
-        eval_sets: dict[str, ArrayDataset],
+        train_data: Dataset,
+        eval_sets: dict[str, Dataset],
         cfg: TrainConfig,
         run_dir: str | Path,
         batch_size: int = 128,
@@ -153,13 +148,13 @@ class Trainer:
         self._loader_args = dict(
             shuffle=True, seed=cfg.seed, device=self.device, augment=augment if views is None else None, views=views)
         self.train_data, self.batch_size = train_data, batch_size
-        self.loader = DeviceLoader(
-            train_data, batch_size, rank=self.accelerator.process_index, world=self.accelerator.num_processes,
+        self.loader = train_data.loader(  # the dataset chooses its loader (device-resident for arrays)
+            batch_size, rank=self.accelerator.process_index, world=self.accelerator.num_processes,
             **self._loader_args,
         )
         cl = cfg.channels_last
         # auto: NHWC for image batches on every device (oneDNN's CPU convolutions gain too)
-        self.channels_last = cl if isinstance(cl, bool) else train_data.x.dim() == 4
+        self.channels_last = cl if isinstance(cl, bool) else len(train_data.input_shape) == 3
         self.select_on = "val" if "val" in eval_sets else "test"
         self._stop_signal: int | None = None
         self.skipped_steps = 0
@@ -177,14 +172,14 @@ class Trainer:
             pass
         return saved
 
-    def stage_loader(self) -> DeviceLoader:
+    def stage_loader(self) -> Loader:
         """Batches for first stages: with several processes, every process reads the whole
         training set at the global batch size (the one-process batches), so all of them
         make the same updates without any gradient exchange."""
         world = self.accelerator.num_processes
         if world == 1:
             return self.loader
-        return DeviceLoader(self.train_data, self.batch_size * world, **self._loader_args)
+        return self.train_data.loader(self.batch_size * world, **self._loader_args)
 
     # -- evaluation ----------------------------------------------------------------------
     def evaluate(self) -> dict[str, dict[str, float]]:
@@ -200,8 +195,8 @@ class Trainer:
         out = {}
         for name, ds in self.eval_sets.items():
             # fp32, not autocast: reported metrics must not depend on the training precision
-            logits = predict_logits(student, ds.x, self.eval_batch_size, self.device)
-            out[name] = classification_metrics(logits, ds.y, self.teacher_logits.get(name))
+            logits = predict_logits(student, ds, self.eval_batch_size, self.device)
+            out[name] = classification_metrics(logits, ds.labels(), self.teacher_logits.get(name))
         if self.fsdp:
             sharding.reshard(model)
         return out

@@ -211,18 +211,19 @@ def _calibration(records: list[RunRecord], out: Path, log: Callable[[str], None]
             if key not in data_cache:
                 data_cache[key] = recompute.test_data(r)
             test = data_cache[key]
+            labels = test.labels()
             if not teacher_done and r.teacher.get("model"):
                 try:
-                    t_logits = recompute.logits_of(recompute.teacher_model(r), test.x)
-                    rel.append(plots.reliability_bins(t_logits, test.y, f"teacher {r.teacher.get('model')}"))
-                    pcs.append((rel[-1].label, plots.per_class_accuracy(t_logits, test.y, test.num_classes)))
+                    t_logits = recompute.logits_of(recompute.teacher_model(r), test)
+                    rel.append(plots.reliability_bins(t_logits, labels, f"teacher {r.teacher.get('model')}"))
+                    pcs.append((rel[-1].label, plots.per_class_accuracy(t_logits, labels, test.num_classes)))
                     teacher_done = True
                 except recompute.RecomputeError as e:
                     problems.append(str(e))
-            s_logits = recompute.logits_of(recompute.student_model(r), test.x)
+            s_logits = recompute.logits_of(recompute.student_model(r), test)
             label = f"{r.group} s{r.seed}" if len(records) > 1 else f"student {r.results['student'].get('model')}"
-            rel.append(plots.reliability_bins(s_logits, test.y, label))
-            pcs.append((label, plots.per_class_accuracy(s_logits, test.y, test.num_classes)))
+            rel.append(plots.reliability_bins(s_logits, labels, label))
+            pcs.append((label, plots.per_class_accuracy(s_logits, labels, test.num_classes)))
         except recompute.RecomputeError as e:
             problems.append(str(e))
     for p in problems:

@@ -16,7 +16,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..config import validate_config
+from ..data import Dataset
 from ..errors import KdistillError
+from ..metrics import predict_logits
+from ..runs import prepare_data, rebuild
+from ..runs.experiment import cpu_latency
 from .tables import RunRecord
 
 
@@ -26,22 +31,12 @@ class RecomputeError(Exception):
 
 def build_saved_model(record: dict[str, Any], weights: Path) -> nn.Module:
     """A zoo model from its ``model.json``-style record, with weights loaded (no pickle)."""
-    from ..engine.checkpoint import load_into, load_weights
-    from ..models import create_model
-
+    if not all(k in record for k in ("model", "num_classes", "input_shape")):
+        raise RecomputeError("model record incomplete (it lacks model, num_classes or input_shape)")
     try:
-        model = create_model(
-            record["model"],
-            int(record["num_classes"]),
-            tuple(record["input_shape"]),
-            **(record.get("kwargs") or {}),
-        )
-        load_into(model, load_weights(weights), record["model"])
-    except (KeyError, TypeError) as e:
-        raise RecomputeError(f"model record incomplete ({e})") from None
+        return rebuild(record, weights, record["model"])
     except KdistillError as e:
         raise RecomputeError(str(e)) from None
-    return model.eval()
 
 
 def student_model(run: RunRecord) -> nn.Module:
@@ -84,9 +79,6 @@ def teacher_model(run: RunRecord) -> nn.Module:
 
 def test_data(run: RunRecord):
     """The run's test set, regenerated from its config and checked against its fingerprint."""
-    from ..config import validate_config
-    from ..engine.run import prepare_data
-
     try:
         cfg = validate_config(run.config)
         data = prepare_data(cfg)
@@ -99,14 +91,11 @@ def test_data(run: RunRecord):
 
 
 @torch.no_grad()
-def logits_of(model: nn.Module, x: Tensor, batch_size: int = 1024) -> Tensor:
-    from ..metrics import predict_logits
-
-    return predict_logits(model, x, batch_size, torch.device("cpu"))
+def logits_of(model: nn.Module, data: Dataset, batch_size: int = 1024) -> Tensor:
+    """The model's logits for every sample of ``data``, on the CPU."""
+    return predict_logits(model, data, batch_size, torch.device("cpu"))
 
 
 def measure_latency(model: nn.Module, input_shape) -> dict[str, Any]:
-    """Median CPU latency at batch size 1, with the settings ``engine.run`` uses for students."""
-    from ..profile import latency_ms
-
-    return latency_ms(model.to("cpu"), tuple(input_shape), batch_size=1, repeats=30, warmup=5)
+    """Median CPU latency at batch size 1, with the settings ``kdistill.runs`` uses for students."""
+    return cpu_latency(model, input_shape)

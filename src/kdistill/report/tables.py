@@ -26,8 +26,8 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
+from ..runs.grid import SCRATCH
 
-SCRATCH = "scratch"
 TEACHER = "teacher"
 _CELL = re.compile(r"^(?P<group>.+)-s(?P<seed>-?\d+)$")
 

@@ -13,9 +13,9 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ModelConfig, RunConfig, TeacherConfig, TrainConfig, validate_config
-from ..data import ArrayDataset, Augment, DataSplits
+from ..data import Augment, Dataset, DataSplits
 from ..engine.checkpoint import state_dict_tensors
-from ..engine.run import (
+from ..runs import (
     build_model,
     model_record,
     prepare_data,
@@ -142,7 +142,7 @@ class SchemeContext:
         distiller: Distiller,
         name: str,
         train: TrainConfig | None = None,
-        train_data: ArrayDataset | None = None,
+        train_data: Dataset | None = None,
         eval_sets: dict | None = None,
     ) -> dict[str, Any]:
         """Train a scheme's own distiller (peer group, branches, exits) in ``run_dir/name``."""
@@ -172,11 +172,11 @@ class SchemeContext:
         for split, ds in self.eval_sets().items():
             logits = predict_logits(
                 model,
-                ds.x,
+                ds,
                 self.cfg.data.eval_batch_size,
                 None if isinstance(model, nn.Module) else torch.device("cpu"),
             )
-            out[split] = classification_metrics(logits, ds.y, (teacher_logits or {}).get(split))
+            out[split] = classification_metrics(logits, ds.labels(), (teacher_logits or {}).get(split))
         return out
 
     def save_model_folder(

@@ -11,7 +11,6 @@ top-level ``results.json`` that reports every stage.
 
 from __future__ import annotations
 
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
@@ -20,9 +19,8 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .._registry import Registry
-from ..config import ModelConfig, RunConfig, dump_config
-from ..engine.checkpoint import atomic_write_text
-from ..engine.run import is_main_process, write_json
+from ..config import ModelConfig, RunConfig
+from ..runs import open_run_dir, write_json
 from ..errors import ConfigError, did_you_mean
 from ._common import SchemeContext
 
@@ -119,23 +117,7 @@ def run_scheme(
             f"Known schemes: {', '.join(SCHEMES.names())}."
         )
     settings = parse_settings(name, raw)
-    if run_dir is None:
-        stem = (
-            cfg.output.name
-            or f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-{cfg.student.model.replace(':', '_')}"
-        )
-        run_dir = Path(cfg.output.dir) / stem
-    run_dir = Path(run_dir)
-    if (run_dir / "results.json").exists() and not resume:
-        raise ConfigError(
-            f"Run folder {run_dir} already holds a finished run; pick another output.name or pass --resume."
-        )
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if is_main_process():
-            atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-    except OSError as e:
-        raise ConfigError(f"Cannot write to the run folder {run_dir}: {e.strerror or e}.") from None
+    run_dir = open_run_dir(cfg, run_dir, resume, name)
     ctx = SchemeContext(cfg, run_dir, resume, log, trust)
     result = SCHEMES.get(name)().run(ctx, settings)
     result = {"name": run_dir.name, "scheme": name, "settings": settings.model_dump(mode="json"), **result}

@@ -18,7 +18,7 @@ from typing import Annotated
 from pydantic import Field
 
 from ..config import TeacherConfig
-from ..engine.run import build_model
+from ..runs import build_model
 from ._common import ModelSpec, SchemeContext, as_model, deployable, evaluate_ensemble, model_path, summary
 from ._registry import Scheme, SchemeConfig, register_scheme
 

@@ -23,7 +23,6 @@ network (loadable as ``create_model(name)``).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -34,12 +33,13 @@ from torch import Tensor, nn
 
 from ..data import DataSplits
 from ..engine.checkpoint import load_into, load_weights
-from ..engine.run import build_model, model_record, save_model, write_json
+from ..runs import build_model, model_record, save_model, write_json
+from ..runs.saved import model_from_record, read_model_record
 from ..errors import ConfigError
 from ..losses import hard_label_ce, kl_to_targets
 from ..methods import Distiller
 from ..methods._base import Context, Method
-from ..models import create_model, default_taps
+from ..models import default_taps
 from ..taps import FeatureTaps, resolve, split_tap
 from ._common import ModelSpec, SchemeContext, as_model
 from ._registry import Scheme, SchemeConfig, register_scheme
@@ -208,9 +208,9 @@ class ExitModel(nn.Module):
 def load_exit(folder: str | Path, trust: bool = False) -> nn.Module:
     """Rebuild an exported exit from its folder (``model.json`` + ``model.safetensors``)."""
     folder = Path(folder)
-    meta = json.loads((folder / "model.json").read_text())
+    meta = read_model_record(folder, "BYOT exit")
     shape, k = tuple(meta["input_shape"]), meta["num_classes"]
-    base = create_model(meta["model"], k, shape, **meta["kwargs"])
+    base = model_from_record(meta)
     if meta.get("exit_tap") is None:
         model = base
     else:
@@ -256,7 +256,7 @@ class BYOT(Scheme):
                 f"BYOT needs shallow stages to put exits on: {spec.model} declares none; "
                 "set scheme.stages (and scheme.deep) to tap specs."
             )
-        net = SelfDistillNet(base, taps, deep, ctx.data.num_classes, ctx.data.train.x[:2])
+        net = SelfDistillNet(base, taps, deep, ctx.data.num_classes, ctx.data.train.example(2))
         fit = ctx.fit(Distiller(net, None, [(1.0, ByotLoss(net, s.alpha, s.lam, s.temperature))]), "network")
         net.cpu()  # exits share the base: evaluate and save them all on one device
         out_stages, exits = {}, []

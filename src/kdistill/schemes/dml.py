@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import Tensor, nn
 
-from ..engine.run import build_model
+from ..runs import build_model
 from ..errors import ConfigError
 from ..losses import hard_label_ce
 from ..methods import Distiller
@@ -132,7 +132,7 @@ class DML(Scheme):
         saved = save_members(ctx, [(f"peer{i}-{safe_name(spec.model)}", peer, spec)
                                    for i, (spec, peer) in enumerate(zip(specs, group.peers, strict=True))], stages)
         dep = saved[s.deploy]
-        from ..engine.run import save_model
+        from ..runs import save_model
 
         save_model(ctx.run_dir, group.peers[s.deploy].cpu(), dep["student"])
         return {

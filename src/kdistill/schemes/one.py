@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from ..engine.run import build_model, save_model
+from ..runs import build_model, save_model
 from ..errors import ConfigError
 from ..losses import hard_label_ce, kl_to_targets
 from ..methods import Distiller
@@ -215,7 +215,7 @@ class ONE(Scheme):
         )
         probe = factory()
         split = s.split or default_split(probe)
-        net = MultiBranch(factory, s.branches, split, ctx.data.train.x[:2])
+        net = MultiBranch(factory, s.branches, split, ctx.data.train.example(2))
         fit = ctx.fit(Distiller(net, None, [(1.0, OneLoss(net, s.temperature))]), "group")
         net.cpu()  # branches share layers: evaluate and save them all on one device
         stages = {

@@ -25,7 +25,6 @@ The generalist's classifier must be a final ``nn.Linear`` (the zoo's models are)
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from typing import Annotated
 
 import torch
@@ -34,8 +33,8 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from ..config import TrainConfig
-from ..data import ArrayDataset
-from ..engine.run import build_model, model_record, save_model, write_json
+from ..data import Dataset
+from ..runs import build_model, model_record, save_model, write_json
 from ..errors import ConfigError
 from ..methods import create
 from ..metrics import accuracy, predict_logits
@@ -160,11 +159,11 @@ def make_specialist(generalist: nn.Module, classes: list[int]) -> nn.Module:
     return model
 
 
-def remap(ds: ArrayDataset, classes: list[int]) -> ArrayDataset:
+def remap(ds: Dataset, classes: list[int]) -> Dataset:
     """Labels of ``classes`` become 0..|S|-1, every other label the dustbin |S|."""
     lut = torch.full((ds.num_classes,), len(classes), dtype=torch.long)
     lut[classes] = torch.arange(len(classes))
-    return replace(ds, y=lut[ds.y], num_classes=len(classes) + 1)
+    return ds.relabel(lut, len(classes) + 1)
 
 
 @register_scheme("specialists")
@@ -213,7 +212,7 @@ class Specialists(Scheme):
         generalist = build_model(spec.model, spec.kwargs, data, spec.checkpoint, ctx.trust, "generalist")
         classifier_path(generalist)
         bs = cfg.data.eval_batch_size
-        train_probs = predict_logits(generalist, data.train.x, bs).softmax(-1)
+        train_probs = predict_logits(generalist, data.train, bs).softmax(-1)
         clusters = confusion_clusters(train_probs, s.clusters, cfg.train.seed)
         subsets = [c for c in clusters if len(c) >= s.min_classes and len(c) < data.num_classes]
         ctx.log(f"Class clusters: {clusters}; specialists for {subsets}")
@@ -225,12 +224,12 @@ class Specialists(Scheme):
         for m, classes in enumerate(subsets):
             name = f"specialist{m}"
             model = make_specialist(generalist, classes)
-            mask = torch.isin(data.train.y, torch.tensor(classes))
+            mask = torch.isin(data.train.labels(), torch.tensor(classes))
             inside, others = mask.nonzero().flatten(), (~mask).nonzero().flatten()
             want = int(round(len(inside) * s.other_fraction / (1 - s.other_fraction)))
             used = others[torch.randperm(len(others), generator=g)[: min(want, len(others))]]
             idx = torch.cat([inside, used]).sort().values
-            train = remap(replace(data.train, x=data.train.x[idx], y=data.train.y[idx]), classes)
+            train = remap(data.train.select(idx), classes)
             evals = {k: remap(v, classes) for k, v in ctx.eval_sets().items()}
             fit = ctx.fit(create("ce", model), name, tcfg, train, evals)
             if len(used) and len(used) < len(others):
@@ -250,8 +249,9 @@ class Specialists(Scheme):
         covered = sorted({c for sub in subsets for c in sub})
         combined = {}
         for split, ds in ctx.eval_sets().items():
-            gl = predict_logits(generalist, ds.x, bs)
-            sl = [predict_logits(sp, ds.x, bs) for sp in specialists]
+            y = ds.labels()
+            gl = predict_logits(generalist, ds, bs)
+            sl = [predict_logits(sp, ds, bs) for sp in specialists]
             q = (
                 torch.cat(
                     [
@@ -265,16 +265,16 @@ class Specialists(Scheme):
                 else gl
             )
             on = (
-                torch.isin(ds.y, torch.tensor(covered, dtype=torch.long))
+                torch.isin(y, torch.tensor(covered, dtype=torch.long))
                 if covered
-                else torch.zeros_like(ds.y, dtype=torch.bool)
+                else torch.zeros_like(y, dtype=torch.bool)
             )
             combined[split] = {
-                "generalist_acc": accuracy(gl, ds.y),
-                "combined_acc": accuracy(q, ds.y),
+                "generalist_acc": accuracy(gl, y),
+                "combined_acc": accuracy(q, y),
                 "covered_samples": int(on.sum()),
-                "generalist_acc_covered": accuracy(gl[on], ds.y[on]) if on.any() else None,
-                "combined_acc_covered": accuracy(q[on], ds.y[on]) if on.any() else None,
+                "generalist_acc_covered": accuracy(gl[on], y[on]) if on.any() else None,
+                "combined_acc_covered": accuracy(q[on], y[on]) if on.any() else None,
             }
         write_json(
             ctx.run_dir / "combined" / "results.json",

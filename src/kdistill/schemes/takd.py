@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import field_validator
 
 from ..config import ModelConfig, RunConfig, TeacherConfig
-from ..engine.run import write_json
+from ..runs import write_json
 from ..errors import ConfigError
 from ._common import ModelSpec, SchemeContext, as_model, deployable, model_path, safe_name, summary
 from ._registry import Scheme, SchemeConfig, register_scheme
@@ -52,7 +52,7 @@ def run_chain(ctx: SchemeContext, chain: list[ModelConfig], prefix: str = "") ->
 
 def _given(ctx: SchemeContext, name: str, spec: ModelConfig) -> dict[str, Any]:
     """A chain head with a checkpoint: evaluated, copied into its stage folder."""
-    from ..engine.run import build_model
+    from ..runs import build_model
 
     done = ctx.finished(name)
     if done is not None:
@@ -151,7 +151,7 @@ def run_study(
 
 
 def _params(ctx: SchemeContext, spec: ModelConfig) -> int:
-    from ..engine.run import build_model
+    from ..runs import build_model
     from ..profile import count_params
 
     return count_params(build_model(spec.model, spec.kwargs, ctx.data, None, ctx.trust, "assistant"))

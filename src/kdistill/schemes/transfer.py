@@ -35,7 +35,7 @@ from torch import Tensor
 
 from ..config import TeacherConfig
 from ..engine.checkpoint import atomic_write_bytes
-from ..engine.run import is_main_process, sync_processes
+from ..runs import is_main_process, sync_processes
 from ..errors import ConfigError
 from ._common import SchemeContext, deployable, model_path, summary
 from ._registry import Scheme, SchemeConfig, register_scheme
@@ -124,7 +124,8 @@ class TransferSet(Scheme):
             stages["teacher"] = summary(res)
         teacher = TeacherConfig(**teacher.model_dump())
 
-        x = ctx.data.train.x
+        train = ctx.data.train
+        x = train.take(torch.arange(len(train)))["x"]  # MUNGE and noise read every input
         size = st.size or 4 * x.shape[0]
         if st.generator == "dataset":
             if cfg.data.transfer is None:

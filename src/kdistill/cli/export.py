@@ -1,0 +1,103 @@
+"""`kdistill export`, `kdistill profile` and `kdistill predict`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from ..config import parse_ints
+from ..errors import ConfigError
+from .app import app, console
+
+
+
+@app.command("export")
+def export_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run folder.")],
+    format: Annotated[str, typer.Option("--format", "-f", help="onnx, torchscript or safetensors.")] = "onnx",
+    out: Annotated[Optional[Path], typer.Option(help="Output file (folder for safetensors); default RUN_DIR/export/.")] = None,
+    exporter: Annotated[str, typer.Option(help="ONNX exporter: auto (torch.export, then legacy), dynamo or legacy.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the export.json entry.")] = False,
+) -> None:
+    """Export the run's student and check it against PyTorch on the test set (writes export.json)."""
+    from ..export import export_run
+
+    entry = export_run(run_dir, format=format, out=out, exporter=exporter)
+    if as_json:
+        print(json.dumps(entry, indent=2))
+        return
+    p = entry["parity"]
+    table = Table(title=f"export {entry['format']} of {run_dir}")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    rows = [
+        ("file", entry["path"]),
+        ("bytes", f"{entry['file_bytes']:,}"),
+        ("runtime", entry["runtime"]),
+        *([("exporter", f"{entry['exporter']} (opset {entry.get('opset')})")] if "exporter" in entry else []),
+        (f"max |logit diff| ({p['samples']} test samples)", f"{p['max_abs_diff']:.3g}"),
+        ("top-1 agreement", f"{p['top1_agreement']:.4%}"),
+    ]
+    for k, v in rows:
+        table.add_row(k, str(v))
+    console.print(table)
+
+@app.command("profile")
+def profile_cmd(
+    run_dir: Annotated[Optional[Path], typer.Argument(help="A finished run folder (or use --model).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Profile a zoo model alone, freshly initialised.")] = None,
+    input_shape: Annotated[Optional[str], typer.Option(help="With --model: one sample's shape, e.g. 1,28,28.")] = None,
+    num_classes: Annotated[int, typer.Option(help="With --model: number of classes.")] = 10,
+    kwargs: Annotated[Optional[str], typer.Option(help='With --model: factory arguments as JSON, e.g. \'{"hidden": [64]}\'.')] = None,
+    batch_sizes: Annotated[str, typer.Option(help="Batch sizes to time.")] = "1,64",
+    repeats: Annotated[int, typer.Option(min=1, help="Timed passes per measurement.")] = 50,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed passes first.")] = 10,
+    onnx: Annotated[bool, typer.Option("--onnx/--no-onnx", help="Also time ONNX Runtime (needs the export extra).")] = True,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="Intra-op threads for PyTorch and ONNX Runtime (default: PyTorch's).")] = None,
+    teacher: Annotated[bool, typer.Option("--teacher/--no-teacher", help="Profile the run's teacher beside the student.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Params, bytes, FLOPs and latency of a run's student and teacher (writes profile.json), or of one model."""
+    from ..profile import profile_run, profile_table, profile_zoo_model
+
+    sizes = parse_ints(batch_sizes, "--batch-sizes")
+    if (run_dir is None) == (model is None):
+        raise ConfigError("Give either a run folder or --model NAME (with --input-shape), not both or neither.")
+    if model is not None:
+        if input_shape is None:
+            raise ConfigError("--model needs --input-shape, e.g. --input-shape 1,28,28 (channels first).")
+        try:
+            kw = json.loads(kwargs) if kwargs else {}
+        except ValueError:
+            raise ConfigError(f"--kwargs must be a JSON object, got {kwargs!r}.") from None
+        if not isinstance(kw, dict):
+            raise ConfigError(f"--kwargs must be a JSON object, got {kwargs!r}.")
+        result = profile_zoo_model(model, parse_ints(input_shape, "--input-shape"), num_classes, kw,
+                                   sizes, repeats, warmup, onnx, threads)
+    else:
+        result = profile_run(run_dir, sizes, repeats, warmup, onnx=onnx, teacher=teacher, threads=threads)
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+        return
+    console.print(profile_table(result))
+    console.print(f"ONNX Runtime: {result['student']['onnx']}", highlight=False)
+    if run_dir is not None:
+        console.print(f"Wrote {Path(run_dir) / 'profile.json'}", highlight=False)
+
+@app.command("predict")
+def predict_cmd(
+    source: Annotated[Path, typer.Argument(help="A run folder or an exported .onnx file.")],
+    inputs: Annotated[Path, typer.Argument(help=".npz with array 'x' of shape (N, *input_shape).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output .npz (logits, probs, pred).")] = Path("predictions.npz"),
+    batch_size: Annotated[int, typer.Option(min=1, help="Samples per forward pass.")] = 256,
+) -> None:
+    """Batch inference with the saved student: writes logits, probs and pred."""
+    from ..predict import predict
+
+    res = predict(source, inputs, out, batch_size=batch_size)
+    console.print(f"Predicted {res['samples']} samples ({res['num_classes']} classes, {res['backend']}) "
+                  f"-> {res['out']}", highlight=False)

@@ -1,0 +1,99 @@
+"""`kdistill demo`, `kdistill train`, `kdistill eval` and the lists of registered names."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from .app import SetOpt, app, console, list_app, log, print_names
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the demo's run folder.")] = Path("runs"),
+    epochs: Annotated[Optional[int], typer.Option(help="Override the student epochs (quick look).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of every model's initialisation and data order.")] = 0,
+) -> None:
+    """Distil a CNN into an MLP on MNIST-1D (generated locally): scratch vs KD vs KD + transfer set."""
+    from ..demo import print_demo_table, run_demo
+
+    result = run_demo(out, epochs=epochs, seed=seed, log=log)
+    print_demo_table(result, console)
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="YAML config (sections data, teacher, student, method, train, output).")],
+    set_: SetOpt = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in the output folder from its last checkpoint.")] = False,
+    run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="Exact run folder (default: output.dir/output.name).")] = None,
+    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help="Allow loading checkpoints that need pickle (runs code from the file).")] = False,
+) -> None:
+    """Train one run (the teacher first, if it has no checkpoint)."""
+    from ..config import load_config
+    from ..runs import run_experiment
+
+    cfg = load_config(config, set_ or [])
+    if cfg.scheme:
+        from ..schemes import run_scheme
+
+        result = run_scheme(cfg, run_dir=run_dir, resume=resume, log=log, trust=trust_checkpoint)
+    else:
+        result = run_experiment(cfg, run_dir=run_dir, resume=resume, log=log, trust=trust_checkpoint)
+    print_run_summary(result)
+
+
+def print_run_summary(result: dict) -> None:
+    table = Table(title=f"run {result.get('name', '')}")
+    for col in ("model", "params", "test acc (last)", "test acc (best)", "agreement", "ECE"):
+        table.add_column(col)
+    t = result.get("teacher") or {}
+    if t.get("metrics"):
+        m = t["metrics"]["test"]
+        table.add_row(f"teacher {t.get('model', '')}", f"{t.get('params', '')}", f"{m['acc']:.4f}", "", "", f"{m['ece']:.4f}")
+    s = result.get("student", {})
+    fin = result.get("final", {}).get("test", {})
+    best = result.get("best", {}).get("test", {})
+    if fin:
+        table.add_row(f"student {s.get('model', '')}", f"{s.get('params', '')}", f"{fin['acc']:.4f}",
+                      f"{best.get('acc', float('nan')):.4f}", f"{fin.get('agreement', float('nan')):.4f}", f"{fin['ece']:.4f}")
+    console.print(table)
+    if "run_dir" in result:
+        console.print(f"Run folder: {result['run_dir']}")
+
+
+@app.command("eval")
+def eval_(run_dir: Annotated[Path, typer.Argument(help="A finished run folder.")]) -> None:
+    """Re-evaluate a saved run's student (and teacher) on its test set."""
+    from ..evaluate import evaluate_run
+
+    out = evaluate_run(run_dir)
+    console.print_json(json.dumps(out))
+
+
+@list_app.command("methods")
+def list_methods(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Distillation methods (loss terms)."""
+    from ..methods import METHODS
+
+    print_names("methods", METHODS.names(), as_json)
+
+
+@list_app.command("models")
+def list_models(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Models of the zoo."""
+    from ..models import MODELS
+
+    print_names("models", MODELS.names(), as_json)
+
+
+@list_app.command("datasets")
+def list_datasets(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Datasets."""
+    from ..data import DATASETS
+
+    print_names("datasets", DATASETS.names(), as_json)
