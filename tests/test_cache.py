@@ -11,13 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdistill.cache import cache_teacher, read_meta
+from kdistill.cache import CachedTeacher, TopKTeacherOutput, cache_teacher, read_meta
 from kdistill.data import Augment, DeviceLoader, load_dataset
 from kdistill.errors import ConfigError, DataError
 from kdistill.losses import kl_to_targets
 from kdistill.methods import create
 from kdistill.models import create_model
-from kdistill.cache import CachedTeacher, TopKTeacherOutput
 from kdistill.teachers import EnsembleTeacher, ModuleTeacher
 
 

@@ -12,13 +12,13 @@ from safetensors.torch import load_file
 
 from kdistill.cli import main
 from kdistill.config import validate_config
-from kdistill.runs import run_experiment
 from kdistill.errors import CheckpointError, ConfigError, DataError, KdistillError, ShapeError
 from kdistill.export import FORMATS, ParityError, export_run, parity
-from kdistill.runs import load_saved as load_saved_model
 from kdistill.methods import METHODS
 from kdistill.models import MODELS
 from kdistill.predict import predict
+from kdistill.runs import load_saved as load_saved_model
+from kdistill.runs import run_experiment
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

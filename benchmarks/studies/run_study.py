@@ -69,7 +69,7 @@ def hardware(device: str) -> str:
     """The GPU's name on CUDA, else the CPU model and core count from /proc/cpuinfo."""
     import torch
 
-    from kdistill.engine.trainer import resolve_device
+    from kdistill.devices import resolve_device
 
     if resolve_device(device).type == "cuda":
         return f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda}, torch {torch.__version__})"
@@ -218,7 +218,7 @@ def use_teacher_cache(raw: dict[str, Any], log) -> str | None:
     """
     import hashlib
 
-    from kdistill.cache import cache_from_config
+    from kdistill.runs import cache_from_config
 
     data = raw.get("data") or {}
     terms = raw["method"] if isinstance(raw.get("method"), list) else [raw.get("method") or {}]
@@ -491,7 +491,7 @@ def parse_scale(text: str) -> float | str:
 
 
 def parse_seeds(text: str) -> list[int]:
-    from kdistill.report.compare import parse_seeds as parse
+    from kdistill.runs.grid import parse_seeds as parse
 
     try:
         return parse(text)

@@ -7,10 +7,10 @@ paragraph, exit code non-zero, no traceback.
 
 from __future__ import annotations
 
-
 import typer
 
 from ..errors import KdistillError
+
 # each area module adds its commands when imported; this order is the order of `kdistill --help`
 # isort: off
 from . import run  # noqa: F401

@@ -14,7 +14,6 @@ from ..errors import ConfigError
 from .app import app, console
 
 
-
 @app.command("export")
 def export_cmd(
     run_dir: Annotated[Path, typer.Argument(help="A finished run folder.")],

@@ -33,8 +33,8 @@ def cache_teacher_cmd(
 ) -> None:
     """Run the teacher once over the training data and store its outputs (use with teacher.cache)."""
     from ..cache import describe
-    from ..runs import cache_from_config
     from ..config import load_config
+    from ..runs import cache_from_config
 
     cfg = load_config(config, set_ or [])
     meta = cache_from_config(

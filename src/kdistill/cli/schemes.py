@@ -11,12 +11,11 @@ import typer
 from .app import app, list_app
 
 
-
 @list_app.command("schemes")
 def list_schemes(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Distillation schemes (multi-stage or multi-network training)."""
-    from .app import print_names
     from ..schemes import SCHEMES
+    from .app import print_names
 
     print_names("schemes", SCHEMES.names(), as_json)
 
@@ -39,9 +38,9 @@ def takd_study(
     """Student accuracy per teacher size, directly and through the assistant (Mirzadeh et al. 2019)."""
     from rich.table import Table
 
-    from .app import console, log
     from ..config import load_config
     from ..schemes.takd import run_study, study_settings
+    from .app import console, log
 
     cfg = load_config(config, set_ or [])
     st = study_settings(cfg)

@@ -37,7 +37,6 @@ from ..metrics import classification_metrics, predict_logits
 from . import sharding
 from .checkpoint import checkpoint_path, find_checkpoint, load_into, load_train_state, save_checkpoint
 
-
 _ACCELERATORS: dict[tuple, Any] = {}
 
 

@@ -28,7 +28,7 @@ from typing import Any
 from ..config import load_config
 from ..engine.checkpoint import atomic_write_json, atomic_write_text
 from ..errors import ConfigError
-from ..runs.grid import Cell, plan_configs, plan_methods, plan_sweep, parse_grid, parse_seeds, run_cells, cell_name
+from ..runs.grid import Cell, cell_name, parse_grid, parse_seeds, plan_configs, plan_methods, plan_sweep, run_cells
 from .tables import aggregate, collect_runs
 
 __all__ = ["compare", "parse_seeds", "run_grid", "sweep", "write_summary"]

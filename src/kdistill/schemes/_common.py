@@ -15,6 +15,10 @@ from torch import Tensor, nn
 from ..config import ModelConfig, RunConfig, TeacherConfig, TrainConfig, validate_config
 from ..data import Augment, Dataset, DataSplits
 from ..engine.checkpoint import state_dict_tensors
+from ..engine.trainer import Trainer
+from ..errors import ConfigError
+from ..methods import Distiller
+from ..metrics import classification_metrics, predict_logits
 from ..runs import (
     build_model,
     model_record,
@@ -24,10 +28,6 @@ from ..runs import (
     sync_processes,
     write_json,
 )
-from ..engine.trainer import Trainer
-from ..errors import ConfigError
-from ..methods import Distiller
-from ..metrics import classification_metrics, predict_logits
 
 #: a model in scheme settings: a zoo name or ``{model, kwargs, checkpoint}``
 ModelSpec = str | ModelConfig

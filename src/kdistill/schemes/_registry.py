@@ -20,8 +20,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .._registry import Registry
 from ..config import ModelConfig, RunConfig
-from ..runs import open_run_dir, write_json
 from ..errors import ConfigError, did_you_mean
+from ..runs import open_run_dir, write_json
 from ._common import SchemeContext
 
 

@@ -33,13 +33,13 @@ from torch import Tensor, nn
 
 from ..data import DataSplits
 from ..engine.checkpoint import load_into, load_weights
-from ..runs import build_model, model_record, save_model, write_json
-from ..runs.saved import model_from_record, read_model_record
 from ..errors import ConfigError
 from ..losses import hard_label_ce, kl_to_targets
 from ..methods import Distiller
 from ..methods._base import Context, Method
 from ..models import default_taps
+from ..runs import build_model, model_record, save_model, write_json
+from ..runs.saved import model_from_record, read_model_record
 from ..taps import FeatureTaps, resolve, split_tap
 from ._common import ModelSpec, SchemeContext, as_model
 from ._registry import Scheme, SchemeConfig, register_scheme

@@ -18,8 +18,8 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from ..config import ModelConfig, TeacherConfig
-from ..runs import build_model
 from ..errors import ConfigError
+from ..runs import build_model
 from ._common import ModelSpec, SchemeContext, as_model, deployable, evaluate_ensemble, model_path, summary
 from ._registry import Scheme, SchemeConfig, register_scheme
 

@@ -36,12 +36,12 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from ..runs import build_model, save_model
 from ..errors import ConfigError
 from ..losses import hard_label_ce, kl_to_targets
 from ..methods import Distiller
 from ..methods._base import Context, Method
 from ..models import default_taps
+from ..runs import build_model, save_model
 from ..taps import resolve, split_tap
 from ._common import ModelSpec, SchemeContext, as_model, save_members
 from ._registry import Scheme, SchemeConfig, register_scheme

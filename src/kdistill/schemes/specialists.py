@@ -34,11 +34,11 @@ from torch import Tensor, nn
 
 from ..config import TrainConfig
 from ..data import Dataset
-from ..runs import build_model, model_record, save_model, write_json
 from ..errors import ConfigError
 from ..methods import create
 from ..metrics import accuracy, predict_logits
 from ..models import default_taps
+from ..runs import build_model, model_record, save_model, write_json
 from ..taps import split_tap
 from ._common import ModelSpec, SchemeContext, as_model, model_path, summary
 from ._registry import Scheme, SchemeConfig, register_scheme

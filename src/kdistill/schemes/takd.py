@@ -22,8 +22,8 @@ from typing import Any
 from pydantic import field_validator
 
 from ..config import ModelConfig, RunConfig, TeacherConfig
-from ..runs import write_json
 from ..errors import ConfigError
+from ..runs import write_json
 from ._common import ModelSpec, SchemeContext, as_model, deployable, model_path, safe_name, summary
 from ._registry import Scheme, SchemeConfig, register_scheme
 
@@ -151,8 +151,8 @@ def run_study(
 
 
 def _params(ctx: SchemeContext, spec: ModelConfig) -> int:
+    from ..measure import count_params
     from ..runs import build_model
-    from ..profile import count_params
 
     return count_params(build_model(spec.model, spec.kwargs, ctx.data, None, ctx.trust, "assistant"))
 

@@ -35,8 +35,8 @@ from torch import Tensor
 
 from ..config import TeacherConfig
 from ..engine.checkpoint import atomic_write_bytes
-from ..runs import is_main_process, sync_processes
 from ..errors import ConfigError
+from ..runs import is_main_process, sync_processes
 from ._common import SchemeContext, deployable, model_path, summary
 from ._registry import Scheme, SchemeConfig, register_scheme
 
