@@ -1,0 +1,140 @@
+"""What a run is built from: its data (subset, split, transfer set), its models (checked
+against the data with one probe forward) and a teacher from checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..config import RunConfig, TeacherConfig
+from ..data import ArrayDataset, DataSplits, load_dataset, mnist1d_transfer
+from ..engine.checkpoint import load_into, load_weights
+from ..errors import ConfigError, DataError, ShapeError
+from ..measure import count_params, param_bytes
+from ..methods import METHODS
+from ..models import create_model
+from ..teachers import EnsembleTeacher, ModuleTeacher, Teacher
+
+
+# -- data ----------------------------------------------------------------------------------
+def prepare_data(cfg: RunConfig) -> DataSplits:
+    """Load, subset, split and validate the run's data (the transfer set is separate)."""
+    d = cfg.data
+    splits = load_dataset(d.name, root=d.root, **d.options)
+    train = splits.train
+    if d.subset:
+        train = train.subset(d.subset, seed=cfg.train.seed)
+    val = splits.val
+    if d.val_split > 0:
+        train, val = train.split(d.val_split, seed=cfg.train.seed)
+    for part in (train, splits.test, val):
+        if part is not None:
+            part.validate()
+    return DataSplits(train, splits.test, val)
+
+
+def load_transfer(cfg: RunConfig, data: DataSplits) -> ArrayDataset | None:
+    """The config's transfer set (unlabelled inputs the teacher labels), or ``None``."""
+    t = cfg.data.transfer
+    if t is None:
+        return None
+    if t.source == "mnist1d":
+        ds = mnist1d_transfer(t.size, seed=t.seed, length=data.input_shape[-1])
+    else:
+        if not t.path or not Path(t.path).is_file():
+            raise DataError(f"Transfer set file {t.path!r} not found; set data.transfer.path to an .npz with array 'x'.")
+        try:
+            arr = np.load(t.path, allow_pickle=False)
+            if "x" not in arr:
+                raise DataError(f"Transfer set {t.path} has no array 'x'.")
+            x = torch.from_numpy(np.asarray(arr["x"]).astype(np.float32))[: t.size]
+        except (ValueError, OSError) as e:
+            raise DataError(f"Transfer set {t.path} cannot be read as an .npz of numbers: {e}") from None
+        ds = ArrayDataset(x, torch.full((x.shape[0],), -1), data.num_classes, "transfer")
+    if ds.input_shape != data.input_shape:
+        raise ShapeError(
+            f"The transfer set's inputs have shape {ds.input_shape}, the dataset's {data.input_shape}; "
+            "they must match."
+        )
+    ds.num_classes = data.num_classes
+    ds.validate(require_labels=False)
+    return ds
+
+
+# -- models --------------------------------------------------------------------------------
+def build_model(name: str, kwargs: dict, data: DataSplits, checkpoint: str | None = None,
+                trust: bool = False, what: str = "model") -> nn.Module:
+    """A zoo model for ``data`` (its classes and input shape), with ``checkpoint``'s weights
+    when given, checked by one probe forward."""
+    kw = dict(kwargs)  # an explicit num_classes / input_shape wins; check_model then reports a mismatch
+    model = create_model(name, kw.pop("num_classes", data.num_classes), tuple(kw.pop("input_shape", data.input_shape)), **kw)
+    if checkpoint:
+        load_into(model, load_weights(checkpoint, trust=trust), what)
+    check_model(model, data, what)
+    return model
+
+
+def check_model(model: nn.Module, data: DataSplits, what: str) -> None:
+    """One probe forward: the model must accept the data and give ``num_classes`` logits."""
+    example = data.train.example(2)
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(example)
+    except (RuntimeError, ValueError) as e:
+        raise ShapeError(
+            f"The {what} does not accept inputs of shape {tuple(example.shape[1:])} from dataset "
+            f"{data.train.name!r} (channels, size): {str(e).splitlines()[0]}"
+        ) from None
+    finally:
+        model.train(was)
+    if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[1] != data.num_classes:
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ShapeError(
+            f"The {what} gives outputs of shape {shape}, but the dataset has {data.num_classes} "
+            "classes; it must give (batch, classes) logits."
+        )
+
+
+def model_record(model: nn.Module, name: str, kwargs: dict, data: DataSplits) -> dict[str, Any]:
+    """What ``model.json`` holds: how to rebuild the network, and its size."""
+    return {"model": name, "kwargs": kwargs, "num_classes": data.num_classes,
+            "input_shape": list(data.input_shape), "params": count_params(model), "bytes": param_bytes(model)}
+
+
+def with_num_data(method: Any, num_data: int) -> Any:
+    """Fill ``num_data`` (the training-set size) into every term whose config has that
+    setting and leaves it unset: methods with per-sample state, such as CRD's memory banks."""
+
+    def fill(term: Any) -> Any:
+        if not isinstance(term, dict) or term.get("num_data") is not None:
+            return term
+        cls = METHODS.get(term.get("name", "kd"))
+        if "num_data" in {f.name for f in dataclasses.fields(cls.Config)}:
+            return {**term, "num_data": num_data}
+        return term
+
+    return [fill(t) for t in method] if isinstance(method, list) else fill(method)
+
+
+def teacher_from_checkpoints(t: TeacherConfig, data: DataSplits, trust: bool = False) -> Teacher:
+    """The teacher of a config whose model (or every ensemble member) has a checkpoint."""
+    members = t.ensemble or [t]
+    missing = [i for i, m in enumerate(members) if not m.checkpoint]
+    if t.cache is not None or missing:
+        raise ConfigError(
+            "This needs trained teachers: set teacher.checkpoint (or each ensemble member's), e.g. to "
+            "runs/<run>/teacher/model.safetensors from an earlier `kdistill train`."
+        )
+    many = len(members) > 1
+    modules = [build_model(m.model, m.kwargs, data, m.checkpoint, trust, f"teacher member {i}" if many else "teacher")
+               for i, m in enumerate(members)]
+    if not many:
+        return ModuleTeacher(modules[0], data.num_classes)
+    return EnsembleTeacher(modules, t.combine)

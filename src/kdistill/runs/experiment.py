@@ -1,0 +1,154 @@
+"""One run from a config: data, teacher (trained first if needed), student, distiller,
+training, and the run folder (config.yaml, metrics.jsonl, results.json, model files)."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..cache import CachedTeacher
+from ..config import RunConfig, TrainConfig
+from ..data import Augment, Dataset, DataSplits
+from ..devices import resolve_device
+from ..engine.trainer import Trainer
+from ..errors import ConfigError, ShapeError
+from ..measure import latency_ms
+from ..methods import Distiller, create
+from ..metrics import classification_metrics
+from ..teachers import EnsembleTeacher, ModuleTeacher, Teacher
+from .build import build_model, load_transfer, model_record, prepare_data, with_num_data
+from .folder import open_run_dir, save_model, sync_processes, write_json
+
+
+def cpu_latency(model: nn.Module, input_shape) -> dict:
+    """Median CPU latency at batch size 1 (30 timed passes after 5 warm-up passes)."""
+    return latency_ms(model.to("cpu"), tuple(input_shape), batch_size=1, repeats=30, warmup=5)
+
+
+def teacher_logits_for(teacher: Teacher, data: Dataset | Tensor, batch_size: int, device) -> Tensor:
+    """The teacher's logits for every input of ``data`` (a dataset or a tensor of inputs),
+    as one float32 CPU tensor. Batches carry inputs only, so a cache answers by content."""
+    if isinstance(data, Tensor):
+        chunks = (data[i : i + batch_size] for i in range(0, data.shape[0], batch_size))
+    else:
+        chunks = (b["x"] for b in data.batches(batch_size))
+    return torch.cat([teacher({"x": x.to(device)}).logits.float().cpu() for x in chunks])
+
+
+def train_model(cfg_train: TrainConfig, model: nn.Module, data: DataSplits, train: Dataset,
+                run_dir: Path, cfg: RunConfig, resume: bool, log, teacher: Teacher | None = None,
+                method: Any = None, teacher_logits: dict | None = None, augment=None) -> dict:
+    """Train ``model`` on ``train`` with ``method`` (cross-entropy when ``None``) and
+    return the Trainer's results plus the ``distiller``."""
+    eval_sets = {"test": data.test} | ({"val": data.val} if data.val is not None else {})
+    method = with_num_data(method, len(train))
+    example = train.example(8)
+    if method is None:
+        distiller = create("ce", model)
+    elif isinstance(method, dict):
+        m = dict(method)
+        distiller = create(m.pop("name", "kd"), model, teacher, example=example, **m)
+    else:
+        distiller = create(method, model, teacher, example=example)
+    a = augment or cfg.data.augment
+    trainer = Trainer(distiller, train, eval_sets, cfg_train, run_dir, cfg.data.batch_size,
+                      cfg.data.eval_batch_size, Augment(a.shift, a.flip), teacher_logits, log,
+                      hparams=cfg.model_dump(mode="json"))
+    return trainer.fit(resume=resume) | {"distiller": distiller}
+
+
+def ensure_teacher(cfg: RunConfig, data: DataSplits, run_dir: Path, resume: bool, log,
+                   trust: bool) -> tuple[Teacher | None, dict]:
+    """The run's teacher; a teacher without a checkpoint is trained first into ``run_dir/teacher``."""
+    t = cfg.teacher
+    if t is None:
+        return None, {}
+    if t.cache is not None:
+        cached = CachedTeacher.open(t.cache, data.train, num_classes=data.num_classes)
+        return cached, {"cache": t.cache}
+    members_cfg = t.ensemble or [t]
+    members, records = [], []
+    for i, m in enumerate(members_cfg):
+        sub = run_dir / ("teacher" if len(members_cfg) == 1 else f"teacher{i}")
+        what = "teacher" if len(members_cfg) == 1 else f"teacher member {i}"
+        ckpt = m.checkpoint
+        if ckpt is None and (sub / "model.safetensors").is_file() and (sub / "results.json").is_file():
+            ckpt = str(sub / "model.safetensors")  # trained earlier in this run folder
+            log(f"Using the {what} trained earlier in {sub}.")
+        model = build_model(m.model, m.kwargs, data, ckpt, trust, what)
+        record = model_record(model, m.model, m.kwargs, data)
+        if ckpt is None:
+            log(f"Training the {what} ({m.model}) first, into {sub}.")
+            tcfg = cfg.teacher_train()
+            if len(members_cfg) > 1:
+                tcfg = tcfg.model_copy(update={"seed": tcfg.seed + 1000 * (i + 1)})
+                torch.manual_seed(tcfg.seed)
+                model = build_model(m.model, m.kwargs, data, None, trust, what)
+            sub.mkdir(parents=True, exist_ok=True)
+            res = train_model(tcfg, model, data, data.train, sub, cfg, resume, log, augment=t.augment)
+            res.pop("distiller")
+            save_model(sub, model, record)
+            write_json(sub / "results.json", {"role": what, **record, **res})
+        record["checkpoint"] = ckpt or str(sub / "model.safetensors")
+        members.append(model)
+        records.append(record)
+    if len(members) == 1:
+        return ModuleTeacher(members[0], data.num_classes), records[0]
+    return EnsembleTeacher(members, t.combine), {"ensemble": records, "combine": t.combine}
+
+
+def run_experiment(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = False,
+                   log: Callable[[str], None] = print, trust: bool = False) -> dict[str, Any]:
+    """Run one config end to end and return (and write) its results."""
+    run_dir = open_run_dir(cfg, run_dir, resume)
+    torch.manual_seed(cfg.train.seed)
+    data = prepare_data(cfg)
+    transfer = load_transfer(cfg, data)
+    device = resolve_device(cfg.train.device)
+    teacher, teacher_record = ensure_teacher(cfg, data, run_dir, resume, log, trust)
+    if transfer is not None and teacher is None:
+        raise ConfigError("A transfer set is labelled by the teacher; configure a teacher.")
+
+    torch.manual_seed(cfg.train.seed)
+    s = cfg.student
+    student = build_model(s.model, s.kwargs, data, s.checkpoint, trust, "student")
+    record = model_record(student, s.model, s.kwargs, data)
+
+    teacher_logits = None
+    if teacher is not None:
+        teacher.to(device)
+        example = teacher_logits_for(teacher, data.test.example(2), 2, device)  # a cache answers these by content
+        if example.shape[1] != data.num_classes:
+            raise ShapeError(f"The teacher gives {example.shape[1]} logits, the student {data.num_classes}; they must match.")
+        sets = {"test": data.test} | ({"val": data.val} if data.val is not None else {})
+        teacher_logits = {k: teacher_logits_for(teacher, v, cfg.data.eval_batch_size, device) for k, v in sets.items()}
+        teacher_record["metrics"] = {k: classification_metrics(teacher_logits[k], v.labels()) for k, v in sets.items()}
+    train = data.train.concat(transfer) if transfer is not None else data.train
+    method = cfg.method if isinstance(cfg.method, list) else dict(cfg.method)
+    res = train_model(cfg.train, student, data, train, run_dir, cfg, resume, log,
+                      teacher=teacher, method=method, teacher_logits=teacher_logits)
+    distiller: Distiller = res.pop("distiller")
+    record["latency_ms_cpu_b1"] = cpu_latency(student, data.input_shape)
+    save_model(run_dir, student.cpu(), record)
+    results = {
+        "name": run_dir.name,
+        "dataset": {"name": cfg.data.name, "train": len(data.train), "test": len(data.test),
+                    "val": len(data.val) if data.val is not None else 0,
+                    "transfer": len(transfer) if transfer is not None else 0,
+                    "num_classes": data.num_classes, "fingerprint": data.train.fingerprint()},
+        "method": [f"{w:g}*{m.name}" for w, m in zip(distiller.weights, distiller.terms)],
+        "student": record,
+        "teacher": teacher_record,
+        **res,
+        "seed": cfg.train.seed,
+        "torch": torch.__version__,
+        "host": platform.node(),
+    }
+    write_json(run_dir / "results.json", results)
+    sync_processes()  # a scheme's next stage reads this run's files on every process
+    return results | {"run_dir": str(run_dir)}

@@ -1,0 +1,81 @@
+"""The run folder: where it is, who writes it, and the deployable model files in it.
+
+Every process of a multi-process run computes the same results; only the main process
+writes files, and the others wait (:func:`sync_processes`) where they must read them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..config import RunConfig, dump_config
+from ..distributed import world_size
+from ..engine.checkpoint import atomic_write_json, atomic_write_text, state_dict_tensors
+from ..errors import ConfigError
+
+
+def is_main_process() -> bool:
+    """Whether this process writes the run folder: rank 0 of a ``torchrun`` or ``accelerate
+    launch`` (both set ``RANK``), or the only process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def sync_processes() -> None:
+    """Wait until every process of a multi-process run gets here, so files the main process
+    has just written (a finished stage's weights) are there for the others to read."""
+    if world_size() > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write a run folder's JSON file from the main process only. Every process of a
+    multi-process run computes the same record; one writer keeps the file that of the
+    process whose weights are saved (see :func:`save_model`)."""
+    if is_main_process():
+        atomic_write_json(path, obj)
+
+
+def save_model(run_dir: Path, model: nn.Module, record: dict[str, Any]) -> None:
+    """``model.safetensors`` + ``model.json``: the deployable network and how to rebuild it."""
+    from safetensors.torch import save_file
+
+    if not is_main_process():
+        return
+    run_dir = Path(run_dir)
+    tmp = run_dir / ".model.safetensors.tmp"
+    save_file(state_dict_tensors(model), str(tmp))
+    tmp.replace(run_dir / "model.safetensors")
+    atomic_write_json(run_dir / "model.json", record)
+
+
+def run_dir_for(cfg: RunConfig, run_dir: str | Path | None, label: str | None = None) -> Path:
+    """``run_dir`` if given, else ``output.dir/output.name`` (default: a time stamp, the
+    method names or ``label`` (a scheme's name) and the student)."""
+    if run_dir is not None:
+        return Path(run_dir)
+    what = label or "+".join(cfg.method_names())
+    name = cfg.output.name or f"{time.strftime('%Y%m%d-%H%M%S')}-{what}-{cfg.student.model.replace(':', '_')}"
+    return Path(cfg.output.dir) / name
+
+
+def open_run_dir(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = False,
+                 label: str | None = None) -> Path:
+    """Create the run folder and write its ``config.yaml``; refuse a finished run's folder
+    unless resuming (a rerun must not overwrite finished results)."""
+    path = run_dir_for(cfg, run_dir, label)
+    if (path / "results.json").exists() and not resume:
+        raise ConfigError(f"Run folder {path} already holds a finished run; pick another output.name or pass --resume.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if is_main_process():
+            atomic_write_text(path / "config.yaml", dump_config(cfg))
+    except OSError as e:
+        raise ConfigError(f"Cannot write to the run folder {path}: {e.strerror or e}.") from None
+    return path

@@ -1,0 +1,92 @@
+"""Rebuilding a saved model: ``model.json`` (how to build it) + ``model.safetensors``.
+
+The one place that turns a run folder (or its ``teacher/``) back into a network; export,
+evaluate, predict, profile, report and the schemes all call it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..engine.checkpoint import load_into, load_weights
+from ..errors import CheckpointError
+from ..models import create_model
+
+REQUIRED = ("model", "num_classes", "input_shape")
+
+
+def read_model_record(folder: str | Path, what: str = "student") -> dict[str, Any]:
+    """``model.json`` of a run folder (or of its ``teacher/``), checked for the keys needed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{str(folder)!r} is not a folder; give the run folder that training wrote.")
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        hint = (
+            " It has checkpoints but no final model: the run did not finish; resume it with "
+            "`kdistill train CONFIG --resume` (same output folder)."
+            if (folder / "checkpoints").is_dir()
+            else " Train a run first (`kdistill train CONFIG`) and pass its folder."
+        )
+        raise CheckpointError(f"{folder} has no model.safetensors (no finished {what} model).{hint}")
+    try:
+        record = json.loads((folder / "model.json").read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{folder} has model.safetensors but no model.json, so the {what} "
+                              "cannot be rebuilt; it is written at the end of a run.") from None
+    except (ValueError, UnicodeDecodeError):
+        raise CheckpointError(f"{folder / 'model.json'} is damaged (not valid JSON).") from None
+    if not isinstance(record, dict):
+        raise CheckpointError(f"{folder / 'model.json'} is not a JSON object; it cannot rebuild the {what}.")
+    missing = [k for k in REQUIRED if k not in record]
+    if missing:
+        raise CheckpointError(f"{folder / 'model.json'} lacks {', '.join(missing)}; it cannot rebuild the {what}.")
+    return record
+
+
+def model_from_record(record: dict[str, Any]) -> nn.Module:
+    """The untrained network a ``model.json`` record describes."""
+    try:
+        kwargs = record.get("kwargs") or {}
+        if not isinstance(kwargs, dict):
+            raise TypeError("kwargs is not an object")
+        return create_model(str(record["model"]), int(record["num_classes"]), tuple(int(v) for v in record["input_shape"]),
+                            **kwargs)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"The model record {record.get('model')!r} cannot rebuild a network: {e}.") from None
+
+
+def rebuild(record: dict[str, Any], weights: str | Path, what: str = "model", trust: bool = False,
+            strict_extra: bool = False) -> nn.Module:
+    """The network of ``record`` with the weights of ``weights``, in eval mode.
+
+    ``strict_extra``: refuse a file holding tensors the network lacks (a connector or an
+    auxiliary head saved by mistake) instead of letting :func:`load_into` report them.
+    """
+    model = model_from_record(record)
+    state = load_weights(weights, trust=trust)
+    if strict_extra:
+        extra = sorted(set(state) - set(model.state_dict()))
+        if extra:
+            raise CheckpointError(
+                f"{weights} holds tensors that are not part of the {what} {record['model']!r}: "
+                f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}. "
+                "Only the bare student is exported; re-save it from the student alone."
+            )
+    load_into(model, state, what)
+    return model.eval()
+
+
+def load_saved(folder: str | Path, what: str = "student") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model saved in ``folder`` (``model.json`` + ``model.safetensors``), in eval mode.
+
+    The load is strict: a file with tensors the rebuilt network lacks (a connector, an
+    auxiliary head) or missing some of its tensors raises :class:`CheckpointError`.
+    """
+    folder = Path(folder)
+    record = read_model_record(folder, what)
+    return rebuild(record, folder / "model.safetensors", what, strict_extra=True), record
