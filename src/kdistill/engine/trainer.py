@@ -44,7 +44,6 @@ def get_accelerator(device: torch.device, precision: str, fsdp: bool = False):
     """One Accelerate ``Accelerator`` per (device type, precision, FSDP) in this process;
     with ``fsdp``, Accelerate's FSDP2 plugin (see :mod:`kdistill.engine.sharding`)."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
-    from accelerate.state import AcceleratorState
 
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
@@ -52,7 +51,7 @@ def get_accelerator(device: torch.device, precision: str, fsdp: bool = False):
     key = (device.type, mp, fsdp)
     if key not in _ACCELERATORS:
         if _ACCELERATORS:  # Accelerate keeps global state; switching settings needs a reset
-            AcceleratorState._reset_state(reset_partial_state=False)
+            sharding.reset_accelerator_state()
             sharding.disable_on_cpu()
             _ACCELERATORS.clear()
         plugin = sharding.make_plugin() if fsdp else None
@@ -171,8 +170,8 @@ class Trainer:
             pass
         return saved
 
-    def stage_loader(self) -> Loader:
-        """Batches for first stages: with several processes, every process reads the whole
+    def phase_loader(self) -> Loader:
+        """Batches for first phases: with several processes, every process reads the whole
         training set at the global batch size (the one-process batches), so all of them
         make the same updates without any gradient exchange."""
         world = self.accelerator.num_processes
@@ -294,11 +293,11 @@ class Trainer:
         self.distiller.to(self.device)
         self._fast_path(self.distiller)
         if found is None:
-            # before the DDP/FSDP wrapper: first stages run the same full batches on every
+            # before the DDP/FSDP wrapper: first phases run the same full batches on every
             # process, so the replicas (or the shards cut from them) start out identical
-            from .stages import run_pre_stages
+            from .phases import run_first_phases
 
-            for row in run_pre_stages(self):
+            for row in run_first_phases(self):
                 self._append_metrics(row)
         work = self.distiller
         if self.fsdp:  # shard a copy; the caller's distiller gets the full weights at the end

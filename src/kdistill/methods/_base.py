@@ -13,6 +13,7 @@ special-cases another, and the trainer only sums, logs and steps.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -48,15 +49,16 @@ class Context:
 
 
 @dataclass
-class PreStage:
-    """A first stage run by the trainer before the main loop.
+class FirstPhase:
+    """A first phase run by the trainer before the main training (see
+    :mod:`kdistill.engine.phases`).
 
     Attributes:
         name: shown in logs and metrics.jsonl.
         epochs: passes over the training data.
-        params: what this stage's optimizer updates (e.g. student layers up to the hint,
+        params: what this phase's optimizer updates (e.g. student layers up to the hint,
             plus the regressor).
-        loss: maps a :class:`Context` to the stage's loss.
+        loss: maps a :class:`Context` to the phase's loss.
         lr: learning rate (default: the run's).
     """
 
@@ -97,8 +99,8 @@ class Method(nn.Module):
     def on_epoch_start(self, epoch: int, total_epochs: int) -> None:
         """Called by the trainer before each epoch (warm-ups, schedules)."""
 
-    def pre_stage(self) -> PreStage | None:
-        """A first training stage this method needs before the main one (FitNets hints,
+    def first_phase(self) -> FirstPhase | None:
+        """A first training phase this method needs before the main one (FitNets hints,
         FT's paraphraser, AB's initialisation), or None."""
         return None
 
@@ -113,7 +115,29 @@ class Method(nn.Module):
                     f"Method {cls.name!r} has no setting {key!r}.{did_you_mean(key, names)} "
                     f"Its settings: {valid} (plus 'weight')."
                 )
+        check_setting_types(cls.name, cls.Config, kwargs)
         return cls.Config(**kwargs)
+
+
+def check_setting_types(method: str, config: type, settings: dict[str, Any]) -> None:
+    """Each setting against its annotation in the method's ``Config`` dataclass, strictly
+    (pydantic's strict mode: an int passes for a float, a string never passes for a number,
+    a bool never for an int): a wrong type fails when the config is loaded, with the setting's
+    name, not later inside the method's ``__init__``. Values are checked, never converted."""
+    from pydantic import TypeAdapter, ValidationError
+
+    hints = typing.get_type_hints(config)
+    for key, value in settings.items():
+        if key not in hints:
+            continue
+        try:
+            TypeAdapter(hints[key]).validate_python(value, strict=True)
+        except ValidationError as e:
+            want = getattr(hints[key], "__name__", None) or str(hints[key]).replace("typing.", "")
+            raise ConfigError(
+                f"Method {method!r}: setting {key!r} must be {want}, got {value!r} "
+                f"({type(value).__name__}): {e.errors()[0]['msg']}."
+            ) from None
 
 
 class Distiller(nn.Module):
@@ -154,7 +178,7 @@ class Distiller(nn.Module):
 
     def to(self, *args, **kwargs):
         super().to(*args, **kwargs)
-        device = torch._C._nn._parse_to(*args, **kwargs)[0]
+        device = _device_of(args, kwargs)
         if device is not None and self.teacher is not None:
             self.teacher.to(device)
         return self
@@ -199,6 +223,21 @@ class Distiller(nn.Module):
                 out[key] = w * v
                 total = total + out[key]
         return {"loss": total, "logits": logits, **out}
+
+
+def _device_of(args: tuple, kwargs: dict) -> torch.device | None:
+    """The device a ``Module.to(...)`` call names (``to(device)``, ``to(device, dtype)``,
+    ``to(tensor)``, ``to(device=...)``), or None when it names only a dtype or layout."""
+    if kwargs.get("device") is not None:
+        return torch.device(kwargs["device"])
+    if isinstance(kwargs.get("tensor"), Tensor):
+        return kwargs["tensor"].device
+    for a in args:
+        if isinstance(a, Tensor):
+            return a.device
+        if isinstance(a, (str, int, torch.device)):
+            return torch.device(a)
+    return None
 
 
 def as_teacher(teacher: nn.Module | Teacher) -> Teacher:
