@@ -87,7 +87,7 @@ def reset_accelerator_state() -> None:
     the process group, so an ``Accelerator`` with other settings can be made. Accelerate
     keeps them in one dict shared by every ``AcceleratorState`` (a Borg); clearing that dict
     through a public instance is what its own internal ``_reset_state`` does, without
-    calling a private method (accelerate 1.x)."""
+    calling a private method (Accelerate 1.15)."""
     from accelerate.state import AcceleratorState
 
     vars(AcceleratorState()).clear()

@@ -13,7 +13,6 @@ special-cases another, and the trainer only sums, logs and steps.
 from __future__ import annotations
 
 import dataclasses
-import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -21,6 +20,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from .._registry import check_types
 from ..errors import ConfigError, did_you_mean
 from ..taps import FeatureTaps
 from ..teachers import ModuleTeacher, Teacher, TeacherOutput
@@ -115,29 +115,8 @@ class Method(nn.Module):
                     f"Method {cls.name!r} has no setting {key!r}.{did_you_mean(key, names)} "
                     f"Its settings: {valid} (plus 'weight')."
                 )
-        check_setting_types(cls.name, cls.Config, kwargs)
+        check_types(f"Method {cls.name!r}", cls.Config, kwargs)
         return cls.Config(**kwargs)
-
-
-def check_setting_types(method: str, config: type, settings: dict[str, Any]) -> None:
-    """Each setting against its annotation in the method's ``Config`` dataclass, strictly
-    (pydantic's strict mode: an int passes for a float, a string never passes for a number,
-    a bool never for an int): a wrong type fails when the config is loaded, with the setting's
-    name, not later inside the method's ``__init__``. Values are checked, never converted."""
-    from pydantic import TypeAdapter, ValidationError
-
-    hints = typing.get_type_hints(config)
-    for key, value in settings.items():
-        if key not in hints:
-            continue
-        try:
-            TypeAdapter(hints[key]).validate_python(value, strict=True)
-        except ValidationError as e:
-            want = getattr(hints[key], "__name__", None) or str(hints[key]).replace("typing.", "")
-            raise ConfigError(
-                f"Method {method!r}: setting {key!r} must be {want}, got {value!r} "
-                f"({type(value).__name__}): {e.errors()[0]['msg']}."
-            ) from None
 
 
 class Distiller(nn.Module):
