@@ -214,3 +214,18 @@ def test_method_settings_are_type_checked_at_load(tmp_path):
         load_config(path)
     path.write_text("student: {model: mlp}\nmethod: {name: kd, temperature: 4}\n")  # an int is a float
     assert load_config(path).method["temperature"] == 4
+
+
+def test_the_recipes_in_architecture_md_run_as_printed():
+    """Every ```python block of docs/ARCHITECTURE.md runs and registers what it says."""
+    from kdistill.data import DATASETS
+    from kdistill.schemes import SCHEMES
+    from kdistill.teachers import TEACHER_KINDS
+
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) == 4
+    for code in blocks:
+        exec(compile(code, "ARCHITECTURE.md", "exec"), {})
+    assert "logit_l2" in METHODS and "parity" in DATASETS and "two_steps" in SCHEMES and "wide_mlp" in TEACHER_KINDS
+    assert len(load_dataset("parity", n=40).train) == 30
