@@ -82,15 +82,13 @@ def disable_on_cpu() -> None:
         shared["distributed_type"] = DistributedType.MULTI_CPU
 
 
-def reset_accelerator_state() -> None:
+def reset_accelerator_state(accelerator) -> None:
     """Forget the accelerator settings of this process (precision, FSDP plugin), keeping
     the process group, so an ``Accelerator`` with other settings can be made. Accelerate
-    keeps them in one dict shared by every ``AcceleratorState`` (a Borg); clearing that dict
-    through a public instance is what its own internal ``_reset_state`` does, without
-    calling a private method (Accelerate 1.15)."""
-    from accelerate.state import AcceleratorState
-
-    vars(AcceleratorState()).clear()
+    keeps them in one dict shared by every ``AcceleratorState`` (a Borg), which is also
+    ``accelerator.state.__dict__``; clearing it is what Accelerate's internal
+    ``_reset_state`` does, without calling a private method (Accelerate 1.15)."""
+    vars(accelerator.state).clear()
 
 
 def is_fsdp(accelerator) -> bool:

@@ -51,7 +51,7 @@ def get_accelerator(device: torch.device, precision: str, fsdp: bool = False):
     key = (device.type, mp, fsdp)
     if key not in _ACCELERATORS:
         if _ACCELERATORS:  # Accelerate keeps global state; switching settings needs a reset
-            sharding.reset_accelerator_state()
+            sharding.reset_accelerator_state(next(iter(_ACCELERATORS.values())))
             sharding.disable_on_cpu()
             _ACCELERATORS.clear()
         plugin = sharding.make_plugin() if fsdp else None
