@@ -216,7 +216,7 @@ def run_bench(
     say = log or (lambda line: None)
     if data_options is None:
         data_options = {"pad_to": 32} if dataset == "fashion-mnist" else {}
-    say(f"bench: loading {dataset}" + (f" ({n_train} training samples)" if n_train else ""))
+    say(f"bench: loading {dataset}" + (f" (up to {n_train} training samples)" if n_train else ""))
     data = load_dataset(dataset, **data_options).train
     if n_train and n_train < len(data):
         data = data.subset(n_train, seed=seed)
