@@ -122,13 +122,17 @@ class TrainConfig(Strict):
 
 
 class TeacherConfig(Strict):
-    """A teacher: one model, an ensemble of models, or cached outputs.
+    """A teacher: one model, an ensemble of models, or cached outputs (``kind: default``,
+    the default); or ``kind: NAME`` with ``options``, a kind registered with
+    :func:`kdistill.teachers.register_teacher_kind` (its options checked at load).
 
     A model without ``checkpoint`` is trained first, in the same run, with ``train``
     overriding the run's train section and ``augment`` (if given) replacing the data
     section's augmentation.
     """
 
+    kind: str = "default"
+    options: dict[str, Any] = Field(default_factory=dict)
     model: str | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
     checkpoint: str | None = None
@@ -140,6 +144,15 @@ class TeacherConfig(Strict):
 
     @model_validator(mode="after")
     def _one_kind(self):
+        if self.kind != "default":
+            if self.model is not None or self.ensemble or self.cache is not None:
+                raise ValueError(f"teacher kind {self.kind!r} takes its settings in teacher.options; "
+                                 "model, ensemble and cache belong to kind 'default'")
+            check_teacher_kind(self.kind, self.options)
+            TrainConfig(**self.train)
+            return self
+        if self.options:
+            raise ValueError("teacher.options are the settings of a registered teacher kind; set teacher.kind too")
         kinds = [self.model is not None, bool(self.ensemble), self.cache is not None]
         if sum(kinds) == 0:
             raise ValueError("give the teacher a 'model', an 'ensemble' list or a 'cache' path")
@@ -205,6 +218,23 @@ def check_method(method: dict | list) -> None:
             raise ValueError(str(e)) from None
         except TypeError as e:
             raise ValueError(f"method {name!r}: {e}") from None
+
+
+def check_teacher_kind(kind: str, options: dict) -> None:
+    """A registered teacher kind and its options (raises ValueError). A kind registered in
+    your own module must be imported before the config is loaded."""
+    from .teachers import TEACHER_KINDS
+
+    if kind not in TEACHER_KINDS:
+        known = ", ".join(["default", *(n for n in TEACHER_KINDS.names() if n != "default")])
+        raise ValueError(
+            f"unknown teacher kind {kind!r}.{did_you_mean(str(kind), TEACHER_KINDS.names())} Known: {known} "
+            "(a kind registered in your own module must be imported before the config is loaded)"
+        )
+    try:
+        TEACHER_KINDS.get(kind).check(options)
+    except KdistillError as e:
+        raise ValueError(str(e)) from None
 
 
 def _set(tree: dict, dotted: str, value: Any) -> None:

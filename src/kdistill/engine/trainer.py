@@ -44,7 +44,6 @@ def get_accelerator(device: torch.device, precision: str, fsdp: bool = False):
     """One Accelerate ``Accelerator`` per (device type, precision, FSDP) in this process;
     with ``fsdp``, Accelerate's FSDP2 plugin (see :mod:`kdistill.engine.sharding`)."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
-    from accelerate.state import AcceleratorState
 
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
@@ -52,7 +51,7 @@ def get_accelerator(device: torch.device, precision: str, fsdp: bool = False):
     key = (device.type, mp, fsdp)
     if key not in _ACCELERATORS:
         if _ACCELERATORS:  # Accelerate keeps global state; switching settings needs a reset
-            AcceleratorState._reset_state(reset_partial_state=False)
+            sharding.reset_accelerator_state(next(iter(_ACCELERATORS.values())))
             sharding.disable_on_cpu()
             _ACCELERATORS.clear()
         plugin = sharding.make_plugin() if fsdp else None
@@ -171,8 +170,8 @@ class Trainer:
             pass
         return saved
 
-    def stage_loader(self) -> Loader:
-        """Batches for first stages: with several processes, every process reads the whole
+    def phase_loader(self) -> Loader:
+        """Batches for first phases: with several processes, every process reads the whole
         training set at the global batch size (the one-process batches), so all of them
         make the same updates without any gradient exchange."""
         world = self.accelerator.num_processes
@@ -270,6 +269,19 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict[str, Any]:
+        """Train ``cfg.epochs`` epochs (from the last checkpoint with ``resume``) and return
+        the results: :meth:`prepare`, the epoch loop over :meth:`train_step`, :meth:`release`."""
+        found = self.prepare(resume)
+        try:
+            return self._loop(found)
+        finally:
+            self.release()
+
+    def prepare(self, resume: bool = False):
+        """Everything before the first step: seeds, the checkpoint to resume from (returned,
+        or None), the fast path, first phases, the optimizer and the Accelerate wrappers.
+        :meth:`train_step` may be called after it (``kdistill bench`` times it so);
+        :meth:`release` undoes what it holds."""
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.seed)
@@ -281,11 +293,11 @@ class Trainer:
         self.distiller.to(self.device)
         self._fast_path(self.distiller)
         if found is None:
-            # before the DDP/FSDP wrapper: first stages run the same full batches on every
+            # before the DDP/FSDP wrapper: first phases run the same full batches on every
             # process, so the replicas (or the shards cut from them) start out identical
-            from .stages import run_pre_stages
+            from .phases import run_first_phases
 
-            for row in run_pre_stages(self):
+            for row in run_first_phases(self):
                 self._append_metrics(row)
         work = self.distiller
         if self.fsdp:  # shard a copy; the caller's distiller gets the full weights at the end
@@ -302,17 +314,23 @@ class Trainer:
             sharding.check_sharded(sharded)
             sharding.keep_student_gathered(sharded.student)
             self._local_fraction = sharding.local_fraction(sharded)
-        try:
-            return self._loop(found)
-        finally:
-            # the accelerator keeps every prepared model and optimizer: let go of them, or
-            # each run in one process (a scheme's stages, a study) keeps its own alive
-            self.accelerator.free_memory()
-            if self.fsdp:  # free the shards before anything else (see sharding.collect)
-                self.model = self.optimizer = None
-                sharding.collect()
-                for m in self.distiller.children():
-                    m.to(self.device)
+        self._work = self.accelerator.unwrap_model(self.model)
+        self._work.to(self.device)  # the teacher too (it is outside the module tree)
+        self._deferred = self._defer_nonfinite_checks()
+        self._bad: Tensor | None = None
+        return found
+
+    def release(self) -> None:
+        """Let go of what :meth:`prepare` holds: the accelerator keeps every prepared model
+        and optimizer, so without this each run in one process (a scheme's steps, a study,
+        the bench's paths) keeps its own alive."""
+        self.accelerator.free_memory()
+        self._work = None
+        if self.fsdp:  # free the shards before anything else (see sharding.collect)
+            self.model = self.optimizer = None
+            sharding.collect()
+            for m in self.distiller.children():
+                m.to(self.device)
 
     def _loop(self, found) -> dict[str, Any]:
         cfg = self.cfg
@@ -320,8 +338,6 @@ class Trainer:
         distiller.to(self.device)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        self._deferred = self._defer_nonfinite_checks()
-        self._bad: Tensor | None = None
 
         batches = len(self.loader)
         steps_per_epoch = -(-batches // cfg.grad_accum)
@@ -351,35 +367,12 @@ class Trainer:
                 n_seen = 0
                 t0 = time.perf_counter()
                 for b, batch in enumerate(self.loader.iterate(epoch, start_batch), start=start_batch):
-                    for g in self.optimizer.param_groups:
-                        g["lr"] = cfg.lr * lr_factor(step, total, warmup, cfg.schedule, cfg.milestones, cfg.gamma)
-                    if self.channels_last and batch["x"].dim() == 4:
-                        batch["x"] = batch["x"].contiguous(memory_format=torch.channels_last)
-                    if cfg.compile and cfg.compile_mode in ("reduce-overhead", "max-autotune"):
-                        torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs: a new step
-                    with self.accelerator.autocast():
-                        out = self.model(batch)
-                    loss = out["loss"]
-                    if self._deferred:
-                        self._flag(loss)
-                    elif self._any(not torch.isfinite(loss)):
-                        bad = [k for k, v in out.items() if k.startswith("loss_") and not torch.isfinite(v).all()]
-                        self._skip_or_stop(f"Non-finite loss at epoch {epoch}, step {step}: {', '.join(bad)} went "
-                                           "NaN/Inf.", last_good)
-                        continue
-                    self.accelerator.backward(loss / cfg.grad_accum)
                     last_of_epoch = b + 1 == batches
-                    if (b + 1) % cfg.grad_accum == 0 or last_of_epoch:
-                        params = distiller.trainable_parameters()
-                        norm = sharding.as_plain(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf")))
-                        if self._deferred:
-                            self._flag(norm)
-                        elif not torch.isfinite(norm):
-                            self._skip_or_stop(f"Non-finite gradient at epoch {epoch}, step {step} "
-                                               f"(loss {float(loss):.4g}).", last_good)
-                            continue
-                        self.optimizer.step()
-                        self.optimizer.zero_grad(set_to_none=True)
+                    apply = (b + 1) % cfg.grad_accum == 0 or last_of_epoch
+                    out = self.train_step(batch, step, total, warmup, apply, epoch, last_good)
+                    if out is None:  # a non-finite loss or gradient skipped the batch
+                        continue
+                    if apply:
                         step += 1
                         if self._deferred and step % cfg.log_every == 0:
                             self._check_flag(epoch, step, last_good)
@@ -445,6 +438,45 @@ class Trainer:
             "peak_memory_bytes": peak_memory_bytes(self.device),
             "distributed": dist_info,
         }
+
+    def train_step(self, batch: dict, step: int = 0, total: int = 1, warmup: int = 0, apply: bool = True,
+                   epoch: int = 0, last_good=None) -> dict[str, Tensor] | None:
+        """One training step on ``batch``, after :meth:`prepare`: the learning rate of
+        optimizer step ``step`` of ``total`` (``warmup`` warm-up steps), the forward under
+        autocast, the non-finite checks, the backward, and, when ``apply`` (the last
+        micro-batch of a gradient accumulation), clipping and the optimizer step. Returns
+        the forward's outputs, or None when ``train.on_nonfinite=skip`` skipped the batch;
+        ``epoch`` and ``last_good`` (the last checkpoint) only go into error messages."""
+        cfg = self.cfg
+        for g in self.optimizer.param_groups:
+            g["lr"] = cfg.lr * lr_factor(step, total, warmup, cfg.schedule, cfg.milestones, cfg.gamma)
+        if self.channels_last and batch["x"].dim() == 4:
+            batch["x"] = batch["x"].contiguous(memory_format=torch.channels_last)
+        if cfg.compile and cfg.compile_mode in ("reduce-overhead", "max-autotune"):
+            torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs: a new step
+        with self.accelerator.autocast():
+            out = self.model(batch)
+        loss = out["loss"]
+        if self._deferred:
+            self._flag(loss)
+        elif self._any(not torch.isfinite(loss)):
+            bad = [k for k, v in out.items() if k.startswith("loss_") and not torch.isfinite(v).all()]
+            self._skip_or_stop(f"Non-finite loss at epoch {epoch}, step {step}: {', '.join(bad)} went "
+                               "NaN/Inf.", last_good)
+            return None
+        self.accelerator.backward(loss / cfg.grad_accum)
+        if apply:
+            params = self._work.trainable_parameters()
+            norm = sharding.as_plain(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf")))
+            if self._deferred:
+                self._flag(norm)
+            elif not torch.isfinite(norm):
+                self._skip_or_stop(f"Non-finite gradient at epoch {epoch}, step {step} "
+                                   f"(loss {float(loss):.4g}).", last_good)
+                return None
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return out
 
     def _any(self, flag: bool | Tensor) -> bool:
         """``flag`` on any process (one all-reduce when there are several): decisions that

@@ -12,11 +12,12 @@ from .build import (
     with_num_data,
 )
 from .caching import cache_from_config
-from .experiment import cpu_latency, ensure_teacher, run_experiment, teacher_logits_for, train_model
+from .experiment import TeacherContext, cpu_latency, ensure_teacher, run_experiment, teacher_logits_for, train_model
 from .folder import is_main_process, open_run_dir, run_dir_for, save_model, sync_processes, write_json
 from .saved import load_saved, model_from_record, read_model_record, rebuild
 
 __all__ = [
+    "TeacherContext",
     "build_model",
     "cache_from_config",
     "check_model",
@@ -39,4 +40,5 @@ __all__ = [
     "teacher_logits_for",
     "train_model",
     "with_num_data",
+    "write_json",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from ..errors import ConfigError, ShapeError
 from ..measure import latency_ms
 from ..methods import Distiller, create
 from ..metrics import classification_metrics
-from ..teachers import EnsembleTeacher, ModuleTeacher, Teacher
+from ..teachers import TEACHER_KINDS, EnsembleTeacher, ModuleTeacher, Teacher, register_teacher_kind
 from .build import build_model, load_transfer, model_record, prepare_data, with_num_data
 from .folder import open_run_dir, save_model, sync_processes, write_json
 
@@ -62,12 +63,59 @@ def train_model(cfg_train: TrainConfig, model: nn.Module, data: DataSplits, trai
     return trainer.fit(resume=resume) | {"distiller": distiller}
 
 
+@dataclass
+class TeacherContext:
+    """What a teacher kind's builder (:func:`kdistill.teachers.register_teacher_kind`) gets:
+    the run's config, data splits, run folder, and two helpers."""
+
+    cfg: RunConfig
+    data: DataSplits
+    run_dir: Path
+    resume: bool
+    log: Callable[[str], None]
+    trust: bool = False
+
+    def build_model(self, name: str, kwargs: dict | None = None, checkpoint: str | None = None,
+                    what: str = "teacher") -> nn.Module:
+        """A zoo model sized for the run's data (with ``checkpoint``'s weights when given)."""
+        return build_model(name, kwargs or {}, self.data, checkpoint, self.trust, what)
+
+    def train(self, model: nn.Module, name: str = "teacher", what: str = "teacher",
+              record: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Train ``model`` with cross-entropy on the training split, with the teacher's train
+        settings (the run's, overridden by ``teacher.train``), into ``run_dir/name``; saves
+        ``model.safetensors`` and ``results.json`` (with ``record``, by default the model's
+        class name and size) there and returns the results."""
+        sub = self.run_dir / name
+        sub.mkdir(parents=True, exist_ok=True)
+        self.log(f"Training the {what} first, into {sub}.")
+        t = self.cfg.teacher
+        res = train_model(self.cfg.teacher_train(), model, self.data, self.data.train, sub, self.cfg, self.resume,
+                          self.log, augment=t.augment if t is not None else None)
+        res.pop("distiller")
+        record = record or model_record(model, type(model).__name__, {}, self.data)
+        save_model(sub, model, record)
+        write_json(sub / "results.json", {"role": what, **record, **res})
+        return res
+
+
 def ensure_teacher(cfg: RunConfig, data: DataSplits, run_dir: Path, resume: bool, log,
                    trust: bool) -> tuple[Teacher | None, dict]:
-    """The run's teacher; a teacher without a checkpoint is trained first into ``run_dir/teacher``."""
+    """The run's teacher, made by its kind (``teacher.kind``, see :data:`kdistill.teachers.TEACHER_KINDS`);
+    the default kind trains a teacher without a checkpoint first into ``run_dir/teacher``."""
     t = cfg.teacher
     if t is None:
         return None, {}
+    ctx = TeacherContext(cfg, data, Path(run_dir), resume, log, trust)
+    return TEACHER_KINDS.get(t.kind).make(t.options, ctx)
+
+
+@register_teacher_kind("default")
+def default_teacher(options: dict, ctx: TeacherContext) -> tuple[Teacher, dict]:
+    """The teacher section's own keys: cached outputs (``cache``), one model or an
+    ``ensemble``; a model without a checkpoint is trained first into ``run_dir/teacher``."""
+    cfg, data, run_dir, resume, log, trust = ctx.cfg, ctx.data, ctx.run_dir, ctx.resume, ctx.log, ctx.trust
+    t = cfg.teacher
     if t.cache is not None:
         cached = CachedTeacher.open(t.cache, data.train, num_classes=data.num_classes)
         return cached, {"cache": t.cache}
