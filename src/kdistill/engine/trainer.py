@@ -157,6 +157,7 @@ class Trainer:
         self.select_on = "val" if "val" in eval_sets else "test"
         self._stop_signal: int | None = None
         self.skipped_steps = 0
+        self._resumed_running: tuple[dict[str, Tensor], int] | None = None
 
     # -- signals -------------------------------------------------------------------------
     def _on_signal(self, signum, _frame):
@@ -201,7 +202,11 @@ class Trainer:
         return out
 
     # -- checkpoints ---------------------------------------------------------------------
-    def _save(self, kind: str, state: dict[str, Any], keep: int = 2):
+    def _save(self, kind: str, state: dict[str, Any], keep: int = 2,
+              running: tuple[dict[str, Tensor], int] | None = None):
+        """Write a checkpoint. ``running``: the epoch's loss sums and sample count so far
+        (mid-epoch saves), so a resumed epoch logs the mean over all of its batches."""
+        run_state = self._running_state(running) if kind == "last" else None
         model: Any = self.accelerator.unwrap_model(self.model)
         if self.fsdp:  # gathering the full weights is a collective: every process takes part
             distributed.sync_buffers(model)
@@ -216,9 +221,35 @@ class Trainer:
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
         }
+        if run_state is not None:
+            train_state["running"] = run_state
         return save_checkpoint(
             self.ckpt_dir, kind, state["step"], model, state, train_state if kind == "last" else None, keep=keep,
         )
+
+    def _running_state(self, running: tuple[dict[str, Tensor], int] | None) -> dict[str, Any]:
+        """The epoch's running loss sums as tensors: one row per process (each process sums
+        its own shard; gathering is a collective, so every process calls this)."""
+        sums, n_seen = running or ({}, 0)
+        keys = sorted(sums)
+        row = torch.stack([sums[k].detach().float().reshape(()) for k in keys]
+                          + [torch.tensor(float(n_seen), device=self.device)])
+        if self.accelerator.num_processes > 1:
+            row = self.accelerator.gather(row[None])
+        return {"keys": keys, "rows": row.reshape(-1, len(keys) + 1).cpu()}
+
+    def _restore_running(self, ts: dict[str, Any], batch: int) -> tuple[dict[str, Tensor], int]:
+        """This process's running sums from a checkpoint (empty at an epoch boundary, or for a
+        checkpoint written before they were saved: that epoch then averages the batches after
+        the resume only)."""
+        run = ts.get("running")
+        if not batch or not isinstance(run, dict) or "rows" not in run:
+            return {}, 0
+        rows = run["rows"]
+        if rows.shape[0] != self.accelerator.num_processes:
+            return {}, 0
+        mine = rows[self.accelerator.process_index].to(self.device)
+        return {k: mine[i] for i, k in enumerate(run["keys"])}, int(mine[-1])
 
     def _restore(self, found) -> dict[str, Any] | None:
         if found is None:
@@ -244,6 +275,7 @@ class Trainer:
         if ts.get("rng_cuda") and self.device.type == "cuda":
             torch.cuda.set_rng_state_all(ts["rng_cuda"])
         self.log(f"Resuming from {path} (epoch {meta['epoch']}, step {meta['step']}).")
+        self._resumed_running = self._restore_running(ts, meta.get("batch", 0))
         return meta
 
     def _append_metrics(self, row: dict[str, Any]) -> None:
@@ -262,7 +294,8 @@ class Trainer:
                 row = json.loads(line)
             except ValueError:
                 continue  # a line cut by a kill
-            if row.get("epoch", 0) < epoch:
+            # first-stage rows (no epoch) come before epoch 0 and are not redone on a resume
+            if "epoch" not in row or row["epoch"] < epoch:
                 rows.append(line)
         from .checkpoint import atomic_write_text
 
@@ -349,6 +382,9 @@ class Trainer:
                 self.model.train()
                 sums: dict[str, Tensor] = {}
                 n_seen = 0
+                if start_batch and self._resumed_running is not None:  # the interrupted epoch's sums
+                    sums, n_seen = self._resumed_running
+                self._resumed_running = None
                 t0 = time.perf_counter()
                 for b, batch in enumerate(self.loader.iterate(epoch, start_batch), start=start_batch):
                     for g in self.optimizer.param_groups:
@@ -391,7 +427,8 @@ class Trainer:
                         stop = not last_of_epoch and self._stopping(step)
                         if stop or (not last_of_epoch and cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
                             self._check_flag(epoch, step, last_good)
-                            last_good = self._save("last", self._state(epoch, b + 1, step, best, history))
+                            last_good = self._save("last", self._state(epoch, b + 1, step, best, history),
+                                                   running=(sums, n_seen))
                             if stop:
                                 raise Interrupted(self._interrupt_message(last_good))
                 self._check_flag(epoch, step, last_good)
