@@ -22,8 +22,8 @@ import os
 import pickle
 import re
 import shutil
-import time
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any
