@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from .app import SetOpt, app, console, list_app, log, print_names
+from .app import SetOpt, TrustCodeOpt, app, console, list_app, log, print_names
 
 
 @app.command()
@@ -67,11 +67,12 @@ def print_run_summary(result: dict) -> None:
 
 
 @app.command("eval")
-def eval_(run_dir: Annotated[Path, typer.Argument(help="A finished run folder.")]) -> None:
+def eval_(run_dir: Annotated[Path, typer.Argument(help="A finished run folder.")],
+          trust_code: TrustCodeOpt = False) -> None:
     """Re-evaluate a saved run's student (and teacher) on its test set."""
     from ..evaluate import evaluate_run
 
-    out = evaluate_run(run_dir)
+    out = evaluate_run(run_dir, trust_code=trust_code)
     console.print_json(json.dumps(out))
 
 

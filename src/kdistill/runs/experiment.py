@@ -142,6 +142,11 @@ def default_teacher(options: dict, ctx: TeacherContext) -> tuple[Teacher, dict]:
             res.pop("distiller")
             save_model(sub, model, record)
             write_json(sub / "results.json", {"role": what, **record, **res})
+            # the teacher the student learns from is the saved one, loaded as a resumed run
+            # loads it: the trained module has the trainer's memory format and compilation,
+            # whose logits differ in the last bits from a fresh network's (issue 15)
+            sync_processes()
+            model = build_model(m.model, m.kwargs, data, str(sub / "model.safetensors"), trust, what)
         record["checkpoint"] = ckpt or str(sub / "model.safetensors")
         members.append(model)
         records.append(record)
