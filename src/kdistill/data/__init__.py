@@ -1,9 +1,12 @@
 """Datasets (registry), in-memory arrays and the device-resident loader."""
 
+from . import imagefolder  # noqa: E402,F401  (registers the image sources)
 from .arrays import UNLABELED, ArrayDataset, DataSplits
 from .datasets import DATASETS, load_dataset, mnist1d_transfer, register_dataset
+from .images import ImageLoader, ImageSet
 from .loaders import Augment, DeviceLoader, StoredViews
 from .protocol import Dataset, Loader
+from .recipe import Recipe, RecipeConfig
 
 __all__ = [
     "DATASETS",
@@ -14,6 +17,10 @@ __all__ = [
     "Dataset",
     "Loader",
     "DeviceLoader",
+    "ImageLoader",
+    "ImageSet",
+    "Recipe",
+    "RecipeConfig",
     "load_dataset",
     "mnist1d_transfer",
     "StoredViews",
