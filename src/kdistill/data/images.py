@@ -161,7 +161,10 @@ def decode_batches(reader, rows: np.ndarray, geo: Geometry, batches: list[list[i
         return
     dl = torch.utils.data.DataLoader(
         ds, batch_sampler=batches, num_workers=workers, collate_fn=_identity, pin_memory=pin,
-        prefetch_factor=4, worker_init_fn=_worker_init, persistent_workers=False)
+        prefetch_factor=4, worker_init_fn=_worker_init, persistent_workers=False,
+        # workers' seeds from a generator of their own: a DataLoader otherwise draws them from the
+        # global RNG, so a resumed epoch would shift the dropout masks of the steps after it
+        generator=torch.Generator().manual_seed(0))
     yield from dl
 
 
