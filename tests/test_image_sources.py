@@ -222,3 +222,34 @@ def test_recipe_ops_keep_range_and_shape():
     assert out["x"].shape == (16, 3, 8, 8) and "y_soft" not in out
     assert out["x"].min() >= 0 and out["x"].max() <= 1
     assert torch.equal(center_crop(torch.arange(25.).view(1, 1, 5, 5), (3, 3))[0, 0, 0], torch.tensor([6., 7., 8.]))
+
+
+# -- the same images through the other sources ---------------------------------------------------
+def _hf_dataset(paths, labels):
+    datasets = pytest.importorskip("datasets")
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["ant", "bee", "cat"])})
+    return datasets.Dataset.from_dict({"image": [str(p) for p in paths], "label": labels.tolist()}, features=feats)
+
+
+def test_hf_saved_and_parquet_give_the_imagefolder_tensors(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    x, y = make_images()
+    xt, yt = make_images((2, 2, 2), seed=1)
+    p_train = write_folder(tmp_path / "folder", x, y, "train")
+    p_test = write_folder(tmp_path / "folder", xt, yt, "test")
+    dd = datasets.DatasetDict({"train": _hf_dataset(p_train, y), "test": _hf_dataset(p_test, yt)})
+    dd = dd.cast_column("image", datasets.Image(decode=False))
+    dd = dd.map(lambda r: {"image": {"bytes": open(r["image"]["path"], "rb").read(), "path": None}})
+    dd.save_to_disk(str(tmp_path / "saved"))
+    (tmp_path / "pq").mkdir()
+    dd["train"].to_parquet(str(tmp_path / "pq" / "train.parquet"))
+    dd["test"].to_parquet(str(tmp_path / "pq" / "test.parquet"))
+    ref = load_dataset("imagefolder", root=str(tmp_path / "folder"), **_opts(resident=False))
+    want = list(ref.train.loader(5, seed=2, augment=Augment(2, True)).iterate(0))
+    for root in ("saved", "pq"):
+        d = load_dataset("hf", root=str(tmp_path / root), **_opts(resident=False, workers=1))
+        assert d.train.class_names == ["ant", "bee", "cat"] and len(d.test) == 6
+        got = list(d.train.loader(5, seed=2, augment=Augment(2, True)).iterate(0))
+        assert all(torch.equal(a["x"], b["x"]) and torch.equal(a["y"], b["y"]) for a, b in zip(got, want))
+    with pytest.raises(DataError, match="no column 'img'.*image_column"):
+        load_dataset("hf", root=str(tmp_path / "saved"), image_column="img", **_opts())
