@@ -253,3 +253,50 @@ def test_hf_saved_and_parquet_give_the_imagefolder_tensors(tmp_path):
         assert all(torch.equal(a["x"], b["x"]) and torch.equal(a["y"], b["y"]) for a, b in zip(got, want))
     with pytest.raises(DataError, match="no column 'img'.*image_column"):
         load_dataset("hf", root=str(tmp_path / "saved"), image_column="img", **_opts())
+
+
+def write_shards(root, paths, labels, per_shard, prefix="train"):
+    import io
+    import tarfile
+
+    names = []
+    for s in range(0, len(paths), per_shard):
+        name = f"{prefix}-{s // per_shard:03d}.tar"
+        with tarfile.open(root / name, "w") as tf:
+            for i in range(s, min(s + per_shard, len(paths))):
+                for ext, data in (("png", paths[i].read_bytes()), ("cls", str(int(labels[i])).encode())):
+                    info = tarfile.TarInfo(f"{i:06d}.{ext}")
+                    info.size = len(data)
+                    tf.addfile(info, io.BytesIO(data))
+        names.append(name)
+    return names
+
+
+def test_webdataset_shards_give_the_same_batches_and_resume_exactly(tmp_path):
+    x, y = make_images()
+    xt, yt = make_images((2, 2, 2), seed=1)
+    p_train = write_folder(tmp_path / "folder", x, y, "train")
+    p_test = write_folder(tmp_path / "folder", xt, yt, "test")
+    (tmp_path / "wds").mkdir()
+    assert len(write_shards(tmp_path / "wds", p_train, y, 5)) == 4  # 5, 5, 5, 3 samples
+    write_shards(tmp_path / "wds", p_test, yt, 6, "test")
+    pats = {"train": "train-{000..003}.tar", "test": "test-000.tar"}
+    ref = load_dataset("imagefolder", root=str(tmp_path / "folder"), **_opts(resident=False))
+    d = load_dataset("webdataset", root=str(tmp_path / "wds"), **pats, **_opts(resident=False, workers=1))
+    assert torch.equal(d.train.labels(), torch.from_numpy(y)) and len(d.test) == 6
+    want = list(ref.train.loader(4, seed=5, augment=Augment(1, True)).iterate(1))
+    got = list(d.train.loader(4, seed=5, augment=Augment(1, True)).iterate(1))
+    assert all(torch.equal(a["x"], b["x"]) and torch.equal(a["index"], b["index"]) for a, b in zip(got, want))
+    # shard order: each rank reads whole shards, disjoint, covering the epoch; resume is exact
+    s = load_dataset("webdataset", root=str(tmp_path / "wds"), order="shards", **pats, **_opts(resident=False))
+    ranks = [torch.cat([b["index"] for b in s.train.loader(3, seed=1, rank=r, world=2).iterate(0)])
+             for r in range(2)]
+    shard_of = lambda idx: set((idx // 5).tolist())  # noqa: E731  (5 samples a shard, in order)
+    assert not shard_of(ranks[0]) & shard_of(ranks[1])
+    assert set(torch.cat(ranks).tolist()) == set(range(18)) and len(ranks[0]) == len(ranks[1]) == 10
+    full = list(s.train.loader(3, seed=1, rank=1, world=2).iterate(0))
+    part = list(s.train.loader(3, seed=1, rank=1, world=2).iterate(0, start=2))
+    assert all(torch.equal(a["x"], b["x"]) for a, b in zip(part, full[2:])) and len(part) == len(full) - 2
+    (tmp_path / "wds" / "test-000.tar").write_bytes(b"not a tar at all" * 40)
+    with pytest.raises(DataError, match="cannot read shard .*test-000.tar"):
+        load_dataset("webdataset", root=str(tmp_path / "wds"), **pats, **_opts())

@@ -1,6 +1,6 @@
 """Datasets (registry), in-memory arrays and the device-resident loader."""
 
-from . import hf, imagefolder  # noqa: F401  (register the image sources)
+from . import hf, imagefolder, webdataset  # noqa: F401  (register the image sources)
 from .arrays import UNLABELED, ArrayDataset, DataSplits
 from .datasets import DATASETS, load_dataset, mnist1d_transfer, register_dataset
 from .images import ImageLoader, ImageSet

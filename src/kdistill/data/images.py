@@ -272,13 +272,20 @@ class ImageSet:
             idx = got["pos"]
             yield {"x": self.eval_view(got["x"]), "y": self.y[idx], "index": idx}
 
+    def epoch_order(self, seed: int, epoch: int, shuffle: bool, rank: int, world: int, augment):
+        """This rank's positions for ``epoch`` and the epoch's shift/flip parameters."""
+        return epoch_order(len(self), seed, epoch, shuffle, rank, world, augment, dims=4)
+
+    def samples_per_rank(self, world: int) -> int:
+        return -(-len(self) // world)
+
     def loader(self, batch_size: int, **kwargs) -> ImageLoader:
         return ImageLoader(self, batch_size, **kwargs)
 
     # -- views -------------------------------------------------------------------------------
     def _view(self, positions: Tensor, name: str | None = None, labels: Tensor | None = None) -> ImageSet:
         positions = torch.as_tensor(positions, dtype=torch.int64)
-        new = ImageSet.__new__(ImageSet)
+        new = type(self).__new__(type(self))
         new.__dict__.update(self.__dict__)
         new.rows = self.rows[positions.numpy()]
         new.y = self.y[positions] if labels is None else labels
@@ -377,7 +384,7 @@ class ImageLoader:
         self._device_pixels = data._resident_pixels().to(self.device) if data.resident else None
 
     def __len__(self) -> int:
-        n = -(-len(self.data) // self.world)
+        n = self.data.samples_per_rank(self.world)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
@@ -389,8 +396,7 @@ class ImageLoader:
     def iterate(self, epoch: int | None = None, start: int = 0):
         """Batches of ``epoch`` from batch number ``start`` on."""
         epoch = self.epoch if epoch is None else epoch
-        order, aug = epoch_order(len(self.data), self.seed, epoch, self.shuffle, self.rank, self.world,
-                                 self.augment, dims=4)
+        order, aug = self.data.epoch_order(self.seed, epoch, self.shuffle, self.rank, self.world, self.augment)
         bs = self.batch_size
         chunks = [order[b * bs : (b + 1) * bs].tolist() for b in range(start, len(self))]
         if self._device_pixels is not None:
@@ -472,8 +478,9 @@ def image_splits(name: str, parts: dict[str, tuple[Any, Tensor]], num_classes: i
                  first: Any, size: int | None = None, resize: int | None = None, channels: int | None = None,
                  mean: Any = "auto", std: Any = None, resident: bool | str = "auto",
                  resident_budget_mb: float = 2048, workers: int | None = None, on_bad: str = "fail",
-                 stats_samples: int = 1000):
-    """The :class:`~kdistill.data.DataSplits` of an image source from its readers.
+                 stats_samples: int = 1000, cls: type = ImageSet):
+    """The :class:`~kdistill.data.DataSplits` of an image source from its readers (``cls``:
+    the :class:`ImageSet` class to make).
 
     ``parts``: ``{"train": (reader, labels), "test": ..., "val": ...}``; ``first``: one
     encoded training image (its size and mode are the defaults of ``size`` and
@@ -510,7 +517,7 @@ def image_splits(name: str, parts: dict[str, tuple[Any, Tensor]], num_classes: i
         raise DataError(f"{name}: give std together with mean.")
     mean = [float(mean)] * channels if isinstance(mean, (int, float)) else list(mean)
     std = [float(std)] * channels if isinstance(std, (int, float)) else list(std)
-    sets = {k: ImageSet(r, y, num_classes, name if k == "train" else f"{name}-{k}", names, mean=mean, std=std,
+    sets = {k: cls(r, y, num_classes, name if k == "train" else f"{name}-{k}", names, mean=mean, std=std,
                         **common) for k, (r, y) in parts.items()}
     return DataSplits(sets["train"], sets["test"], sets.get("val"))
 
