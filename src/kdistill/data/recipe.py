@@ -41,6 +41,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
+from ..errors import ConfigError
+
 Frac = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
@@ -95,6 +97,16 @@ class RecipeConfig(_Strict):
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
 
 
+def need_kornia():
+    """The kornia module, or a clear message naming the extra."""
+    try:
+        import kornia
+    except ImportError:
+        raise ConfigError("data.recipe's crops, hue jitter and TrivialAugment/RandAugment need Kornia: "
+                          "pip install 'kdistill[images]' (or pip install kornia).") from None
+    return kornia
+
+
 class Recipe:
     """The recipe of a :class:`RecipeConfig`, bound to a dataset's classes and normalisation.
 
@@ -117,6 +129,8 @@ class Recipe:
         self.crop = CropConfig() if c is True else (c or None)
         j = cfg.color_jitter
         self.jitter = JitterConfig() if j is True else (j or None)
+        if self.crop is not None or cfg.auto_augment != "none" or (self.jitter is not None and self.jitter.hue > 0):
+            need_kornia()  # at the start, not in the middle of an epoch
 
     @property
     def mixes(self) -> bool:
