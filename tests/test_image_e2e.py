@@ -39,6 +39,7 @@ def test_cloud_to_edge_example_runs_at_toy_size(photos, tmp_path):
     assert saved["steps"] == 3 and 0.0 <= saved["final"]["test"]["acc"] <= 1.0
     rows = [json.loads(r) for r in (Path(res["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     assert torch.isfinite(torch.tensor(rows[-1]["train_loss_ce"]))  # CE on Mixup/CutMix soft labels
+    assert 0.0 <= rows[-1]["data_wait_fraction"] <= 1.0
 
 
 def _weights(run_dir):
