@@ -300,3 +300,33 @@ def test_webdataset_shards_give_the_same_batches_and_resume_exactly(tmp_path):
     (tmp_path / "wds" / "test-000.tar").write_bytes(b"not a tar at all" * 40)
     with pytest.raises(DataError, match="cannot read shard .*test-000.tar"):
         load_dataset("webdataset", root=str(tmp_path / "wds"), **pats, **_opts())
+
+
+# -- teacher caches of random crops (FKD) ------------------------------------------------------------
+def test_cached_crop_views_replay_the_teachers_outputs(folder, tmp_path):
+    from kdistill.cache import CachedTeacher, cache_teacher
+    from kdistill.data import CropFlip, views_augment
+    from kdistill.models import create_model
+
+    root, _, _ = folder
+    d = load_dataset("imagefolder", root=str(root), **_opts(resident=False))
+    torch.manual_seed(0)
+    net = create_model("convnet2", 3, d.input_shape).eval()
+    view = views_augment(RecipeConfig(random_resized_crop={"scale": [0.3, 1.0]}, flip=0.5), d.input_shape)
+    assert isinstance(view, CropFlip) and view.crop and view.flip
+    meta = cache_teacher(net, d.train, tmp_path / "c", views=3, augment=view, topk=2, batch_size=7, seed=4)
+    assert meta["augment"]["kind"] == "crop_flip" and meta["views"] == 3
+    cached = CachedTeacher.open(tmp_path / "c", d.train, num_classes=3)
+    seen = set()
+    for epoch in range(2):
+        for b in d.train.loader(5, seed=1, views=cached.views).iterate(epoch):
+            with torch.no_grad():
+                live = net(b["x"]).topk(2, dim=1)
+            out = cached(b)  # no teacher forward: the stored outputs of exactly this view
+            got = out.logits.topk(2, dim=1)
+            assert torch.equal(got.indices, live.indices)
+            assert torch.allclose(got.values, live.values, atol=1e-4)
+            seen |= set(zip(b["index"].tolist(), b["view"].tolist()))
+    assert len({v for _, v in seen}) == 3  # every stored view is shown
+    with pytest.raises(ConfigError, match="mixup/cutmix"):
+        views_augment(RecipeConfig(random_resized_crop=True, mixup=0.2))

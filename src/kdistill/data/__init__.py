@@ -4,15 +4,18 @@ from . import hf, imagefolder, webdataset  # noqa: F401  (register the image sou
 from .arrays import UNLABELED, ArrayDataset, DataSplits
 from .datasets import DATASETS, load_dataset, mnist1d_transfer, register_dataset
 from .images import ImageLoader, ImageSet
-from .loaders import Augment, DeviceLoader, StoredViews
+from .loaders import Augment, DeviceLoader, StoredViews, augment_from_meta
 from .protocol import Dataset, Loader
-from .recipe import Recipe, RecipeConfig
+from .recipe import CropFlip, Recipe, RecipeConfig, views_augment
 
 __all__ = [
     "DATASETS",
     "UNLABELED",
     "ArrayDataset",
     "Augment",
+    "augment_from_meta",
+    "CropFlip",
+    "views_augment",
     "DataSplits",
     "Dataset",
     "Loader",

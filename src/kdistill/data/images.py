@@ -272,9 +272,10 @@ class ImageSet:
             idx = got["pos"]
             yield {"x": self.eval_view(got["x"]), "y": self.y[idx], "index": idx}
 
-    def epoch_order(self, seed: int, epoch: int, shuffle: bool, rank: int, world: int, augment):
-        """This rank's positions for ``epoch`` and the epoch's shift/flip parameters."""
-        return epoch_order(len(self), seed, epoch, shuffle, rank, world, augment, dims=4)
+    def epoch_order(self, seed: int, epoch: int, shuffle: bool, rank: int, world: int, augment, views: int = 0):
+        """This rank's positions for ``epoch`` and the epoch's shift/flip parameters (or,
+        with ``views`` stored views, each sample's view number)."""
+        return epoch_order(len(self), seed, epoch, shuffle, rank, world, augment, dims=4, views=views)
 
     def samples_per_rank(self, world: int) -> int:
         return -(-len(self) // world)
@@ -369,9 +370,7 @@ class ImageLoader:
     def __init__(self, data: ImageSet, batch_size: int, shuffle: bool = True, seed: int = 0,
                  device: torch.device | str = "cpu", drop_last: bool = False, augment: Any = None,
                  rank: int = 0, world: int = 1, views: Any = None):
-        if views is not None:
-            raise DataError("A teacher cache with stored views needs an in-memory dataset; image sources "
-                            "support live teachers and caches without views.")
+        self.views = views  # a teacher cache's stored views (replace the augmentation)
         self.data, self.batch_size = data, int(batch_size)
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
         self.device = torch.device(device)
@@ -380,6 +379,11 @@ class ImageLoader:
             augment = Recipe(augment, data.num_classes, data.mean, data.std)
         self.recipe = augment if isinstance(augment, Recipe) else None
         self.augment = augment if isinstance(augment, Augment) and augment.active else None
+        if views is not None:
+            if views.params.dim() != 3 or views.params.shape[0] != len(data):
+                raise DataError(f"The teacher cache's views are for {views.params.shape[0]} samples; "
+                                f"{data.name} has {len(data)}.")
+            self.recipe = self.augment = None
         self.epoch = 0
         self._device_pixels = data._resident_pixels().to(self.device) if data.resident else None
 
@@ -396,7 +400,8 @@ class ImageLoader:
     def iterate(self, epoch: int | None = None, start: int = 0):
         """Batches of ``epoch`` from batch number ``start`` on."""
         epoch = self.epoch if epoch is None else epoch
-        order, aug = self.data.epoch_order(self.seed, epoch, self.shuffle, self.rank, self.world, self.augment)
+        order, aug = self.data.epoch_order(self.seed, epoch, self.shuffle, self.rank, self.world, self.augment,
+                                           views=self.views.count if self.views is not None else 0)
         bs = self.batch_size
         chunks = [order[b * bs : (b + 1) * bs].tolist() for b in range(start, len(self))]
         if self._device_pixels is not None:
@@ -425,6 +430,10 @@ class ImageLoader:
             out = self.recipe(x, y, key=(self.seed, epoch, b, self.rank), size=(d.geo.size, d.geo.size))
             return {**out, "y": y, "index": index}
         x = d.eval_view(u8)
+        if self.views is not None:  # the view this sample shows this epoch, as the cache stored it
+            view = aug[pos]
+            x = self.views.augment.apply(x, self.views.params[pos, view].to(self.device))
+            return {"x": x, "y": y, "index": index, "view": view.to(self.device)}
         if self.augment is not None:
             x = self.augment.apply(x, aug[pos].to(self.device))
         return {"x": x, "y": y, "index": index}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,10 @@ class Augment:
     @property
     def active(self) -> bool:
         return self.shift > 0 or self.flip
+
+    def describe(self) -> dict:
+        """What a teacher cache records of the augmentation of its views."""
+        return {"shift": self.shift, "flip": self.flip}
 
     def params(self, n: int, ndim: int, g: torch.Generator) -> Tensor:
         """``(n, 3)`` ints: row offset, column offset, flip flag, for ``n`` samples."""
@@ -75,11 +80,12 @@ class StoredViews:
     al. 2022, arXiv:2106.05237; FKD, Shen & Xing 2021, arXiv:2112.01528).
 
     Attributes:
-        augment: the augmentation whose :meth:`Augment.apply` the parameters are for.
-        params: ``(N, K, 3)`` int64 parameters (:meth:`Augment.params` layout) per sample and view.
+        augment: the augmentation whose ``apply`` the parameters are for (an :class:`Augment`,
+            or a recipe's :class:`~kdistill.data.recipe.CropFlip`).
+        params: ``(N, K, P)`` int64 parameters (the augmentation's ``params`` layout) per sample and view.
     """
 
-    augment: Augment
+    augment: Any
     params: Tensor
 
     @property
@@ -144,9 +150,9 @@ class DeviceLoader:
         self.augment = augment if isinstance(augment, Augment) and augment.active else None
         self.rank, self.world = rank, world
         if views is not None:
-            if tuple(views.params.shape[::2]) != (len(data), 3):
+            if views.params.dim() != 3 or views.params.shape[0] != len(data):
                 shape = tuple(views.params.shape)
-                raise ValueError(f"views.params must have shape ({len(data)}, K, 3), got {shape}")
+                raise ValueError(f"views.params must have shape ({len(data)}, K, P), got {shape}")
             self.augment = self.recipe = None
             views = StoredViews(views.augment, views.params.to(self.device))
         self.views = views
@@ -188,3 +194,12 @@ class DeviceLoader:
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
         return self.iterate()
+
+
+def augment_from_meta(d: dict) -> Any:
+    """The augmentation a teacher cache's ``meta["augment"]`` describes (see ``describe``)."""
+    if d.get("kind") == "crop_flip":
+        from .recipe import CropFlip
+
+        return CropFlip(d["scale"], d["ratio"], d["flip"], d.get("crop", True))
+    return Augment(d["shift"], d["flip"])

@@ -424,3 +424,84 @@ def auto_augment(x: Tensor, rng: np.random.Generator, rounds: int, magnitude: in
             out[idx] = _apply_op(name, x[idx], torch.as_tensor(m, dtype=x.dtype, device=x.device))
         x = out
     return x
+
+
+# -- stored views for teacher caches (FKD) ------------------------------------------------------
+class CropFlip:
+    """The replayable part of a recipe: a RandomResizedCrop of the model-size input, resized
+    back to its size, and a horizontal flip; what a teacher cache stores per view (the FKD
+    idea: region-level soft labels for random crops, Shen & Xing 2021, arXiv:2112.01528).
+
+    ``params`` gives ``(n, 5)`` ints ``(top, left, height, width, flip)``, ``apply`` replays
+    them; the cache stores the teacher's output for exactly that input. The crops are cut
+    from the model-size (center ``size``) input rather than the larger decoded square a live
+    recipe crops from, so that a cache works from the same ``batches()`` every source has.
+    """
+
+    def __init__(self, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), flip: bool = True, crop: bool = True):
+        self.scale, self.ratio = tuple(float(s) for s in scale), tuple(float(r) for r in ratio)
+        self.flip, self.crop = bool(flip), bool(crop)
+
+    @property
+    def active(self) -> bool:
+        return self.crop or self.flip
+
+    def describe(self) -> dict:
+        return {"kind": "crop_flip", "scale": list(self.scale), "ratio": list(self.ratio), "flip": self.flip,
+                "crop": self.crop}
+
+    def params(self, n: int, ndim: int, g: torch.Generator, size: tuple[int, int] | None = None) -> Tensor:
+        """``(n, 5)`` view parameters drawn from ``g``; ``size``: the input's height and
+        width (default: the shape given to :meth:`bind`)."""
+        h, w = size or self.size
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=g)))
+        if self.crop:
+            boxes = rrc_boxes(n, h, w, self.scale, self.ratio, rng)
+        else:
+            boxes = np.tile(np.array([[0, 0, h, w]]), (n, 1))
+        flips = (rng.random(n) < 0.5) if self.flip else np.zeros(n, dtype=bool)
+        return torch.from_numpy(np.concatenate([boxes, flips[:, None].astype(np.int64)], 1))
+
+    def bind(self, input_shape) -> CropFlip:
+        self.size = (int(input_shape[-2]), int(input_shape[-1]))
+        return self
+
+    def apply(self, x: Tensor, p: Tensor) -> Tensor:
+        if self.crop:
+            from kornia.geometry.transform import crop_and_resize
+
+            p = p.to(x.device)
+            top, left, bh, bw = (p[:, i].float() for i in range(4))
+            x1, y1, x2, y2 = left, top, left + bw - 1, top + bh - 1
+            boxes = torch.stack([torch.stack([x1, y1], 1), torch.stack([x2, y1], 1),
+                                 torch.stack([x2, y2], 1), torch.stack([x1, y2], 1)], 1)
+            x = crop_and_resize(x, boxes, (x.shape[-2], x.shape[-1]), mode="bilinear", align_corners=True)
+        if self.flip:
+            x = torch.where(p[:, 4].to(x.device).bool().view(-1, 1, 1, 1), x.flip(-1), x)
+        return x
+
+
+def views_augment(augment, input_shape=None):
+    """What a teacher cache's views replay for a run's augmentation: an ``Augment`` as it
+    is, a recipe as its :class:`CropFlip` (refused if it has colour, auto-augment or mixing
+    steps, which a cache cannot replay), ``None`` for no augmentation."""
+    if isinstance(augment, Recipe):
+        augment = augment.cfg
+    if not isinstance(augment, RecipeConfig):
+        return augment if augment is not None and getattr(augment, "active", False) else None
+    extra = [k for k, on in (("color_jitter", bool(augment.color_jitter)),
+                             ("auto_augment", augment.auto_augment != "none"),
+                             ("mixup/cutmix", augment.mixup > 0 or augment.cutmix > 0),
+                             ("label_smoothing", augment.label_smoothing > 0)) if on]
+    if extra:
+        raise ConfigError(f"A teacher cache stores views it can replay: RandomResizedCrop and flip. data.recipe "
+                          f"also has {', '.join(extra)}; drop those for cached KD (or use a live teacher).")
+    if augment.flip not in (0.0, 0.5):
+        raise ConfigError("Cached views flip with probability 0.5; set data.recipe.flip to 0.5 or 0.")
+    c = augment.random_resized_crop
+    crop = CropConfig() if c is True else (c or None)
+    view = CropFlip(crop.scale if crop else (1.0, 1.0), crop.ratio if crop else (1.0, 1.0), augment.flip > 0,
+                    crop is not None)
+    if not view.active:
+        return None
+    return view.bind(input_shape) if input_shape is not None else view

@@ -179,12 +179,14 @@ class TarImageSet(ImageSet):
 
     order_mode = "global"
 
-    def epoch_order(self, seed, epoch, shuffle, rank, world, augment):
+    def epoch_order(self, seed, epoch, shuffle, rank, world, augment, views: int = 0):
         if self.order_mode == "global":
-            return super().epoch_order(seed, epoch, shuffle, rank, world, augment)
+            return super().epoch_order(seed, epoch, shuffle, rank, world, augment, views)
         g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         n = len(self)
         aug = augment.params(n, 4, g) if isinstance(augment, Augment) and augment.active else None
+        if views:
+            aug = torch.randint(0, views, (n,), generator=g)
         return shard_order(self, seed, epoch, shuffle, rank, world), aug
 
     def samples_per_rank(self, world: int) -> int:

@@ -71,9 +71,6 @@ def ensure_teacher(cfg: RunConfig, data: DataSplits, run_dir: Path, resume: bool
     if t is None:
         return None, {}
     if t.cache is not None:
-        if cfg.data.recipe is not None:
-            raise ConfigError("A teacher cache stores outputs for fixed views; data.recipe draws new views every "
-                              "step. Use a live teacher with data.recipe, or data.augment with the cache.")
         cached = CachedTeacher.open(t.cache, data.train, num_classes=data.num_classes)
         return cached, {"cache": t.cache}
     members_cfg = t.ensemble or [t]
