@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .data.recipe import RecipeConfig
 from .errors import ConfigError, KdistillError, did_you_mean
 
 # limits on a config document (see the module docstring); generous for any real config
@@ -68,6 +69,20 @@ class DataConfig(Strict):
     eval_batch_size: Annotated[int, Field(ge=1, le=1 << 20)] = 1024
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     transfer: TransferConfig | None = None
+    #: the on-device augmentation recipe (RandomResizedCrop, colour, TrivialAugment, Mixup/CutMix, ...)
+    recipe: RecipeConfig | None = None
+    #: image sources: decode once into memory (true), per batch in workers (false), or
+    #: resident when the decoded images fit resident_budget_mb (auto)
+    resident: bool | Literal["auto"] = "auto"
+    resident_budget_mb: Annotated[float, Field(gt=0, le=1e9, allow_inf_nan=False)] = 2048
+    #: DataLoader worker processes decoding streamed images (default: the cores less one, at most 8)
+    workers: Annotated[int, Field(ge=0, le=64)] | None = None
+
+    @model_validator(mode="after")
+    def _one_augmentation(self):
+        if self.recipe is not None and (self.augment.shift or self.augment.flip):
+            raise ValueError("give data.augment (shift/flip) or data.recipe, not both; the recipe has its own flip")
+        return self
 
 
 class ModelConfig(Strict):

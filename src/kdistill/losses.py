@@ -61,6 +61,14 @@ def hard_label_ce(logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) 
     return (per * mask).sum() / mask.sum().clamp_min(1)
 
 
+def soft_target_ce(logits: Tensor, target: Tensor) -> Tensor:
+    """Cross-entropy with target probabilities ``(N, K)`` (Mixup/CutMix labels). Rows of
+    zeros mark samples without a label and are left out of the mean."""
+    mask = target.sum(-1) > 0
+    per = -(target.float() * F.log_softmax(logits.float(), dim=-1)).sum(-1)
+    return (per * mask).sum() / mask.sum().clamp_min(1)
+
+
 def kl_to_targets(student_logits: Tensor, log_target: Tensor, temperature: float = 4.0) -> Tensor:
     """``KL(target || softmax(student/T)) * T^2`` for a target given as log-probabilities.
 

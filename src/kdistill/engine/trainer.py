@@ -443,7 +443,8 @@ class Trainer:
                     sums, n_seen = self._resumed_running
                 self._resumed_running = None
                 t0 = time.perf_counter()
-                for b, batch in enumerate(self.loader.iterate(epoch, start_batch), start=start_batch):
+                waited = [0.0]  # seconds the loop spent waiting for the loader's next batch
+                for b, batch in enumerate(_timed(self.loader.iterate(epoch, start_batch), waited), start=start_batch):
                     last_of_epoch = b + 1 == batches
                     apply = (b + 1) % cfg.grad_accum == 0 or last_of_epoch
                     out = self.train_step(batch, step, total, warmup, apply, epoch, last_good)
@@ -476,6 +477,7 @@ class Trainer:
                 row: dict[str, Any] = {"epoch": epoch, "step": step, "lr": self.optimizer.param_groups[0]["lr"]}
                 row.update({f"train_{k}": float(v) / max(1, n_seen) for k, v in sums.items()})
                 row["epoch_time_s"] = round(epoch_time, 3)
+                row["data_wait_fraction"] = round(waited[0] / max(epoch_time, 1e-9), 4)
                 if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
                     ev = self.evaluate()
                     for split, m in ev.items():
@@ -636,6 +638,20 @@ class Trainer:
         name = signal.Signals(self._stop_signal).name
         return (f"Stopped by {name}; checkpoint saved at {path}. Resume with the same command plus "
                 f"--resume (run folder {self.run_dir}).")
+
+
+def _timed(batches, waited: list[float]):
+    """``batches``, adding the time each ``next`` blocks to ``waited[0]`` (host time: on CUDA
+    the in-memory loader's gathers are only queued)."""
+    it = iter(batches)
+    while True:
+        t = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        waited[0] += time.perf_counter() - t
+        yield batch
 
 
 def _epoch_line(row: dict[str, Any], epochs: int) -> str:

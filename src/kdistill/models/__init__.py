@@ -1,6 +1,6 @@
 """The model zoo and :func:`create_model`."""
 
-from . import cnn1d, convnet, mlp, mobilenetv2, resnet, shufflenetv2, wrn  # noqa: F401  (register)
+from . import cnn1d, convnet, imagenet, mlp, mobilenetv2, resnet, shufflenetv2, wrn  # noqa: F401  (register)
 from ._registry import MODELS, TrustCode, create_model, default_taps, register_model, require_trusted, runs_code
 from .layers import layer_table
 

@@ -25,7 +25,8 @@ from ..teachers import EnsembleTeacher, ModuleTeacher, Teacher
 def prepare_data(cfg: RunConfig) -> DataSplits:
     """Load, subset, split and validate the run's data (the transfer set is separate)."""
     d = cfg.data
-    splits = load_dataset(d.name, root=d.root, **d.options)
+    splits = load_dataset(d.name, root=d.root, resident=d.resident, workers=d.workers,
+                          resident_budget_mb=d.resident_budget_mb, **d.options)
     train = splits.train
     if d.subset:
         train = train.subset(d.subset, seed=cfg.train.seed)

@@ -57,8 +57,10 @@ def train_model(cfg_train: TrainConfig, model: nn.Module, data: DataSplits, trai
     else:
         distiller = create(method, model, teacher, example=example)
     a = augment or cfg.data.augment
+    # the data section's recipe (bound to the dataset by its loader), unless a teacher's own augment replaces it
+    aug = cfg.data.recipe if augment is None and cfg.data.recipe is not None else Augment(a.shift, a.flip)
     trainer = Trainer(distiller, train, eval_sets, cfg_train, run_dir, cfg.data.batch_size,
-                      cfg.data.eval_batch_size, Augment(a.shift, a.flip), teacher_logits, log,
+                      cfg.data.eval_batch_size, aug, teacher_logits, log,
                       hparams=cfg.model_dump(mode="json"))
     return trainer.fit(resume=resume) | {"distiller": distiller}
 
@@ -193,7 +195,9 @@ def run_experiment(cfg: RunConfig, run_dir: str | Path | None = None, resume: bo
         "dataset": {"name": cfg.data.name, "train": len(data.train), "test": len(data.test),
                     "val": len(data.val) if data.val is not None else 0,
                     "transfer": len(transfer) if transfer is not None else 0,
-                    "num_classes": data.num_classes, "fingerprint": data.train.fingerprint()},
+                    "num_classes": data.num_classes, "fingerprint": data.train.fingerprint(),
+                    # unreadable images skipped (image sources with on_bad: skip)
+                    "skipped_images": sum(len(getattr(p, "skipped", ())) for p in (data.train, data.test, data.val))},
         "method": [f"{w:g}*{m.name}" for w, m in zip(distiller.weights, distiller.terms)],
         "student": record,
         "teacher": teacher_record,
