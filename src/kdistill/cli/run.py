@@ -32,12 +32,20 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in the output folder from its last checkpoint.")] = False,
     run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="Exact run folder (default: output.dir/output.name).")] = None,
     trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help="Allow loading checkpoints that need pickle (runs code from the file).")] = False,
+    check: Annotated[bool, typer.Option("--check", help="Only check the run (data, every network, taps, method terms) and exit; trains nothing.")] = False,
 ) -> None:
-    """Train one run (the teacher first, if it has no checkpoint)."""
+    """Train one run (the teacher first, if it has no checkpoint). Everything is checked before anything trains."""
     from ..config import load_config
     from ..runs import run_experiment
 
     cfg = load_config(config, set_ or [])
+    if check:
+        from ..schemes import check_run
+
+        log(f"Checking {config} (nothing is trained):")
+        check_run(cfg, trust=trust_checkpoint, log=log)
+        log("OK: the run can start.")
+        return
     if cfg.scheme:
         from ..schemes import run_scheme
 

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, did_you_mean
-from ..taps import FeatureTaps
+from ..taps import FeatureTaps, tap_list
 from ..teachers import ModuleTeacher, Teacher, TeacherOutput
 
 
@@ -113,7 +113,12 @@ class Method(nn.Module):
                     f"Method {cls.name!r} has no setting {key!r}.{did_you_mean(key, names)} "
                     f"Its settings: {valid} (plus 'weight')."
                 )
-        return cls.Config(**kwargs)
+        lists = {f.name for f in dataclasses.fields(cls.Config) if "list[" in str(f.type)}
+        kwargs = {k: tap_list(v) if k in lists else v for k, v in kwargs.items()}
+        try:
+            return cls.Config(**kwargs)
+        except TypeError as e:
+            raise ConfigError(f"Method {cls.name!r}: {e}.") from None
 
 
 class Distiller(nn.Module):

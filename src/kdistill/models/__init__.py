@@ -1,7 +1,7 @@
 """The model zoo and :func:`create_model`."""
 
 from . import cnn1d, convnet, mlp, mobilenetv2, resnet, shufflenetv2, wrn  # noqa: F401  (register)
-from ._registry import MODELS, create_model, default_taps, register_model
+from ._registry import MODELS, HFClassifier, check_name, create_model, default_taps, register_model
 from .layers import layer_table
 
-__all__ = ["MODELS", "create_model", "default_taps", "layer_table", "register_model"]
+__all__ = ["MODELS", "HFClassifier", "check_name", "create_model", "default_taps", "layer_table", "register_model"]

@@ -13,6 +13,7 @@ from .build import (
 )
 from .caching import cache_from_config
 from .experiment import cpu_latency, ensure_teacher, run_experiment, teacher_logits_for, train_model
+from .preflight import Preflight, preflight
 from .folder import is_main_process, open_run_dir, run_dir_for, save_model, sync_processes, write_json
 from .saved import load_saved, model_from_record, read_model_record, rebuild
 
@@ -28,6 +29,8 @@ __all__ = [
     "model_from_record",
     "model_record",
     "open_run_dir",
+    "Preflight",
+    "preflight",
     "prepare_data",
     "read_model_record",
     "rebuild",

@@ -18,6 +18,7 @@ from ..errors import ConfigError, DataError, ShapeError
 from ..measure import count_params, param_bytes
 from ..methods import METHODS
 from ..models import create_model
+from ..teacher_input import InputSpec, TeacherInput
 from ..teachers import EnsembleTeacher, ModuleTeacher, Teacher
 
 
@@ -68,13 +69,19 @@ def load_transfer(cfg: RunConfig, data: DataSplits) -> ArrayDataset | None:
 
 # -- models --------------------------------------------------------------------------------
 def build_model(name: str, kwargs: dict, data: DataSplits, checkpoint: str | None = None,
-                trust: bool = False, what: str = "model") -> nn.Module:
+                trust: bool = False, what: str = "model", log=None, adapt=None) -> nn.Module:
     """A zoo model for ``data`` (its classes and input shape), with ``checkpoint``'s weights
-    when given, checked by one probe forward."""
+    when given, checked by one probe forward. ``log`` gets one line saying what was loaded;
+    ``adapt`` (a module wrapper, see :mod:`kdistill.teacher_input`) is applied before the probe."""
     kw = dict(kwargs)  # an explicit num_classes / input_shape wins; check_model then reports a mismatch
     model = create_model(name, kw.pop("num_classes", data.num_classes), tuple(kw.pop("input_shape", data.input_shape)), **kw)
     if checkpoint:
-        load_into(model, load_weights(checkpoint, trust=trust), what)
+        info = load_into(model, load_weights(checkpoint, trust=trust), what)
+        if log is not None:
+            how = f"; key prefixes mapped: {' '.join(info['mapped'])}" if info["mapped"] else ""
+            log(f"Loaded the {what} {name} from {checkpoint} ({info['tensors']} tensors{how}).")
+    if adapt is not None:
+        model = adapt(model)
     check_model(model, data, what)
     return model
 
@@ -123,6 +130,15 @@ def with_num_data(method: Any, num_data: int) -> Any:
     return [fill(t) for t in method] if isinstance(method, list) else fill(method)
 
 
+def teacher_adapter(t: TeacherConfig | None):
+    """A wrapper that gives the teacher's network its own input format (``teacher.input``),
+    or ``None`` when the teacher takes the data as it is."""
+    if t is None or t.input is None:
+        return None
+    spec = InputSpec.make(**t.input.model_dump())
+    return lambda net: TeacherInput(net, spec)
+
+
 def teacher_from_checkpoints(t: TeacherConfig, data: DataSplits, trust: bool = False) -> Teacher:
     """The teacher of a config whose model (or every ensemble member) has a checkpoint."""
     members = t.ensemble or [t]
@@ -133,8 +149,9 @@ def teacher_from_checkpoints(t: TeacherConfig, data: DataSplits, trust: bool = F
             "runs/<run>/teacher/model.safetensors from an earlier `kdistill train`."
         )
     many = len(members) > 1
-    modules = [build_model(m.model, m.kwargs, data, m.checkpoint, trust, f"teacher member {i}" if many else "teacher")
-               for i, m in enumerate(members)]
+    adapt = teacher_adapter(t)
+    modules = [build_model(m.model, m.kwargs, data, m.checkpoint, trust, f"teacher member {i}" if many else "teacher",
+                           adapt=adapt) for i, m in enumerate(members)]
     if not many:
         return ModuleTeacher(modules[0], data.num_classes)
     return EnsembleTeacher(modules, t.combine)

@@ -78,6 +78,10 @@ def rebuild(record: dict[str, Any], weights: str | Path, what: str = "model", tr
                 "Only the bare student is exported; re-save it from the student alone."
             )
     load_into(model, state, what)
+    if record.get("input"):  # a teacher that takes the data in its own format
+        from ..teacher_input import InputSpec, TeacherInput
+
+        model = TeacherInput(model, InputSpec.make(**record["input"]))
     return model.eval()
 
 

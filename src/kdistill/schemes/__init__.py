@@ -16,13 +16,14 @@ with its ``results.json``) and a top-level ``results.json`` reporting every stag
 
 from . import ban, byot, dml, ensemble, one, specialists, takd, transfer  # noqa: F401  (register)
 from ._common import SchemeContext
-from ._registry import SCHEMES, Scheme, SchemeConfig, parse_settings, register_scheme, run_scheme
+from ._registry import SCHEMES, Scheme, SchemeConfig, check_run, parse_settings, register_scheme, run_scheme
 
 __all__ = [
     "SCHEMES",
     "Scheme",
     "SchemeConfig",
     "SchemeContext",
+    "check_run",
     "parse_settings",
     "register_scheme",
     "run_scheme",

@@ -1,0 +1,1 @@
+"""The Python entry point of a whole training: :func:`train`."""
