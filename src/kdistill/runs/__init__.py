@@ -13,8 +13,8 @@ from .build import (
 )
 from .caching import cache_from_config
 from .experiment import cpu_latency, ensure_teacher, run_experiment, teacher_logits_for, train_model
-from .preflight import Preflight, preflight
 from .folder import is_main_process, open_run_dir, run_dir_for, save_model, sync_processes, write_json
+from .preflight import Preflight, preflight
 from .saved import load_saved, model_from_record, read_model_record, rebuild
 
 __all__ = [
@@ -42,4 +42,5 @@ __all__ = [
     "teacher_logits_for",
     "train_model",
     "with_num_data",
+    "write_json",
 ]
