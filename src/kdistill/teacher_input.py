@@ -123,6 +123,26 @@ class TeacherInput(nn.Module):
         return self.net(convert(x, self.spec))
 
 
+class Adapter:
+    """Builds :class:`TeacherInput` wrappers for one spec, and says what input shape the
+    teacher's network itself takes (what it must be built for)."""
+
+    def __init__(self, spec: InputSpec):
+        self.spec = spec
+
+    def __call__(self, net: nn.Module) -> TeacherInput:
+        return TeacherInput(net, self.spec)
+
+    def input_shape(self, data_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The teacher network's per-sample input shape for data of ``data_shape``."""
+        shape = list(data_shape)
+        if self.spec.channels is not None:
+            shape[0] = self.spec.channels
+        if self.spec.size is not None and len(shape) == 3:
+            shape[1:] = self.spec.size
+        return tuple(shape)
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The network inside a :class:`TeacherInput` (or ``model`` itself)."""
     return model.net if isinstance(model, TeacherInput) else model

@@ -114,7 +114,16 @@ def _hf_model(name: str, num_classes: int, new_head: bool = False, **kwargs: Any
         from transformers import AutoModelForImageClassification
     except ImportError:
         raise ConfigError(f"Model {name!r} needs transformers: pip install 'kdistill[hf]'.") from None
-    extra = {"num_labels": num_classes, "ignore_mismatched_sizes": True} if new_head else {}
+    try:  # transformers' load report and progress bars would bury kdistill's own lines
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except (ImportError, AttributeError):
+        pass
+    extra = ({"num_labels": num_classes, "ignore_mismatched_sizes": True,
+              "id2label": {i: str(i) for i in range(num_classes)}, "label2id": {str(i): i for i in range(num_classes)}}
+             if new_head else {})
     try:
         model = AutoModelForImageClassification.from_pretrained(str(folder), local_files_only=True, **extra, **kwargs)
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -127,19 +136,29 @@ def create_model(name: str, num_classes: int, input_shape: tuple[int, ...], **kw
     if name.startswith("hf:"):
         return _hf_model(name, num_classes, **kwargs)
     if name.startswith("timm:"):
+        # built without weights; pretrained weights come from a local file (the run's
+        # ``checkpoint``), loaded with prefix mapping like any other checkpoint
         try:
             import timm
         except ImportError:
-            raise ConfigError(f"Model {name!r} needs timm: pip install timm.") from None
-        return timm.create_model(
-            name[5:], pretrained=False, num_classes=num_classes, in_chans=input_shape[0], **kwargs
-        )
+            raise ConfigError(f"Model {name!r} needs timm: pip install 'kdistill[timm]'.") from None
+        try:
+            return timm.create_model(
+                name[5:], pretrained=False, num_classes=num_classes, in_chans=input_shape[0], **kwargs
+            )
+        except (RuntimeError, ValueError, TypeError, KeyError) as e:
+            raise ConfigError(f"Model {name!r}: timm cannot build it: {str(e).splitlines()[0]}") from None
     if name.startswith("torchvision:"):
         try:
             import torchvision
         except ImportError:
             raise ConfigError(f"Model {name!r} needs torchvision: pip install torchvision.") from None
-        return torchvision.models.get_model(name[12:], weights=None, num_classes=num_classes, **kwargs)
+        except Exception as e:  # a torchvision build that does not match torch fails on import
+            raise ConfigError(f"Model {name!r}: torchvision does not import here ({type(e).__name__}: {e}).") from None
+        try:
+            return torchvision.models.get_model(name[12:], weights=None, num_classes=num_classes, **kwargs)
+        except (RuntimeError, ValueError, TypeError, KeyError) as e:
+            raise ConfigError(f"Model {name!r}: torchvision cannot build it: {str(e).splitlines()[0]}") from None
     if ":" in name:
         factory = _factory(name)
         try:

@@ -18,7 +18,7 @@ from ..errors import ConfigError, DataError, ShapeError
 from ..measure import count_params, param_bytes
 from ..methods import METHODS
 from ..models import create_model
-from ..teacher_input import InputSpec, TeacherInput
+from ..teacher_input import Adapter, InputSpec
 from ..teachers import EnsembleTeacher, ModuleTeacher, Teacher
 
 
@@ -74,7 +74,8 @@ def build_model(name: str, kwargs: dict, data: DataSplits, checkpoint: str | Non
     when given, checked by one probe forward. ``log`` gets one line saying what was loaded;
     ``adapt`` (a module wrapper, see :mod:`kdistill.teacher_input`) is applied before the probe."""
     kw = dict(kwargs)  # an explicit num_classes / input_shape wins; check_model then reports a mismatch
-    model = create_model(name, kw.pop("num_classes", data.num_classes), tuple(kw.pop("input_shape", data.input_shape)), **kw)
+    shape = adapt.input_shape(data.input_shape) if adapt is not None else data.input_shape
+    model = create_model(name, kw.pop("num_classes", data.num_classes), tuple(kw.pop("input_shape", shape)), **kw)
     if checkpoint:
         info = load_into(model, load_weights(checkpoint, trust=trust), what)
         if log is not None:
@@ -135,8 +136,7 @@ def teacher_adapter(t: TeacherConfig | None):
     or ``None`` when the teacher takes the data as it is."""
     if t is None or t.input is None:
         return None
-    spec = InputSpec.make(**t.input.model_dump())
-    return lambda net: TeacherInput(net, spec)
+    return Adapter(InputSpec.make(**t.input.model_dump()))
 
 
 def teacher_from_checkpoints(t: TeacherConfig, data: DataSplits, trust: bool = False) -> Teacher:

@@ -89,8 +89,8 @@ def ensure_teacher(cfg: RunConfig, data: DataSplits, run_dir: Path, resume: bool
             log(f"Using the {what} trained earlier in {sub}.")
         model = build_model(m.model, m.kwargs, data, ckpt, trust, what, log=log, adapt=adapt)
         record = model_record(unwrap(model), m.model, m.kwargs, data)
-        if adapt is not None:
-            record["input"] = model.spec.as_dict()
+        if adapt is not None:  # the saved network takes the teacher's format; model.json says how to convert
+            record["input"] = adapt.spec.as_dict() | {"net_input_shape": list(adapt.input_shape(data.input_shape))}
         if ckpt is None:
             log(f"Training the {what} ({m.model}) first, into {sub}.")
             tcfg = cfg.teacher_train()

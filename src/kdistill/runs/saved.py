@@ -54,8 +54,9 @@ def model_from_record(record: dict[str, Any]) -> nn.Module:
         kwargs = record.get("kwargs") or {}
         if not isinstance(kwargs, dict):
             raise TypeError("kwargs is not an object")
-        return create_model(str(record["model"]), int(record["num_classes"]), tuple(int(v) for v in record["input_shape"]),
-                            **kwargs)
+        # a teacher with its own input format: its network takes the shape recorded there
+        shape = (record.get("input") or {}).get("net_input_shape") or record["input_shape"]
+        return create_model(str(record["model"]), int(record["num_classes"]), tuple(int(v) for v in shape), **kwargs)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"The model record {record.get('model')!r} cannot rebuild a network: {e}.") from None
 
@@ -81,7 +82,8 @@ def rebuild(record: dict[str, Any], weights: str | Path, what: str = "model", tr
     if record.get("input"):  # a teacher that takes the data in its own format
         from ..teacher_input import InputSpec, TeacherInput
 
-        model = TeacherInput(model, InputSpec.make(**record["input"]))
+        spec = {k: v for k, v in record["input"].items() if k != "net_input_shape"}
+        model = TeacherInput(model, InputSpec.make(**spec))
     return model.eval()
 
 
