@@ -88,6 +88,7 @@ def write_user_folder(folder: Path) -> None:
     ybig = yte.copy()
     ybig[3] = 12
     np.savez(folder / "data_big.npz", x_train=xtr, y_train=ytr, x_test=xte, y_test=ybig, num_classes=10)
+    np.savez(folder / "transfer.npz", x=xtr[:100])
     np.savez(folder / "data_noy.npz", x_train=xtr, x_test=xte, y_test=yte)
     xnan = xtr.copy()
     xnan[7, 3] = np.nan
@@ -163,7 +164,7 @@ CASES: list[tuple[str, str, str, list[str]]] = [
     ("ckpt-1000-classes", "teacher checkpoint with a 1000-class head (module. prefix)", "own.yaml",
      ["--set", "teacher.checkpoint=teacher_1000.safetensors"]),
     ("transfer-no-teacher", "transfer set without a teacher", "own.yaml",
-     ["--set", "teacher=null", "--set", "data.transfer={source: npz, path: data.npz}"]),
+     ["--set", "teacher=null", "--set", "data.transfer={source: npz, path: transfer.npz}"]),
     ("scheme-unknown", "unknown scheme name", "own.yaml", ["--set", "scheme={name: takdd}"]),
     ("scheme-model", "scheme chain with an unknown model", "scheme.yaml", []),
     ("hf-missing", "hf: teacher folder that does not exist", "own.yaml", ["--set", "teacher.model=hf:no/such/folder"]),
@@ -174,10 +175,13 @@ CASES: list[tuple[str, str, str, list[str]]] = [
 
 
 def first_line(text: str) -> str:
-    for line in text.splitlines():
+    """The first line of the message (with the next one when it ends in ':')."""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    for i, line in enumerate(lines):
+        if line.startswith((" ", "Checking", "Loaded")):
+            continue
         line = line.strip()
-        if line and not line.startswith(("Checking", "  ")):
-            return line
+        return f"{line} {lines[i + 1].strip()}" if line.endswith(":") and i + 1 < len(lines) else line
     return ""
 
 

@@ -190,6 +190,12 @@ def load_weights(path: str | Path, trust: bool = False) -> dict[str, Tensor]:
             return load_file(str(path))
         except (SafetensorsError, OSError, ValueError) as e:
             raise CheckpointError(f"{path}: not a valid safetensors file ({e}).") from None
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK") or head[:1] == b"\x80"):  # torch.save: a zip archive, or a legacy pickle
+        raise CheckpointError(
+            f"{path} is not a weights file: neither safetensors (.safetensors) nor a torch checkpoint (.pt/.pth)."
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
