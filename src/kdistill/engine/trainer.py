@@ -36,6 +36,7 @@ from ..methods import Distiller
 from ..metrics import classification_metrics, predict_logits
 from . import sharding
 from .checkpoint import checkpoint_path, find_checkpoint, load_into, load_train_state, save_checkpoint
+from .progress import EpochProgress, heading
 
 _ACCELERATORS: dict[tuple, Any] = {}
 
@@ -109,6 +110,8 @@ class Trainer:
         teacher_logits: teacher logits for each eval set (agreement and KL metrics).
         log: a function that prints one line.
         hparams: the run's config, logged to experiment trackers as hyperparameters.
+        phase: what is trained (``teacher``, ``student``, a scheme's stage): names the
+            heading line and the progress bar.
     """
 
     def __init__(
@@ -124,8 +127,10 @@ class Trainer:
         teacher_logits: dict[str, Tensor] | None = None,
         log: Callable[[str], None] = print,
         hparams: dict[str, Any] | None = None,
+        phase: str | None = None,
     ):
         self.distiller = distiller
+        self.phase = phase
         self.hparams = hparams
         self.cfg = cfg
         self.run_dir = Path(run_dir)
@@ -343,6 +348,11 @@ class Trainer:
         saved_handlers = self._install_signals()
         t_start = time.perf_counter()
         last_good = None
+        phase = self.phase or "training"
+        student = type(self.accelerator.unwrap_model(self.model).student).__name__
+        terms = " + ".join(m.name for m in distiller.terms)
+        self.log(heading(phase, f"{student} with {terms}", cfg.epochs, steps_per_epoch, self.device))
+        bar = EpochProgress(cfg.progress and self.accelerator.is_main_process, phase, steps_per_epoch, cfg.epochs)
         try:
             while epoch < cfg.epochs:
                 distiller.set_epoch(epoch, cfg.epochs)
@@ -350,6 +360,7 @@ class Trainer:
                 sums: dict[str, Tensor] = {}
                 n_seen = 0
                 t0 = time.perf_counter()
+                bar.start(epoch, -(-start_batch // cfg.grad_accum))
                 for b, batch in enumerate(self.loader.iterate(epoch, start_batch), start=start_batch):
                     for g in self.optimizer.param_groups:
                         g["lr"] = cfg.lr * lr_factor(step, total, warmup, cfg.schedule, cfg.milestones, cfg.gamma)
@@ -385,6 +396,7 @@ class Trainer:
                             self._check_flag(epoch, step, last_good)
                         bs = batch["y"].shape[0]
                         n_seen += bs
+                        bar.step(bs, loss)
                         for k, v in out.items():
                             if k.startswith("loss"):
                                 sums[k] = sums.get(k, 0.0) + v.detach().float() * bs
@@ -394,6 +406,7 @@ class Trainer:
                             last_good = self._save("last", self._state(epoch, b + 1, step, best, history))
                             if stop:
                                 raise Interrupted(self._interrupt_message(last_good))
+                bar.stop()
                 self._check_flag(epoch, step, last_good)
                 if self.accelerator.num_processes > 1:  # log the epoch's means over every process's shard
                     keys = sorted(sums)
@@ -422,6 +435,7 @@ class Trainer:
                 if self._stopping() and epoch < cfg.epochs:
                     raise Interrupted(self._interrupt_message(last_good))
         finally:
+            bar.stop()
             trackers.finish()
             for s, h in saved_handlers.items():
                 signal.signal(s, h)

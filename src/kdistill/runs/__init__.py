@@ -13,7 +13,7 @@ from .build import (
 )
 from .caching import cache_from_config
 from .experiment import cpu_latency, ensure_teacher, run_experiment, teacher_logits_for, train_model
-from .folder import is_main_process, open_run_dir, run_dir_for, save_model, sync_processes, write_json
+from .folder import check_resumable, is_main_process, open_run_dir, run_dir_for, save_model, sync_processes, write_json
 from .preflight import Preflight, preflight
 from .saved import load_saved, model_from_record, read_model_record, rebuild
 
@@ -21,6 +21,7 @@ __all__ = [
     "build_model",
     "cache_from_config",
     "check_model",
+    "check_resumable",
     "cpu_latency",
     "ensure_teacher",
     "is_main_process",

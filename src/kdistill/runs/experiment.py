@@ -62,7 +62,7 @@ def train_model(cfg_train: TrainConfig, model: nn.Module, data: DataSplits, trai
     a = augment or cfg.data.augment
     trainer = Trainer(distiller, train, eval_sets, cfg_train, run_dir, cfg.data.batch_size,
                       cfg.data.eval_batch_size, Augment(a.shift, a.flip), teacher_logits, log,
-                      hparams=cfg.model_dump(mode="json"))
+                      hparams=cfg.model_dump(mode="json"), phase=phase)
     return trainer.fit(resume=resume) | {"distiller": distiller}
 
 
@@ -161,7 +161,7 @@ def run_experiment(cfg: RunConfig, run_dir: str | Path | None = None, resume: bo
     train = data.train.concat(transfer) if transfer is not None else data.train
     method = cfg.method if isinstance(cfg.method, list) else dict(cfg.method)
     res = train_model(cfg.train, student, data, train, run_dir, cfg, resume, log,
-                      teacher=teacher, method=method, teacher_logits=teacher_logits)
+                      teacher=teacher, method=method, teacher_logits=teacher_logits, phase="student")
     distiller: Distiller = res.pop("distiller")
     record["latency_ms_cpu_b1"] = cpu_latency(student, data.input_shape)
     save_model(run_dir, student.cpu(), record)

@@ -60,6 +60,24 @@ def check_epochs(cfg: RunConfig) -> None:
             )
 
 
+def check_device(cfg: RunConfig) -> None:
+    """The configured device exists on this machine (``cuda`` without a GPU fails here,
+    not with a traceback inside the first forward)."""
+    for name in {cfg.train.device, cfg.teacher_train().device if cfg.teacher is not None else cfg.train.device}:
+        if name == "auto" or name == "cpu":
+            continue
+        if name.startswith("cuda"):
+            n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            idx = int(name.split(":")[1]) if ":" in name and name.split(":")[1].isdigit() else 0
+            if n == 0:
+                raise ConfigError(f"train.device is {name!r} but this machine has no usable CUDA GPU "
+                                  f"(torch {torch.__version__}); use device: auto or cpu.")
+            if idx >= n:
+                raise ConfigError(f"train.device is {name!r} but this machine has {n} GPU(s) (cuda:0..cuda:{n - 1}).")
+        elif name.startswith("mps") and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ConfigError(f"train.device is {name!r} but MPS is not available here; use device: auto or cpu.")
+
+
 def check_names(cfg: RunConfig, extra_models: Sequence[tuple[str, ModelConfig]] = ()) -> None:
     """Every model name of the run resolves (zoo name, importable factory, existing folder)."""
     specs = [cfg.student.model] + [s.model for _, s in extra_models]
@@ -184,6 +202,7 @@ def preflight(
     lines: list[str] = []
     try:
         check_epochs(cfg)
+        check_device(cfg)
         check_names(cfg, extra_models)  # before the data loads: a misspelt name fails in a second
         data = prepare_data(cfg)
         check_splits(data)
