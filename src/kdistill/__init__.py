@@ -18,6 +18,16 @@ from .teachers import EnsembleTeacher, ModuleTeacher, TeacherOutput
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # kd.train (kdistill.api) pulls in the trainer and Accelerate: imported on first use
+    if name == "train":
+        from .api import train
+
+        return train
+    raise AttributeError(f"module 'kdistill' has no attribute {name!r}")
+
+
 __all__ = [
     "Distiller",
     "EnsembleTeacher",
@@ -35,4 +45,5 @@ __all__ = [
     "metrics",
     "models",
     "soft_targets",
+    "train",
 ]

@@ -149,6 +149,18 @@ class TrainConfig(Strict):
         return v
 
 
+class TeacherInputConfig(Strict):
+    """The teacher's own input format, when it differs from the data's (a teacher pretrained
+    elsewhere): see :mod:`kdistill.teacher_input`. Batches are converted on the device."""
+
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    size: int | list[int] | None = None
+    channels: Annotated[int, Field(ge=1, le=64)] | None = None
+    data_mean: list[float] = Field(default_factory=lambda: [0.0])
+    data_std: list[float] = Field(default_factory=lambda: [1.0])
+
+
 class TeacherConfig(Strict):
     """A teacher: one model, an ensemble of models, or cached outputs (``kind: default``,
     the default); or ``kind: NAME`` with ``options``, a kind registered with
@@ -169,6 +181,8 @@ class TeacherConfig(Strict):
     cache: str | None = None
     train: dict[str, Any] = Field(default_factory=dict)
     augment: AugmentConfig | None = None
+    #: the teacher's input normalisation/resolution/channels, converted per batch on the device
+    input: TeacherInputConfig | None = None
 
     @model_validator(mode="after")
     def _one_kind(self):

@@ -45,6 +45,7 @@ from .checkpoint import (
     remove_litter,
     save_checkpoint,
 )
+from .progress import EpochProgress, heading
 
 _ACCELERATORS: dict[tuple, Any] = {}
 
@@ -117,6 +118,8 @@ class Trainer:
         teacher_logits: teacher logits for each eval set (agreement and KL metrics).
         log: a function that prints one line.
         hparams: the run's config, logged to experiment trackers as hyperparameters.
+        phase: what is trained (``teacher``, ``student``, a scheme's stage): names the
+            heading line and the progress bar.
     """
 
     def __init__(
@@ -132,8 +135,10 @@ class Trainer:
         teacher_logits: dict[str, Tensor] | None = None,
         log: Callable[[str], None] = print,
         hparams: dict[str, Any] | None = None,
+        phase: str | None = None,
     ):
         self.distiller = distiller
+        self.phase = phase
         self.hparams = hparams
         self.cfg = cfg
         self.run_dir = Path(run_dir)
@@ -433,6 +438,11 @@ class Trainer:
         saved_handlers = self._install_signals()
         t_start = time.perf_counter()
         last_good = None
+        phase = self.phase or "training"
+        student = type(self.accelerator.unwrap_model(self.model).student).__name__
+        terms = " + ".join(m.name for m in distiller.terms)
+        self.log(heading(phase, f"{student} with {terms}", cfg.epochs, steps_per_epoch, self.device))
+        bar = EpochProgress(cfg.progress and self.accelerator.is_main_process, phase, steps_per_epoch, cfg.epochs)
         try:
             while epoch < cfg.epochs:
                 distiller.set_epoch(epoch, cfg.epochs)
@@ -444,6 +454,7 @@ class Trainer:
                 self._resumed_running = None
                 t0 = time.perf_counter()
                 waited = [0.0]  # seconds the loop spent waiting for the loader's next batch
+                bar.start(epoch, -(-start_batch // cfg.grad_accum))
                 for b, batch in enumerate(_timed(self.loader.iterate(epoch, start_batch), waited), start=start_batch):
                     last_of_epoch = b + 1 == batches
                     apply = (b + 1) % cfg.grad_accum == 0 or last_of_epoch
@@ -456,6 +467,7 @@ class Trainer:
                             self._check_flag(epoch, step, last_good)
                         bs = batch["y"].shape[0]
                         n_seen += bs
+                        bar.step(bs, out["loss"])
                         for k, v in out.items():
                             if k.startswith("loss"):
                                 sums[k] = sums.get(k, 0.0) + v.detach().float() * bs
@@ -466,6 +478,7 @@ class Trainer:
                                                    running=(sums, n_seen))
                             if stop:
                                 raise Interrupted(self._interrupt_message(last_good))
+                bar.stop()
                 self._check_flag(epoch, step, last_good)
                 if self.accelerator.num_processes > 1:  # log the epoch's means over every process's shard
                     keys = sorted(sums)
@@ -495,6 +508,7 @@ class Trainer:
                 if self._stopping() and epoch < cfg.epochs:
                     raise Interrupted(self._interrupt_message(last_good))
         finally:
+            bar.stop()
             trackers.finish()
             for s, h in saved_handlers.items():
                 signal.signal(s, h)
