@@ -18,6 +18,16 @@ from .teachers import EnsembleTeacher, ModuleTeacher, TeacherOutput
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # `kd.quantize(...)`: the quantize package (callable) is imported on first use only
+    if name == "quantize":
+        import importlib
+
+        return importlib.import_module(".quantize", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "Distiller",
     "EnsembleTeacher",
