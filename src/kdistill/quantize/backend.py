@@ -100,7 +100,10 @@ def capture(model: nn.Module, example: Tensor) -> torch.fx.GraphModule:
     :class:`QuantizeError` saying why it cannot be captured."""
     if example.shape[0] < 2:
         raise ValueError("capture needs an example batch of at least 2 samples")
-    model = model.cpu().float().eval()
+    import copy
+
+    # a copy: the captured graph shares the module's parameters, and QAT trains them
+    model = copy.deepcopy(model).cpu().float().eval()
     try:
         with quiet():
             ep = torch.export.export(model, (example[:2].float().cpu(),),
