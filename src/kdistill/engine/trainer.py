@@ -109,6 +109,9 @@ class Trainer:
         teacher_logits: teacher logits for each eval set (agreement and KL metrics).
         log: a function that prints one line.
         hparams: the run's config, logged to experiment trackers as hyperparameters.
+        metrics_fn: ``metrics_fn(student, dataset) -> dict`` replaces the classification
+            metrics (a causal LM's perplexity and token accuracy); the dict must hold ``acc``,
+            which selects the best epoch.
     """
 
     def __init__(
@@ -124,8 +127,10 @@ class Trainer:
         teacher_logits: dict[str, Tensor] | None = None,
         log: Callable[[str], None] = print,
         hparams: dict[str, Any] | None = None,
+        metrics_fn: Callable[[torch.nn.Module, Dataset], dict[str, float]] | None = None,
     ):
         self.distiller = distiller
+        self.metrics_fn = metrics_fn
         self.hparams = hparams
         self.cfg = cfg
         self.run_dir = Path(run_dir)
@@ -193,6 +198,9 @@ class Trainer:
         student = model.student
         out = {}
         for name, ds in self.eval_sets.items():
+            if self.metrics_fn is not None:
+                out[name] = self.metrics_fn(student, ds)
+                continue
             # fp32, not autocast: reported metrics must not depend on the training precision
             logits = predict_logits(student, ds, self.eval_batch_size, self.device)
             out[name] = classification_metrics(logits, ds.labels(), self.teacher_logits.get(name))
