@@ -87,7 +87,7 @@ def prepare_teacher(cfg: LMRunConfig, tok, train: TokenDataset, val: TokenDatase
         record["trained_in_run"] = True
     else:
         tcfg = cfg.teacher_train()
-        net, record = build_causal_lm(t.model, t.kwargs, tok.vocab_size, seed=tcfg.seed)
+        net, record = build_causal_lm(t.model, t.kwargs, tok.vocab_size, seed=tcfg.seed, eos_id=tok.eos_id)
         log(f"Training the teacher ({record['params']:,} parameters) for {tcfg.epochs} epochs.")
         res = train_lm(net, create("ce", net), train, val, tcfg, cfg, run_dir / "teacher", resume, log, None)
         net.save(saved, tok)
@@ -178,7 +178,8 @@ def run_lm(cfg: LMRunConfig, run_dir: str | Path | None = None, resume: bool = F
     teacher, t_record = prepare_teacher(cfg, tok, train, val, path, resume, log) if needs_teacher else (None, {})
     if cfg.lm.regime == "sequence":
         train = sequence_transfer(teacher, train, tok, cfg, path, log)
-    student, s_record = build_causal_lm(cfg.student.model, cfg.student.kwargs, tok.vocab_size, seed=cfg.train.seed)
+    student, s_record = build_causal_lm(cfg.student.model, cfg.student.kwargs, tok.vocab_size, seed=cfg.train.seed,
+                                        eos_id=tok.eos_id)
     distiller = build_distiller(cfg, student, teacher, train, tok)
     res = train_lm(student, distiller, train, val, cfg.train, cfg, path, resume, log, teacher)
     student.save(path / "student", tok)

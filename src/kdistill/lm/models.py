@@ -152,8 +152,14 @@ class CausalLM(nn.Module):
         tokenizer.save(folder)
 
 
-def build_causal_lm(model: str, kwargs: dict[str, Any], vocab_size: int, seed: int = 0) -> tuple[CausalLM, dict]:
-    """A :class:`CausalLM` and its record (kind, source, parameter count)."""
+def build_causal_lm(model: str, kwargs: dict[str, Any], vocab_size: int, seed: int = 0,
+                    eos_id: int | None = None) -> tuple[CausalLM, dict]:
+    """A :class:`CausalLM` (in training mode) and its record (kind, source, parameter count).
+
+    An ``hf-config`` model gets ``vocab_size`` and ``bos/eos_token_id`` from the tokenizer
+    unless its kwargs set them, and untied input/output embeddings unless they say
+    otherwise; ``seed`` fixes its initialisation.
+    """
     transformers = require_transformers()
     if model.startswith("hf:"):
         path = Path(model.removeprefix("hf:"))
@@ -177,6 +183,9 @@ def build_causal_lm(model: str, kwargs: dict[str, Any], vocab_size: int, seed: i
             raise ConfigError("An hf-config model needs 'model_type' (e.g. llama, gpt2) among its kwargs.")
         kw.setdefault("vocab_size", vocab_size)
         kw.setdefault("tie_word_embeddings", False)
+        if eos_id is not None:
+            kw.setdefault("bos_token_id", eos_id)
+            kw.setdefault("eos_token_id", eos_id)
         try:
             config = transformers.AutoConfig.for_model(model_type, **kw)
         except (ValueError, TypeError, KeyError) as e:
@@ -185,5 +194,6 @@ def build_causal_lm(model: str, kwargs: dict[str, Any], vocab_size: int, seed: i
         hf = transformers.AutoModelForCausalLM.from_config(config)
         record = {"model": "hf-config", "kwargs": {"model_type": model_type, **kw}}
     lm = CausalLM(hf, vocab_size)
+    lm.train()
     record["params"] = sum(p.numel() for p in lm.parameters())
     return lm, record
