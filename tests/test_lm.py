@@ -106,7 +106,6 @@ def test_tokenizer_mismatch_refused(tmp_path):
 
 
 def test_on_policy_batches_are_the_students_samples():
-    tok = ByteTokenizer()
     student, _ = build_causal_lm("hf-config", TINY, 257, seed=1)
     other, _ = build_causal_lm("hf-config", TINY, 257, seed=2)
     teacher, _ = build_causal_lm("hf-config", TINY, 257, seed=9)
@@ -218,3 +217,30 @@ def test_run_on_policy_and_config_errors(corpus, tmp_path):
         _config(corpus, tmp_path, data={"blocksize": 3})
     with pytest.raises(ConfigError, match="needs a teacher"):
         run_lm(_config(corpus, tmp_path, teacher=None, output={"name": "x"}), log=lambda s: None)
+
+
+def test_sequence_level_across_tokenizers_passes_text(corpus, tmp_path):
+    """A teacher with its own word-level tokenizer teaches a byte-level student through text."""
+    from kdistill.lm.models import HFTokenizer
+
+    words = ["the", "cat", "sat", "dog", "ran"]
+    _word_tokenizer(tmp_path / "t", words)
+    t_tok = HFTokenizer(tmp_path / "t")
+    net, _ = build_causal_lm("hf-config", TINY, t_tok.vocab_size, seed=0, eos_id=t_tok.eos_id)
+    net.hf.save_pretrained(str(tmp_path / "t"))
+    teacher = {"model": f"hf:{tmp_path / 't'}"}
+    with pytest.raises(ConfigError, match="differs"):  # token-level KD across vocabularies: refused
+        run_lm(_config(corpus, tmp_path, teacher=teacher, output={"name": "tok"}), log=lambda s: None)
+    with pytest.raises(ConfigError, match="name: ce"):
+        run_lm(_config(corpus, tmp_path, teacher=teacher, lm={"regime": "sequence"}, output={"name": "tok2"}),
+               log=lambda s: None)
+    res = run_lm(_config(corpus, tmp_path, teacher=teacher, method={"name": "ce"}, lm={"regime": "sequence"},
+                         train={"epochs": 1}, output={"name": "tok3"}), log=lambda s: None)
+    byte = ByteTokenizer()
+    recs = [json.loads(line) for line in (tmp_path / "tok3" / "transfer.jsonl").read_text().splitlines()]
+    texts = [byte.decode(r["completion_ids"]) for r in recs]
+    assert any(texts)
+    for t in texts:  # whole teacher words, the last one perhaps cut at the block's end
+        *whole, last = t.split() or [""]
+        assert set(whole) <= set(words) and any(w.startswith(last) for w in words)
+    assert "val" not in res["teacher"] and "agreement" not in res["final"]["val"]

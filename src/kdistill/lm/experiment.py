@@ -78,10 +78,12 @@ def prepare_teacher(cfg: LMRunConfig, tok, train: TokenDataset, val: TokenDatase
     t = cfg.teacher
     if t is None:
         return None, {}
-    check_same_tokenizer(folder_tokenizer(t.model), tok, cfg.lm.regime)
+    t_tok = folder_tokenizer(t.model) or tok
+    check_same_tokenizer(t_tok, tok, cfg.lm.regime)
     saved = run_dir / "teacher" / "model"
     if t.model.startswith("hf:"):
-        net, record = build_causal_lm(t.model, {}, tok.vocab_size)
+        net, record = build_causal_lm(t.model, {}, t_tok.vocab_size)
+        net.tokenizer = t_tok
     elif resume and (saved / "config.json").is_file():
         net, record = build_causal_lm(f"hf:{saved}", {}, tok.vocab_size)
         record["trained_in_run"] = True
@@ -92,8 +94,8 @@ def prepare_teacher(cfg: LMRunConfig, tok, train: TokenDataset, val: TokenDatase
         res = train_lm(net, create("ce", net), train, val, tcfg, cfg, run_dir / "teacher", resume, log, None)
         net.save(saved, tok)
         record |= {"trained_in_run": True, "train_time_s": res["train_time_s"]}
-    device = next(net.parameters()).device
-    record["val"] = lm_metrics(net, val, cfg.data.eval_batch_size, device)
+    if t_tok.identity() == tok.identity():  # the same vocabulary: the teacher's perplexity compares
+        record["val"] = lm_metrics(net, val, cfg.data.eval_batch_size, next(net.parameters()).device)
     return net, record
 
 
@@ -112,7 +114,10 @@ def sequence_transfer(teacher: CausalLM, train: TokenDataset, tok, cfg: LMRunCon
         temp = 0.0 if cfg.lm.greedy else cfg.lm.gen_temperature
         t0 = time.perf_counter()
         lines = []
-        for b in train.batches(cfg.data.eval_batch_size):
+        t_tok = getattr(teacher, "tokenizer", tok)
+        if t_tok.identity() != tok.identity():
+            lines = _completions_through_text(teacher, t_tok, train, tok, cfg, temp, g)
+        for b in ([] if lines else train.batches(cfg.data.eval_batch_size)):
             plen = train.prompt_len[b["index"]]
             x, y = complete_rows(teacher, b["x"], plen, cfg.lm.max_new_tokens, temp, g, eos_id=tok.eos_id)
             for row_x, row_y, p in zip(x.tolist(), y.tolist(), plen.tolist()):
@@ -125,6 +130,25 @@ def sequence_transfer(teacher: CausalLM, train: TokenDataset, tok, cfg: LMRunCon
         log(f"Teacher completions for {len(lines)} prompts written to {path}.")
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return records_dataset(records, tok, train.x.shape[1], "transfer")
+
+
+def _completions_through_text(teacher, t_tok, train: TokenDataset, tok, cfg: LMRunConfig, temp: float, g) -> list[str]:
+    """Teacher completions when its tokenizer differs from the student's: each prompt is
+    decoded to text, encoded with the teacher's tokenizer, completed (one row at a time),
+    and the completion's text encoded with the student's tokenizer."""
+    lines = []
+    device = next(teacher.parameters()).device
+    for i in range(len(train)):
+        p = max(int(train.prompt_len[i]), 1)
+        prompt_ids = train.x[i, :p].tolist()
+        t_ids = t_tok.encode(tok.decode(prompt_ids)) or [t_tok.eos_id]
+        new = cfg.lm.max_new_tokens or (train.x.shape[1] - p)
+        full = sample(teacher, torch.tensor([t_ids], device=device), new, temp, g)[0, len(t_ids):].tolist()
+        if t_tok.eos_id in full:
+            full = full[: full.index(t_tok.eos_id)]
+        completion = tok.encode(t_tok.decode(full))[: train.x.shape[1] - p]
+        lines.append(json.dumps({"prompt_ids": prompt_ids, "completion_ids": completion}))
+    return lines
 
 
 def build_distiller(cfg: LMRunConfig, student: CausalLM, teacher: CausalLM | None, train: TokenDataset, tok) -> Distiller:
@@ -176,12 +200,20 @@ def run_lm(cfg: LMRunConfig, run_dir: str | Path | None = None, resume: bool = F
         raise ConfigError(f"lm.regime {cfg.lm.regime!r} with method(s) "
                           f"{[t.get('name') for t in cfg.method_terms()]} needs a teacher section.")
     teacher, t_record = prepare_teacher(cfg, tok, train, val, path, resume, log) if needs_teacher else (None, {})
+    same_vocab = teacher is not None and getattr(teacher, "tokenizer", tok).identity() == tok.identity()
+    if teacher is not None and not same_vocab and _needs_teacher(cfg.method_terms()):
+        raise ConfigError(
+            "The teacher's tokenizer differs from the student's: sequence-level KD can pass text between them, "
+            "but the token-level method(s) "
+            f"{[t.get('name') for t in cfg.method_terms()]} compare next-token distributions over one vocabulary. "
+            "Use method: {name: ce} (training on the teacher's completions), or one shared tokenizer."
+        )
     if cfg.lm.regime == "sequence":
         train = sequence_transfer(teacher, train, tok, cfg, path, log)
     student, s_record = build_causal_lm(cfg.student.model, cfg.student.kwargs, tok.vocab_size, seed=cfg.train.seed,
                                         eos_id=tok.eos_id)
     distiller = build_distiller(cfg, student, teacher, train, tok)
-    res = train_lm(student, distiller, train, val, cfg.train, cfg, path, resume, log, teacher)
+    res = train_lm(student, distiller, train, val, cfg.train, cfg, path, resume, log, teacher if same_vocab else None)
     student.save(path / "student", tok)
     new = cfg.lm.max_new_tokens or 48
     result = {

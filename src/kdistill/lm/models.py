@@ -31,6 +31,9 @@ def require_transformers():
             "Language-model distillation needs the 'lm' extra: pip install 'kdistill[lm]' "
             "(transformers, tokenizers)."
         ) from None
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a bar per loaded or saved shard is noise in a run's log
     return transformers
 
 
@@ -145,9 +148,6 @@ class CausalLM(nn.Module):
     def save(self, folder: Path, tokenizer) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # one line per saved shard is noise in a run's log
         self.hf.save_pretrained(str(folder))
         tokenizer.save(folder)
 
