@@ -120,10 +120,16 @@ class TokenDataset:
         return self.select(keep), replace(self.select(out), name=f"{self.name}-val")
 
 
+def _text_file(p: Path) -> bool:
+    """A folder's text files: regular files (not links: Debian's fortune folders link
+    ``name.u8`` to ``name``) named ``*.txt`` or without a suffix, not hidden."""
+    return p.is_file() and not p.is_symlink() and not p.name.startswith(".") and p.suffix in ("", ".txt")
+
+
 def read_documents(path: Path, separator: str | None) -> list[str]:
     """The documents of a text file (split at lines equal to ``separator``) or of every
-    ``.txt`` file of a folder, in name order."""
-    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")) if path.is_dir() else [path]
+    text file of a folder (``*.txt`` or no suffix), in name order."""
+    files = sorted(p for p in path.rglob("*") if _text_file(p)) if path.is_dir() else [path]
     if not files:
         raise DataError(f"{path} holds no text files.")
     docs: list[str] = []
