@@ -244,3 +244,53 @@ def test_sequence_level_across_tokenizers_passes_text(corpus, tmp_path):
         *whole, last = t.split() or [""]
         assert set(whole) <= set(words) and any(w.startswith(last) for w in words)
     assert "val" not in res["teacher"] and "agreement" not in res["final"]["val"]
+
+
+def test_teacher_cache_round_trip_and_fingerprints(corpus, tmp_path):
+    from kdistill.lm.cache import LMCachedTeacher, write_lm_cache
+    from kdistill.methods._token import token_loss
+    from kdistill.teachers import TeacherOutput
+
+    tok = ByteTokenizer()
+    ds = load_text_dataset(str(corpus), tok, block_size=16, separator="%").select(torch.arange(24))
+    teacher, _ = build_causal_lm("hf-config", TINY, 257, seed=4)
+    student, _ = build_causal_lm("hf-config", TINY, 257, seed=5)
+    teacher.eval()
+    student.eval()
+    idx = torch.tensor([5, 2, 17, 9])
+    batch = ds.take(idx)
+    with torch.no_grad():
+        zs, zt = student(batch["x"]), teacher(batch["x"])
+    for k in (257, 8):
+        meta = write_lm_cache(teacher, ds, tok, k, tmp_path / f"c{k}", batch_size=10, log=lambda s: None)
+        assert meta["bytes_per_token"] == 4 * k
+        cached = LMCachedTeacher(tmp_path / f"c{k}", ds)(batch)
+        assert cached.topk_indices.shape == (4, 16, k)
+        for kind in ("forward_kl", "reverse_kl", "jsd"):
+            live = token_loss(kind, zs, TeacherOutput(zt), batch["y"], top_k=k)
+            got = token_loss(kind, zs, cached, batch["y"])
+            torch.testing.assert_close(got, live, rtol=3e-3, atol=3e-3)  # float16 log-probabilities
+            if k == 257:  # every token kept: the live full-vocabulary loss
+                full = token_loss(kind, zs, TeacherOutput(zt), batch["y"])
+                torch.testing.assert_close(got, full, rtol=3e-3, atol=3e-3)
+    # reused when it matches; another teacher, k or data is refused
+    write_lm_cache(teacher, ds, tok, 8, tmp_path / "c8", log=lambda s: None)
+    with pytest.raises(ConfigError, match="teacher"):
+        write_lm_cache(student, ds, tok, 8, tmp_path / "c8", log=lambda s: None)
+    with pytest.raises(ConfigError, match="k"):
+        write_lm_cache(teacher, ds, tok, 9, tmp_path / "c8", log=lambda s: None)
+    with pytest.raises(DataError, match="other token data"):
+        LMCachedTeacher(tmp_path / "c8", ds.select(torch.arange(3)))
+
+
+def test_run_from_teacher_cache(corpus, tmp_path):
+    base = _config(corpus, tmp_path, train={"epochs": 1}, output={"name": "live"})
+    live = run_lm(base, log=lambda s: None)
+    t = {"model": f"hf:{tmp_path / 'live' / 'teacher' / 'model'}"}
+    full = run_lm(_config(corpus, tmp_path, teacher=t, train={"epochs": 1}, output={"name": "full"},
+                          lm={"cache_k": 257}), log=lambda s: None)
+    assert full["teacher"]["cache"]["k"] == 257
+    # the whole vocabulary cached in float16: the same training as the live teacher, to rounding
+    assert abs(full["final"]["val"]["nll"] - live["final"]["val"]["nll"]) < 2e-3
+    with pytest.raises(ConfigError, match="supervised"):
+        _config(corpus, tmp_path, lm={"cache_k": 8, "regime": "on_policy"})

@@ -90,6 +90,11 @@ class LMConfig(Strict):
     gen_temperature: Annotated[float, Field(ge=0.0, le=100.0)] = 0.9
     #: sequence-level KD: greedy teacher completions (Kim & Rush's beam of 1) or sampled
     greedy: bool = True
+    #: supervised regime: train from a top-k cache of the teacher's next-token
+    #: log-probabilities (k per token) instead of the live teacher (see kdistill.lm.cache)
+    cache_k: Annotated[int, Field(ge=1)] | None = None
+    #: where the cache is written, or reused when it matches (default: <run>/teacher_cache)
+    cache_dir: str | None = None
     #: fixed prompts whose student completions the results show
     sample_prompts: list[str] = Field(default_factory=list)
 
@@ -110,6 +115,13 @@ class LMRunConfig(Strict):
     def _methods(cls, v):
         check_method(v)
         return v
+
+    @model_validator(mode="after")
+    def _cache_regime(self):
+        if self.lm.cache_k is not None and self.lm.regime != "supervised":
+            raise ValueError("lm.cache_k (a teacher cache) needs lm.regime: supervised; sequence-level and "
+                             "on-policy runs score new text with the live teacher")
+        return self
 
     @field_validator("tokenizer")
     @classmethod

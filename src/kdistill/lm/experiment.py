@@ -210,9 +210,16 @@ def run_lm(cfg: LMRunConfig, run_dir: str | Path | None = None, resume: bool = F
         )
     if cfg.lm.regime == "sequence":
         train = sequence_transfer(teacher, train, tok, cfg, path, log)
+    dist_teacher = teacher
+    if cfg.lm.cache_k is not None:
+        from .cache import LMCachedTeacher, write_lm_cache
+
+        folder = Path(cfg.lm.cache_dir) if cfg.lm.cache_dir else path / "teacher_cache"
+        t_record["cache"] = write_lm_cache(teacher, train, tok, cfg.lm.cache_k, folder, cfg.data.eval_batch_size, log)
+        dist_teacher = LMCachedTeacher(folder, train)
     student, s_record = build_causal_lm(cfg.student.model, cfg.student.kwargs, tok.vocab_size, seed=cfg.train.seed,
                                         eos_id=tok.eos_id)
-    distiller = build_distiller(cfg, student, teacher, train, tok)
+    distiller = build_distiller(cfg, student, dist_teacher, train, tok)
     res = train_lm(student, distiller, train, val, cfg.train, cfg, path, resume, log, teacher if same_vocab else None)
     student.save(path / "student", tok)
     new = cfg.lm.max_new_tokens or 48

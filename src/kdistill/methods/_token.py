@@ -53,6 +53,13 @@ class TokenTopK(TeacherOutput):
     topk_logprobs: Tensor | None = None
     topk_indices: Tensor | None = None
 
+    def log_soft_targets(self, temperature: float) -> Tensor:
+        raise ConfigError(
+            "This teacher is a top-k cache of next-token log-probabilities: use a token-level method "
+            "(forward_kl, reverse_kl, gkd, skew_kl, skew_reverse_kl, tvd), which compare on the kept tokens "
+            "plus a tail bin."
+        )
+
 
 def _xlogy_diff(p: Tensor, log_p: Tensor, log_q: Tensor) -> Tensor:
     """``sum p * (log p - log q)`` over the last axis with ``0 * log 0 = 0``."""
