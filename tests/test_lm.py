@@ -171,10 +171,18 @@ def _config(corpus, tmp_path, **over):
     return load_lm_config(base=raw)
 
 
+@pytest.fixture(scope="module")
+def teacher_dir(corpus, tmp_path_factory):
+    """A teacher trained once (2 epochs), as an hf: folder, shared by the run tests."""
+    out = tmp_path_factory.mktemp("teacher")
+    cfg = _config(corpus, out, teacher=None, method={"name": "ce"},
+                  student={"kwargs": dict(TINY, hidden_size=32, intermediate_size=64)})
+    run_lm(cfg, log=lambda s: None)
+    return out / "run" / "student"
+
+
 def test_run_supervised_then_teacher_folder_and_resume_exact(corpus, tmp_path):
-    res = run_lm(_config(corpus, tmp_path), log=lambda s: None)
-    first = res["history"] if "history" in res else None
-    assert first is None or first
+    res = run_lm(_config(corpus, tmp_path, teacher={"train": {"epochs": 1}}), log=lambda s: None)
     val = res["final"]["val"]
     assert res["teacher"]["trained_in_run"] and val["ppl"] < 257 and 0 <= val["agreement"] <= 1
     assert res["samples"][0]["prompt"] == "the cat" and res["tokens_per_s"] > 0
@@ -195,20 +203,20 @@ def test_run_supervised_then_teacher_folder_and_resume_exact(corpus, tmp_path):
         run_lm(cfg2, log=lambda s: None)
 
 
-def test_run_sequence_level_uses_teacher_completions(corpus, tmp_path):
+def test_run_sequence_level_uses_teacher_completions(corpus, tmp_path, teacher_dir):
     res = run_lm(_config(corpus, tmp_path, method={"name": "ce"}, lm={"regime": "sequence"},
-                         train={"epochs": 1}), log=lambda s: None)
+                         teacher={"model": f"hf:{teacher_dir}"}, train={"epochs": 1}), log=lambda s: None)
     lines = (tmp_path / "run" / "transfer.jsonl").read_text().splitlines()
     rec = json.loads(lines[0])
     assert len(rec["prompt_ids"]) == 6 and len(rec["completion_ids"]) <= 6
-    teacher, _ = build_causal_lm(f"hf:{tmp_path / 'run' / 'teacher' / 'model'}", {}, 257)
+    teacher, _ = build_causal_lm(f"hf:{teacher_dir}", {}, 257)
     greedy = sample(teacher, torch.tensor([rec["prompt_ids"]]), len(rec["completion_ids"]), 0.0)
     assert greedy[0, 6:].tolist() == rec["completion_ids"]
     assert res["data"]["train_rows"] == len(lines)
 
 
-def test_run_on_policy_and_config_errors(corpus, tmp_path):
-    res = run_lm(_config(corpus, tmp_path, method={"name": "gkd", "beta": 0.5},
+def test_run_on_policy_and_config_errors(corpus, tmp_path, teacher_dir):
+    res = run_lm(_config(corpus, tmp_path, method={"name": "gkd", "beta": 0.5}, teacher={"model": f"hf:{teacher_dir}"},
                          lm={"regime": "on_policy", "lmbda": 0.5}, train={"epochs": 1}), log=lambda s: None)
     assert res["on_policy_draws"] == res["steps"]
     with pytest.raises(ConfigError, match="hf-config"):
@@ -283,10 +291,9 @@ def test_teacher_cache_round_trip_and_fingerprints(corpus, tmp_path):
         LMCachedTeacher(tmp_path / "c8", ds.select(torch.arange(3)))
 
 
-def test_run_from_teacher_cache(corpus, tmp_path):
-    base = _config(corpus, tmp_path, train={"epochs": 1}, output={"name": "live"})
-    live = run_lm(base, log=lambda s: None)
-    t = {"model": f"hf:{tmp_path / 'live' / 'teacher' / 'model'}"}
+def test_run_from_teacher_cache(corpus, tmp_path, teacher_dir):
+    t = {"model": f"hf:{teacher_dir}"}
+    live = run_lm(_config(corpus, tmp_path, teacher=t, train={"epochs": 1}, output={"name": "live"}), log=lambda s: None)
     full = run_lm(_config(corpus, tmp_path, teacher=t, train={"epochs": 1}, output={"name": "full"},
                           lm={"cache_k": 257}), log=lambda s: None)
     assert full["teacher"]["cache"]["k"] == 257
