@@ -31,10 +31,10 @@ STUDENT = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "
 # (method, read the teacher from the shared top-k cache?)
 METHODS = {
     "alone (ce)": ({"name": "ce"}, False),
-    "forward_kl (live)": ({"name": "forward_kl"}, False),
     "forward_kl (cache)": ({"name": "forward_kl"}, True),
     "reverse_kl (cache)": ({"name": "reverse_kl"}, True),
     "gkd (jsd, beta 0.5, cache)": ({"name": "gkd", "beta": 0.5}, True),
+    "forward_kl (live)": ({"name": "forward_kl"}, False),
 }
 
 
@@ -77,7 +77,7 @@ def main() -> None:
     else:
         cfg = load_lm_config(base=config(args.corpus, args.out, "teacher", TEACHER, {"name": "ce"},
                                          args.teacher_epochs, 0, None, 3e-3))
-        t_res = run_lm(cfg, log=quiet)
+        t_res = run_lm(cfg, resume=True, log=quiet)  # continues an interrupted invocation
     teacher = f"hf:{teacher_dir / 'student'}"
     rows: dict[str, list[dict]] = {}
     for name in args.methods.split(";"):
@@ -90,7 +90,7 @@ def main() -> None:
             else:
                 cfg = load_lm_config(base=config(args.corpus, args.out, run, STUDENT, method, args.epochs,
                                                  seed, teacher, 3e-3, args.cache_k if cached else None))
-                res = run_lm(cfg, log=quiet)
+                res = run_lm(cfg, resume=True, log=quiet)
             rows.setdefault(name, []).append({"seed": seed, **res["final"]["val"], "train_time_s": res["train_time_s"],
                                               "samples": res["samples"], "student_params": res["student"]["params"],
                                               "cache": (res["teacher"] or {}).get("cache", {}).get("bytes_per_token")})
