@@ -301,3 +301,23 @@ def test_run_from_teacher_cache(corpus, tmp_path, teacher_dir):
     assert abs(full["final"]["val"]["nll"] - live["final"]["val"]["nll"]) < 2e-3
     with pytest.raises(ConfigError, match="supervised"):
         _config(corpus, tmp_path, lm={"cache_k": 8, "regime": "on_policy"})
+
+
+def test_cli_train_runs_an_lm_config(corpus, tmp_path, teacher_dir, capsys):
+    import yaml
+
+    from kdistill.cli import main
+
+    cfg = _config(corpus, tmp_path, teacher={"model": f"hf:{teacher_dir}"}, train={"epochs": 1},
+                  method=[{"name": "skew_kl", "alpha": 0.1}, {"name": "ce", "weight": 0.5}])
+    path = tmp_path / "lm.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    assert main(["train", str(path)]) == 0
+    out = capsys.readouterr().out
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert "causal-LM run" in out and f"{res['final']['val']['ppl']:.3f}" in out
+    assert {"train_loss_skew_kl", "train_loss_ce"} <= set(json.loads(
+        (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0]))
+    # a bad LM config is one message and a non-zero exit, not a traceback
+    assert main(["train", str(path), "--set", "lm.regime=offline"]) != 0
+    assert "lm.regime" in capsys.readouterr().err
