@@ -120,6 +120,9 @@ class Trainer:
         hparams: the run's config, logged to experiment trackers as hyperparameters.
         phase: what is trained (``teacher``, ``student``, a scheme's stage): names the
             heading line and the progress bar.
+        metrics_fn: ``metrics_fn(student, dataset) -> dict`` replaces the classification
+            metrics (a causal LM's perplexity and token accuracy); the dict must hold ``acc``,
+            which selects the best epoch.
     """
 
     def __init__(
@@ -136,9 +139,11 @@ class Trainer:
         log: Callable[[str], None] = print,
         hparams: dict[str, Any] | None = None,
         phase: str | None = None,
+        metrics_fn: Callable[[torch.nn.Module, Dataset], dict[str, float]] | None = None,
     ):
         self.distiller = distiller
         self.phase = phase
+        self.metrics_fn = metrics_fn
         self.hparams = hparams
         self.cfg = cfg
         self.run_dir = Path(run_dir)
@@ -207,6 +212,9 @@ class Trainer:
         student = model.student
         out = {}
         for name, ds in self.eval_sets.items():
+            if self.metrics_fn is not None:
+                out[name] = self.metrics_fn(student, ds)
+                continue
             # fp32, not autocast: reported metrics must not depend on the training precision
             logits = predict_logits(student, ds, self.eval_batch_size, self.device)
             out[name] = classification_metrics(logits, ds.labels(), self.teacher_logits.get(name))
