@@ -127,6 +127,10 @@ def _build(spec: ModelConfig, data: DataSplits, trust: bool, what: str, adapt=No
                           f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
 
 
+#: stands for a teacher that a registered teacher kind builds when the run starts
+KIND_BUILT = object()
+
+
 def _teacher(cfg: RunConfig, data: DataSplits, trust: bool, lines: list[str]):
     """The teacher a run will use, untrained (or with its checkpoint's weights)."""
     from ..teachers import EnsembleTeacher, ModuleTeacher
@@ -134,6 +138,9 @@ def _teacher(cfg: RunConfig, data: DataSplits, trust: bool, lines: list[str]):
     t = cfg.teacher
     if t is None:
         return None, []
+    if t.kind != "default":  # a registered teacher kind builds (and may train) its teacher when the run starts
+        lines.append(f"teacher: kind {t.kind!r} (built when the run starts; the method is checked then)")
+        return KIND_BUILT, []
     if t.cache is not None:
         from ..cache import CachedTeacher
 
@@ -166,13 +173,14 @@ def check_method(method: Any, student: nn.Module, teacher: Any, train: Dataset, 
     else:
         distiller = create(method, student, teacher, example=example)
     batch = train.take(torch.arange(n))
+    if getattr(teacher, "views", None) is not None:  # a cache of augmented views: the first view of each
+        batch["view"] = torch.zeros(n, dtype=torch.int64)
     if (batch["y"] < 0).any():  # a transfer row in the example: give the probe a label
         batch["y"] = batch["y"].clamp(min=0)
     try:
         out = distiller(batch)
         for term in distiller.terms:
-            stage = term.pre_stage()
-            del stage
+            term.first_phase()  # builds the first phase's modules (a paraphraser, a connector)
     except KdistillError:
         raise
     except (RuntimeError, ValueError, IndexError, TypeError, KeyError) as e:
@@ -223,7 +231,9 @@ def preflight(
             lines.append(f"{what}: {spec.model} ({count_params(extra[-1]):,} params)")
         train = data.train.concat(transfer) if transfer is not None else data.train
         method = cfg.method if isinstance(cfg.method, list) else dict(cfg.method)
-        if not scheme:
+        if teacher is KIND_BUILT:
+            lines.append("method: checked when the teacher kind has built the teacher")
+        elif not scheme:
             terms = check_method(method, student, teacher, train)
             lines.append("method: " + " + ".join(terms) + " (ran once on an example batch)")
         else:
