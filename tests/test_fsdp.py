@@ -305,6 +305,13 @@ def test_sigterm_stops_every_fsdp_process_at_one_step_and_the_resumed_run_ends_l
     assert a["steps"] == b["steps"]
     for k in ("acc", "nll", "kl_to_teacher"):
         assert a["final"]["test"][k] == pytest.approx(b["final"]["test"][k], rel=1e-5, abs=1e-6)
+    # the record too: the stopped epoch's train_loss averages all its batches on every process
+    # (each process's running sums are in the checkpoint), not only those after the resume
+    rows_a, rows_b = ([json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+                      for d in (run, tmp_path / "straight"))
+    assert [r["epoch"] for r in rows_a] == [r["epoch"] for r in rows_b]
+    for ra, rb in zip(rows_a, rows_b, strict=True):
+        assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=1e-5)
 
 
 @pytest.mark.slow

@@ -261,8 +261,14 @@ def test_two_cpu_processes_match_one(tmp_path):
     one = run_experiment(load_config(cfg_file), tmp_path / "one", log=lambda s: None)
     two = json.loads((tmp_path / "two" / "results.json").read_text())
     assert two["steps"] == one["steps"] == 16
-    for k in ("acc", "nll", "agreement", "kl_to_teacher"):
+    # the tolerance the README states: DDP averages each process's half-batch gradient and
+    # then the two, one process averages the whole batch, so weights differ by float
+    # rounding; losses agree to 1e-4 relative, and a test sample whose two top logits are that
+    # close may flip, so accuracy and agreement agree within one test sample
+    for k in ("nll", "kl_to_teacher"):
         assert two["final"]["test"][k] == pytest.approx(one["final"]["test"][k], rel=1e-4, abs=1e-5)
+    for k in ("acc", "agreement"):
+        assert abs(two["final"]["test"][k] - one["final"]["test"][k]) <= 1 / 128 + 1e-9
     rows2 = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     rows1 = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows2) == 2  # one row per epoch, not one per process

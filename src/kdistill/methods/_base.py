@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from .._registry import check_types
 from ..errors import ConfigError, did_you_mean
-from ..taps import FeatureTaps
+from ..taps import FeatureTaps, tap_list
 from ..teachers import ModuleTeacher, Teacher, TeacherOutput
 
 
@@ -115,8 +115,13 @@ class Method(nn.Module):
                     f"Method {cls.name!r} has no setting {key!r}.{did_you_mean(key, names)} "
                     f"Its settings: {valid} (plus 'weight')."
                 )
+        lists = {f.name for f in dataclasses.fields(cls.Config) if "list[" in str(f.type)}
+        kwargs = {k: tap_list(v) if k in lists else v for k, v in kwargs.items()}
         check_types(f"Method {cls.name!r}", cls.Config, kwargs)
-        return cls.Config(**kwargs)
+        try:
+            return cls.Config(**kwargs)
+        except TypeError as e:
+            raise ConfigError(f"Method {cls.name!r}: {e}.") from None
 
 
 class Distiller(nn.Module):
@@ -176,8 +181,9 @@ class Distiller(nn.Module):
             return None
         return self.teacher(batch, self.teacher_specs)
 
-    def context(self, batch: dict) -> Context:
+    def context(self, batch: dict | Sequence[Tensor]) -> Context:
         """Run teacher and student once and collect what every term reads."""
+        batch = as_batch(batch)
         t_out = self.teacher_output(batch)
         if self._taps is not None:
             with self._taps as taps:
@@ -187,7 +193,9 @@ class Distiller(nn.Module):
             logits, feats = self.student(batch["x"]), {}
         return Context(batch, logits, feats, t_out, self.epoch, self.total_epochs)
 
-    def forward(self, batch: dict) -> dict[str, Tensor]:
+    def forward(self, batch: dict | Sequence[Tensor]) -> dict[str, Tensor]:
+        """One batch -> ``{"loss", "logits", "loss_<term>"...}``. ``batch`` is a dict
+        ``{"x", "y"[, "index"]}`` or an ordinary ``(x, y)`` pair from a DataLoader."""
         ctx = self.context(batch)
         logits = ctx.student_logits
         out: dict[str, Tensor] = {}
@@ -217,6 +225,19 @@ def _device_of(args: tuple, kwargs: dict) -> torch.device | None:
         if isinstance(a, (str, int, torch.device)):
             return torch.device(a)
     return None
+def as_batch(batch: dict | Sequence[Tensor]) -> dict:
+    """A batch as the dict the terms read: ``(x, y)`` (a ``TensorDataset`` loader's list,
+    or a tuple) becomes ``{"x": x, "y": y}``; ``(x, y, index)`` also keys the index."""
+    if isinstance(batch, dict):
+        if "x" not in batch:
+            raise ConfigError(f"A batch dict needs 'x' (and 'y' for labels); got keys {sorted(batch)}.")
+        return batch
+    if isinstance(batch, (tuple, list)) and 2 <= len(batch) <= 3 and all(isinstance(t, Tensor) for t in batch):
+        return dict(zip(("x", "y", "index"), batch))
+    raise ConfigError(
+        f"A batch must be a dict {{'x', 'y'}} or an (x, y) pair of tensors, got {type(batch).__name__}"
+        + (f" of {len(batch)}" if isinstance(batch, (tuple, list)) else "") + "."
+    )
 
 
 def as_teacher(teacher: nn.Module | Teacher) -> Teacher:

@@ -16,7 +16,7 @@ with its ``results.json``) and a top-level ``results.json`` reporting every step
 
 from . import ban, byot, dml, ensemble, one, specialists, takd, transfer  # noqa: F401  (register)
 from ._common import ModelSpec, SchemeContext, as_model, deployable, model_path, summary
-from ._registry import SCHEMES, Scheme, SchemeConfig, parse_settings, register_scheme, run_scheme
+from ._registry import SCHEMES, Scheme, SchemeConfig, check_run, parse_settings, register_scheme, run_scheme
 
 __all__ = [
     "SCHEMES",
@@ -25,6 +25,7 @@ __all__ = [
     "SchemeConfig",
     "SchemeContext",
     "as_model",
+    "check_run",
     "deployable",
     "model_path",
     "parse_settings",

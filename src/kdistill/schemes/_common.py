@@ -165,6 +165,7 @@ class SchemeContext:
             aug,
             None,
             self.log,
+            phase=name,
         )
         return trainer.fit(resume=self.resume)
 

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from .._registry import Registry
 from ..config import ModelConfig, RunConfig
 from ..errors import ConfigError, did_you_mean
-from ..runs import open_run_dir, write_json
+from ..runs import open_run_dir, preflight, write_json
 from ._common import SchemeContext
 
 
@@ -92,6 +92,47 @@ def parse_settings(name: str, raw: dict[str, Any]) -> Any:
         raise ConfigError("Invalid scheme settings:\n  " + "\n  ".join(lines)) from None
 
 
+def scheme_models(settings: BaseModel) -> list[tuple[str, ModelConfig]]:
+    """Every model a scheme's settings name (fields typed with :class:`ModelConfig`, given
+    as a zoo name or a mapping), labelled ``scheme.<field>[i]``, for the preflight check."""
+    out: list[tuple[str, ModelConfig]] = []
+    for key, info in type(settings).model_fields.items():
+        if "ModelConfig" not in str(info.annotation):
+            continue
+        value = getattr(settings, key)
+        values = value if isinstance(value, list) else [value]
+        for i, v in enumerate(values):
+            if v is None:
+                continue
+            label = f"scheme.{key}" + (f"[{i}]" if isinstance(value, list) else "")
+            out.append((label, ModelConfig(model=v) if isinstance(v, str) else v))
+    return out
+
+
+def scheme_settings(cfg: RunConfig) -> tuple[str, Any]:
+    """The scheme's name and typed settings from ``cfg.scheme``, or a :class:`ConfigError`."""
+    raw = dict(cfg.scheme or {})
+    if "name" not in raw:
+        raise ConfigError(f"The scheme section needs a 'name'; known schemes: {', '.join(SCHEMES.names())}.")
+    name = raw.pop("name")
+    if name not in SCHEMES:
+        raise ConfigError(
+            f"Unknown scheme {name!r}.{did_you_mean(str(name), SCHEMES.names())} "
+            f"Known schemes: {', '.join(SCHEMES.names())}."
+        )
+    settings = parse_settings(name, raw)
+    return name, settings
+
+
+def check_run(cfg: RunConfig, trust: bool = False, log: Callable[[str], None] | None = None):
+    """``kdistill train --check``: the preflight check of a plain run, or of a scheme (its
+    typed settings and every model it names), training nothing."""
+    if not cfg.scheme:
+        return preflight(cfg, trust, log)
+    _, settings = scheme_settings(cfg)
+    return preflight(cfg, trust, log, extra_models=scheme_models(settings), scheme=True)
+
+
 def run_scheme(
     cfg: RunConfig,
     run_dir: str | Path | None = None,
@@ -108,16 +149,8 @@ def run_scheme(
         log: prints one line.
         trust: allow checkpoints that need pickle.
     """
-    raw = dict(cfg.scheme or {})
-    if "name" not in raw:
-        raise ConfigError(f"The scheme section needs a 'name'; known schemes: {', '.join(SCHEMES.names())}.")
-    name = raw.pop("name")
-    if name not in SCHEMES:
-        raise ConfigError(
-            f"Unknown scheme {name!r}.{did_you_mean(str(name), SCHEMES.names())} "
-            f"Known schemes: {', '.join(SCHEMES.names())}."
-        )
-    settings = parse_settings(name, raw)
+    name, settings = scheme_settings(cfg)
+    preflight(cfg, trust, log, extra_models=scheme_models(settings), scheme=True)
     run_dir = open_run_dir(cfg, run_dir, resume, name)
     ctx = SchemeContext(cfg, run_dir, resume, log, trust)
     result = SCHEMES.get(name)().run(ctx, settings)
