@@ -51,7 +51,7 @@ def check_epochs(cfg: RunConfig) -> None:
             "Set train.epochs to 1 or more (kdistill eval evaluates a finished run without training)."
         )
     t = cfg.teacher
-    if t is not None and t.cache is None and cfg.teacher_train().epochs == 0:
+    if t is not None and t.kind == "default" and t.cache is None and cfg.teacher_train().epochs == 0:
         untrained = [m for m in (t.ensemble or [t]) if not m.checkpoint]
         if untrained:
             raise ConfigError(
@@ -133,6 +133,9 @@ def _teacher(cfg: RunConfig, data: DataSplits, trust: bool, lines: list[str]):
 
     t = cfg.teacher
     if t is None:
+        return None, []
+    if t.kind != "default":  # a registered kind makes (and may train) its teacher when the run starts
+        lines.append(f"teacher: kind {t.kind!r}, made when the run starts")
         return None, []
     if t.cache is not None:
         from ..cache import CachedTeacher
@@ -222,19 +225,21 @@ def preflight(
             lines.append(f"{what}: {spec.model} ({count_params(extra[-1]):,} params)")
         train = data.train.concat(transfer) if transfer is not None else data.train
         method = cfg.method if isinstance(cfg.method, list) else dict(cfg.method)
-        if not scheme:
+        if not scheme and teacher is None and cfg.teacher is not None:
+            lines.append("method: checked when the run starts (its teacher comes from the teacher kind)")
+        elif not scheme:
             terms = check_method(method, student, teacher, train)
             lines.append("method: " + " + ".join(terms) + " (ran once on an example batch)")
         else:
-            # a scheme's stages distil from the run's teacher or from its own models: try the
-            # method against each of them as the teacher (a stand-in; each stage checks again)
+            # a scheme's steps distil from the run's teacher or from its own models: try the
+            # method against each of them as the teacher (a stand-in; each step checks again)
             from ..teachers import ModuleTeacher
 
             cands = ([teacher] if teacher is not None else []) + [ModuleTeacher(m, data.num_classes) for m in extra]
             terms = []
             for cand in cands:
                 terms = check_method(method, _build(s, data, trust, "student"), cand, train)
-            lines.append("method: " + (" + ".join(terms) if terms else "checked when each stage starts"))
+            lines.append("method: " + (" + ".join(terms) if terms else "checked when each step starts"))
     finally:
         torch.set_rng_state(rng)
     report = Preflight(data, transfer, lines, time.perf_counter() - t0)
