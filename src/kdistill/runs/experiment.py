@@ -47,7 +47,7 @@ def teacher_logits_for(teacher: Teacher, data: Dataset | Tensor, batch_size: int
 def train_model(cfg_train: TrainConfig, model: nn.Module, data: DataSplits, train: Dataset,
                 run_dir: Path, cfg: RunConfig, resume: bool, log, teacher: Teacher | None = None,
                 method: Any = None, teacher_logits: dict | None = None, augment=None,
-                phase: str | None = None) -> dict:
+                role: str | None = None) -> dict:
     """Train ``model`` on ``train`` with ``method`` (cross-entropy when ``None``) and
     return the Trainer's results plus the ``distiller``."""
     eval_sets = {"test": data.test} | ({"val": data.val} if data.val is not None else {})
@@ -65,7 +65,7 @@ def train_model(cfg_train: TrainConfig, model: nn.Module, data: DataSplits, trai
     aug = cfg.data.recipe if augment is None and cfg.data.recipe is not None else Augment(a.shift, a.flip)
     trainer = Trainer(distiller, train, eval_sets, cfg_train, run_dir, cfg.data.batch_size,
                       cfg.data.eval_batch_size, aug, teacher_logits, log,
-                      hparams=cfg.model_dump(mode="json"), phase=phase)
+                      hparams=cfg.model_dump(mode="json"), role=role)
     return trainer.fit(resume=resume) | {"distiller": distiller}
 
 
@@ -151,7 +151,7 @@ def default_teacher(options: dict, ctx: TeacherContext) -> tuple[Teacher, dict]:
             sub.mkdir(parents=True, exist_ok=True)
             write_teacher_config(sub, cfg, m, tcfg)
             res = train_model(tcfg, model, data, data.train, sub, cfg, resume, log, augment=t.augment,
-                              phase=what)
+                              role=what)
             res.pop("distiller")
             save_model(sub, unwrap(model), record)
             write_json(sub / "results.json", {"role": what, "name": sub.name, "student": record, **record, **res})
@@ -216,7 +216,7 @@ def run_experiment(cfg: RunConfig, run_dir: str | Path | None = None, resume: bo
     train = data.train.concat(transfer) if transfer is not None else data.train
     method = cfg.method if isinstance(cfg.method, list) else dict(cfg.method)
     res = train_model(cfg.train, student, data, train, run_dir, cfg, resume, log,
-                      teacher=teacher, method=method, teacher_logits=teacher_logits, phase="student")
+                      teacher=teacher, method=method, teacher_logits=teacher_logits, role="student")
     distiller: Distiller = res.pop("distiller")
     record["latency_ms_cpu_b1"] = cpu_latency(student, data.input_shape)
     save_model(run_dir, student.cpu(), record)

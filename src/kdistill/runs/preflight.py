@@ -51,7 +51,7 @@ def check_epochs(cfg: RunConfig) -> None:
             "Set train.epochs to 1 or more (kdistill eval evaluates a finished run without training)."
         )
     t = cfg.teacher
-    if t is not None and t.cache is None and cfg.teacher_train().epochs == 0:
+    if t is not None and t.kind == "default" and t.cache is None and cfg.teacher_train().epochs == 0:
         untrained = [m for m in (t.ensemble or [t]) if not m.checkpoint]
         if untrained:
             raise ConfigError(
@@ -127,10 +127,6 @@ def _build(spec: ModelConfig, data: DataSplits, trust: bool, what: str, adapt=No
                           f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
 
 
-#: stands for a teacher that a registered teacher kind builds when the run starts
-KIND_BUILT = object()
-
-
 def _teacher(cfg: RunConfig, data: DataSplits, trust: bool, lines: list[str]):
     """The teacher a run will use, untrained (or with its checkpoint's weights)."""
     from ..teachers import EnsembleTeacher, ModuleTeacher
@@ -138,9 +134,9 @@ def _teacher(cfg: RunConfig, data: DataSplits, trust: bool, lines: list[str]):
     t = cfg.teacher
     if t is None:
         return None, []
-    if t.kind != "default":  # a registered teacher kind builds (and may train) its teacher when the run starts
-        lines.append(f"teacher: kind {t.kind!r} (built when the run starts; the method is checked then)")
-        return KIND_BUILT, []
+    if t.kind != "default":  # a registered kind makes (and may train) its teacher when the run starts
+        lines.append(f"teacher: kind {t.kind!r}, made when the run starts")
+        return None, []
     if t.cache is not None:
         from ..cache import CachedTeacher
 
@@ -180,7 +176,7 @@ def check_method(method: Any, student: nn.Module, teacher: Any, train: Dataset, 
     try:
         out = distiller(batch)
         for term in distiller.terms:
-            term.first_phase()  # builds the first phase's modules (a paraphraser, a connector)
+            term.first_phase()  # builds a first phase's parts (params, loss) without running it
     except KdistillError:
         raise
     except (RuntimeError, ValueError, IndexError, TypeError, KeyError) as e:
@@ -231,21 +227,21 @@ def preflight(
             lines.append(f"{what}: {spec.model} ({count_params(extra[-1]):,} params)")
         train = data.train.concat(transfer) if transfer is not None else data.train
         method = cfg.method if isinstance(cfg.method, list) else dict(cfg.method)
-        if teacher is KIND_BUILT:
-            lines.append("method: checked when the teacher kind has built the teacher")
+        if not scheme and teacher is None and cfg.teacher is not None:
+            lines.append("method: checked when the run starts (its teacher comes from the teacher kind)")
         elif not scheme:
             terms = check_method(method, student, teacher, train)
             lines.append("method: " + " + ".join(terms) + " (ran once on an example batch)")
         else:
-            # a scheme's stages distil from the run's teacher or from its own models: try the
-            # method against each of them as the teacher (a stand-in; each stage checks again)
+            # a scheme's steps distil from the run's teacher or from its own models: try the
+            # method against each of them as the teacher (a stand-in; each step checks again)
             from ..teachers import ModuleTeacher
 
             cands = ([teacher] if teacher is not None else []) + [ModuleTeacher(m, data.num_classes) for m in extra]
             terms = []
             for cand in cands:
                 terms = check_method(method, _build(s, data, trust, "student"), cand, train)
-            lines.append("method: " + (" + ".join(terms) if terms else "checked when each stage starts"))
+            lines.append("method: " + (" + ".join(terms) if terms else "checked when each step starts"))
     finally:
         torch.set_rng_state(rng)
     report = Preflight(data, transfer, lines, time.perf_counter() - t0)
