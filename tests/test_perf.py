@@ -73,6 +73,10 @@ def test_bench_times_all_five_paths_on_cpu(capsys):
     assert targets["kd_live_vs_student_plus_teacher"]["value"] == pytest.approx(
         p["kd_live"]["step_ms"] / (p["student"]["step_ms"] + p["teacher"]["step_ms"]), abs=1e-4)
     assert res["cache"]["views"] == 2 and res["cache"]["bytes"] > 0
+    # the fast paths time the Trainer's own step (what `kdistill train` runs), and say so
+    assert res["timed_step"] == "kdistill.engine.trainer.Trainer.train_step"
+    assert {p: r["code_path"] == res["timed_step"] for p, r in res["paths"].items()} == {
+        "student": True, "kd_live": True, "kd_cached": True, "naive": False, "teacher": False}
     assert res["config"]["precision"] == "fp32" and res["config"]["augment"] is True
     with pytest.raises(ConfigError, match="Unknown bench path"):
         run_bench("mlp", "mlp", "synthetic", paths=("fast",))
@@ -319,7 +323,9 @@ def test_bench_repeat_reports_the_median_of_interleaved_rounds():
         warmup=1, device="cpu", paths=("student", "kd_cached"), cache_views=1, repeat=3, log=logged.append,
     )
     # round-robin: student, kd_cached, student, kd_cached, ...
-    assert [line.split()[0] for line in logged] == ["student", "kd_cached"] * 3
+    results = [line for line in logged if not line.startswith("bench:")]  # the rest are progress lines
+    assert [line.split()[0] for line in results] == ["student", "kd_cached"] * 3
+    assert any(line.startswith("bench: building the teacher cache") for line in logged)
     for r in res["paths"].values():
         rounds = r["rounds_images_per_s"]
         assert len(rounds) == 3

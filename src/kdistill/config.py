@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .data.recipe import RecipeConfig
 from .errors import ConfigError, KdistillError, did_you_mean
 
 # limits on a config document (see the module docstring); generous for any real config
@@ -69,6 +70,20 @@ class DataConfig(Strict):
     eval_batch_size: Annotated[int, Field(ge=1, le=1 << 20)] = 1024
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     transfer: TransferConfig | None = None
+    #: the on-device augmentation recipe (RandomResizedCrop, colour, TrivialAugment, Mixup/CutMix, ...)
+    recipe: RecipeConfig | None = None
+    #: image sources: decode once into memory (true), per batch in workers (false), or
+    #: resident when the decoded images fit resident_budget_mb (auto)
+    resident: bool | Literal["auto"] = "auto"
+    resident_budget_mb: Annotated[float, Field(gt=0, le=1e9, allow_inf_nan=False)] = 2048
+    #: DataLoader worker processes decoding streamed images (default: the cores less one, at most 8)
+    workers: Annotated[int, Field(ge=0, le=64)] | None = None
+
+    @model_validator(mode="after")
+    def _one_augmentation(self):
+        if self.recipe is not None and (self.augment.shift or self.augment.flip):
+            raise ValueError("give data.augment (shift/flip) or data.recipe, not both; the recipe has its own flip")
+        return self
 
 
 class ModelConfig(Strict):
@@ -135,14 +150,30 @@ class TrainConfig(Strict):
         return v
 
 
+class TeacherInputConfig(Strict):
+    """The teacher's own input format, when it differs from the data's (a teacher pretrained
+    elsewhere): see :mod:`kdistill.teacher_input`. Batches are converted on the device."""
+
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    size: int | list[int] | None = None
+    channels: Annotated[int, Field(ge=1, le=64)] | None = None
+    data_mean: list[float] = Field(default_factory=lambda: [0.0])
+    data_std: list[float] = Field(default_factory=lambda: [1.0])
+
+
 class TeacherConfig(Strict):
-    """A teacher: one model, an ensemble of models, or cached outputs.
+    """A teacher: one model, an ensemble of models, or cached outputs (``kind: default``,
+    the default); or ``kind: NAME`` with ``options``, a kind registered with
+    :func:`kdistill.teachers.register_teacher_kind` (its options checked at load).
 
     A model without ``checkpoint`` is trained first, in the same run, with ``train``
     overriding the run's train section and ``augment`` (if given) replacing the data
     section's augmentation.
     """
 
+    kind: str = "default"
+    options: dict[str, Any] = Field(default_factory=dict)
     model: str | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
     checkpoint: str | None = None
@@ -151,9 +182,20 @@ class TeacherConfig(Strict):
     cache: str | None = None
     train: dict[str, Any] = Field(default_factory=dict)
     augment: AugmentConfig | None = None
+    #: the teacher's input normalisation/resolution/channels, converted per batch on the device
+    input: TeacherInputConfig | None = None
 
     @model_validator(mode="after")
     def _one_kind(self):
+        if self.kind != "default":
+            if self.model is not None or self.ensemble or self.cache is not None:
+                raise ValueError(f"teacher kind {self.kind!r} takes its settings in teacher.options; "
+                                 "model, ensemble and cache belong to kind 'default'")
+            check_teacher_kind(self.kind, self.options)
+            TrainConfig(**self.train)
+            return self
+        if self.options:
+            raise ValueError("teacher.options are the settings of a registered teacher kind; set teacher.kind too")
         kinds = [self.model is not None, bool(self.ensemble), self.cache is not None]
         if sum(kinds) == 0:
             raise ValueError("give the teacher a 'model', an 'ensemble' list or a 'cache' path")
@@ -219,6 +261,23 @@ def check_method(method: dict | list) -> None:
             raise ValueError(str(e)) from None
         except TypeError as e:
             raise ValueError(f"method {name!r}: {e}") from None
+
+
+def check_teacher_kind(kind: str, options: dict) -> None:
+    """A registered teacher kind and its options (raises ValueError). A kind registered in
+    your own module must be imported before the config is loaded."""
+    from .teachers import TEACHER_KINDS
+
+    if kind not in TEACHER_KINDS:
+        known = ", ".join(["default", *(n for n in TEACHER_KINDS.names() if n != "default")])
+        raise ValueError(
+            f"unknown teacher kind {kind!r}.{did_you_mean(str(kind), TEACHER_KINDS.names())} Known: {known} "
+            "(a kind registered in your own module must be imported before the config is loaded)"
+        )
+    try:
+        TEACHER_KINDS.get(kind).check(options)
+    except KdistillError as e:
+        raise ValueError(str(e)) from None
 
 
 def _set(tree: dict, dotted: str, value: Any) -> None:

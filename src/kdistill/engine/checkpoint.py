@@ -286,6 +286,12 @@ def load_weights(path: str | Path, trust: bool = False) -> dict[str, Tensor]:
             return load_file(str(path))
         except (SafetensorsError, OSError, ValueError) as e:
             raise CheckpointError(f"{path}: not a valid safetensors file ({e}).") from None
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK") or head[:1] == b"\x80"):  # torch.save: a zip archive, or a legacy pickle
+        raise CheckpointError(
+            f"{path} is not a weights file: neither safetensors (.safetensors) nor a torch checkpoint (.pt/.pth)."
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -311,13 +317,75 @@ def load_weights(path: str | Path, trust: bool = False) -> dict[str, Tensor]:
     return obj
 
 
-def load_into(model: nn.Module, state: dict[str, Tensor], what: str = "model") -> None:
-    """``load_state_dict`` with a message that names missing and unexpected keys."""
-    # checkpoints of a distiller hold the student under "student."
-    if not any(k in model.state_dict() for k in state) and any(k.startswith("student.") for k in state):
-        state = {k[len("student.") :]: v for k, v in state.items() if k.startswith("student.")}
+#: key prefixes that wrappers add to a network's state-dict keys: DataParallel/DDP
+#: (``module.``), Lightning and many training scripts (``model.``), ``torch.compile``
+#: (``_orig_mod.``), and a kdistill distiller checkpoint (``student.``)
+WRAPPER_PREFIXES = ("module.", "model.", "_orig_mod.", "student.")
+
+
+def map_keys(state: dict[str, Tensor], expected: set[str]) -> tuple[dict[str, Tensor], list[str]]:
+    """``state`` with wrapper prefixes removed (or ``model.`` added, for a network that is
+    itself a wrapper) while that makes more keys match ``expected``; returns the mapped
+    state and what was done (``["-module.", "+model."]``)."""
+    done: list[str] = []
+
+    def score(sd: dict) -> int:
+        return sum(k in expected for k in sd)
+
+    for _ in range(4):
+        best, best_score, how = state, score(state), None
+        for p in WRAPPER_PREFIXES:
+            if any(k.startswith(p) for k in state):
+                cand = {k[len(p):]: v for k, v in state.items() if k.startswith(p)}
+                whole = best_score == 0 and len(cand) == len(state)  # a prefix on every key: peel it
+                if score(cand) > best_score or (whole and how is None):
+                    best, best_score, how = cand, score(cand), f"-{p}"
+        for p in ("model.",):
+            cand = {p + k: v for k, v in state.items()}
+            if score(cand) > best_score:
+                best, best_score, how = cand, score(cand), f"+{p}"
+        if how is None:
+            break
+        state = best
+        done.append(how)
+    return state, done
+
+
+def _some(keys: list[str], n: int = 3) -> str:
+    return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
+
+
+def load_into(model: nn.Module, state: dict[str, Tensor], what: str = "model") -> dict[str, Any]:
+    """Load ``state`` into ``model`` strictly, after mapping wrapper prefixes (``module.``,
+    ``model.``, ``_orig_mod.``, ``student.``); a mismatch raises one short message: how many
+    tensors are missing, unexpected or of another shape, with a few names each, and what a
+    classifier head of another class count means. Returns ``{"tensors", "mapped"}``."""
+    own = model.state_dict()
+    state, mapped = map_keys(state, set(own))
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} of the {what}'s {len(own)} tensors are missing ({_some(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} tensors in the file are not in the {what} ({_some(unexpected)})")
+        if shapes:
+            parts.append(f"{len(shapes)} have another shape (" + ", ".join(
+                f"{k}: file {tuple(state[k].shape)}, {what} {tuple(own[k].shape)}" for k in shapes[:3]) + ")")
+        hint = ""
+        heads = [k for k in shapes if k.endswith("weight") and state[k].dim() == 2 and own[k].dim() == 2
+                 and state[k].shape[1] == own[k].shape[1]]
+        if heads:
+            k = heads[-1]
+            hint = (f" The file's classifier ({k}) has {state[k].shape[0]} classes and the data has "
+                    f"{own[k].shape[0]}: use a checkpoint trained on these classes, or train a new head "
+                    "(a teacher without a checkpoint is trained first; hf: models take kwargs {new_head: true}).")
+        raise CheckpointError(f"The checkpoint does not fit the {what}: {'; '.join(parts)}.{hint}")
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
         first = str(e).splitlines()[0:4]
         raise CheckpointError(f"The checkpoint does not fit the {what}: {' '.join(first)}") from None
+    return {"tensors": len(state), "mapped": mapped}

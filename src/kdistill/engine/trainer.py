@@ -45,6 +45,7 @@ from .checkpoint import (
     remove_litter,
     save_checkpoint,
 )
+from .progress import EpochProgress, heading
 
 _ACCELERATORS: dict[tuple, Any] = {}
 
@@ -53,7 +54,6 @@ def get_accelerator(device: torch.device, precision: str, fsdp: bool = False):
     """One Accelerate ``Accelerator`` per (device type, precision, FSDP) in this process;
     with ``fsdp``, Accelerate's FSDP2 plugin (see :mod:`kdistill.engine.sharding`)."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
-    from accelerate.state import AcceleratorState
 
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
@@ -61,7 +61,7 @@ def get_accelerator(device: torch.device, precision: str, fsdp: bool = False):
     key = (device.type, mp, fsdp)
     if key not in _ACCELERATORS:
         if _ACCELERATORS:  # Accelerate keeps global state; switching settings needs a reset
-            AcceleratorState._reset_state(reset_partial_state=False)
+            sharding.reset_accelerator_state(next(iter(_ACCELERATORS.values())))
             sharding.disable_on_cpu()
             _ACCELERATORS.clear()
         plugin = sharding.make_plugin() if fsdp else None
@@ -118,6 +118,11 @@ class Trainer:
         teacher_logits: teacher logits for each eval set (agreement and KL metrics).
         log: a function that prints one line.
         hparams: the run's config, logged to experiment trackers as hyperparameters.
+        phase: what is trained (``teacher``, ``student``, a scheme's stage): names the
+            heading line and the progress bar.
+        metrics_fn: ``metrics_fn(student, dataset) -> dict`` replaces the classification
+            metrics (a causal LM's perplexity and token accuracy); the dict must hold ``acc``,
+            which selects the best epoch.
     """
 
     def __init__(
@@ -133,8 +138,12 @@ class Trainer:
         teacher_logits: dict[str, Tensor] | None = None,
         log: Callable[[str], None] = print,
         hparams: dict[str, Any] | None = None,
+        phase: str | None = None,
+        metrics_fn: Callable[[torch.nn.Module, Dataset], dict[str, float]] | None = None,
     ):
         self.distiller = distiller
+        self.phase = phase
+        self.metrics_fn = metrics_fn
         self.hparams = hparams
         self.cfg = cfg
         self.run_dir = Path(run_dir)
@@ -181,8 +190,8 @@ class Trainer:
             pass
         return saved
 
-    def stage_loader(self) -> Loader:
-        """Batches for first stages: with several processes, every process reads the whole
+    def phase_loader(self) -> Loader:
+        """Batches for first phases: with several processes, every process reads the whole
         training set at the global batch size (the one-process batches), so all of them
         make the same updates without any gradient exchange."""
         world = self.accelerator.num_processes
@@ -203,6 +212,9 @@ class Trainer:
         student = model.student
         out = {}
         for name, ds in self.eval_sets.items():
+            if self.metrics_fn is not None:
+                out[name] = self.metrics_fn(student, ds)
+                continue
             # fp32, not autocast: reported metrics must not depend on the training precision
             logits = predict_logits(student, ds, self.eval_batch_size, self.device)
             out[name] = classification_metrics(logits, ds.labels(), self.teacher_logits.get(name))
@@ -340,6 +352,19 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict[str, Any]:
+        """Train ``cfg.epochs`` epochs (from the last checkpoint with ``resume``) and return
+        the results: :meth:`prepare`, the epoch loop over :meth:`train_step`, :meth:`release`."""
+        found = self.prepare(resume)
+        try:
+            return self._loop(found)
+        finally:
+            self.release()
+
+    def prepare(self, resume: bool = False):
+        """Everything before the first step: seeds, the checkpoint to resume from (returned,
+        or None), the fast path, first phases, the optimizer and the Accelerate wrappers.
+        :meth:`train_step` may be called after it (``kdistill bench`` times it so);
+        :meth:`release` undoes what it holds."""
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.seed)
@@ -355,11 +380,11 @@ class Trainer:
         self.distiller.to(self.device)
         self._fast_path(self.distiller)
         if found is None:
-            # before the DDP/FSDP wrapper: first stages run the same full batches on every
+            # before the DDP/FSDP wrapper: first phases run the same full batches on every
             # process, so the replicas (or the shards cut from them) start out identical
-            from .stages import run_pre_stages
+            from .phases import run_first_phases
 
-            for row in run_pre_stages(self):
+            for row in run_first_phases(self):
                 self._append_metrics(row)
         work = self.distiller
         if self.fsdp:  # shard a copy; the caller's distiller gets the full weights at the end
@@ -376,17 +401,23 @@ class Trainer:
             sharding.check_sharded(sharded)
             sharding.keep_student_gathered(sharded.student)
             self._local_fraction = sharding.local_fraction(sharded)
-        try:
-            return self._loop(found)
-        finally:
-            # the accelerator keeps every prepared model and optimizer: let go of them, or
-            # each run in one process (a scheme's stages, a study) keeps its own alive
-            self.accelerator.free_memory()
-            if self.fsdp:  # free the shards before anything else (see sharding.collect)
-                self.model = self.optimizer = None
-                sharding.collect()
-                for m in self.distiller.children():
-                    m.to(self.device)
+        self._work = self.accelerator.unwrap_model(self.model)
+        self._work.to(self.device)  # the teacher too (it is outside the module tree)
+        self._deferred = self._defer_nonfinite_checks()
+        self._bad: Tensor | None = None
+        return found
+
+    def release(self) -> None:
+        """Let go of what :meth:`prepare` holds: the accelerator keeps every prepared model
+        and optimizer, so without this each run in one process (a scheme's steps, a study,
+        the bench's paths) keeps its own alive."""
+        self.accelerator.free_memory()
+        self._work = None
+        if self.fsdp:  # free the shards before anything else (see sharding.collect)
+            self.model = self.optimizer = None
+            sharding.collect()
+            for m in self.distiller.children():
+                m.to(self.device)
 
     def _loop(self, found) -> dict[str, Any]:
         cfg = self.cfg
@@ -394,8 +425,6 @@ class Trainer:
         distiller.to(self.device)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        self._deferred = self._defer_nonfinite_checks()
-        self._bad: Tensor | None = None
 
         batches = len(self.loader)
         steps_per_epoch = -(-batches // cfg.grad_accum)
@@ -417,6 +446,11 @@ class Trainer:
         saved_handlers = self._install_signals()
         t_start = time.perf_counter()
         last_good = None
+        phase = self.phase or "training"
+        student = type(self.accelerator.unwrap_model(self.model).student).__name__
+        terms = " + ".join(m.name for m in distiller.terms)
+        self.log(heading(phase, f"{student} with {terms}", cfg.epochs, steps_per_epoch, self.device))
+        bar = EpochProgress(cfg.progress and self.accelerator.is_main_process, phase, steps_per_epoch, cfg.epochs)
         try:
             while epoch < cfg.epochs:
                 distiller.set_epoch(epoch, cfg.epochs)
@@ -427,41 +461,21 @@ class Trainer:
                     sums, n_seen = self._resumed_running
                 self._resumed_running = None
                 t0 = time.perf_counter()
-                for b, batch in enumerate(self.loader.iterate(epoch, start_batch), start=start_batch):
-                    for g in self.optimizer.param_groups:
-                        g["lr"] = cfg.lr * lr_factor(step, total, warmup, cfg.schedule, cfg.milestones, cfg.gamma)
-                    if self.channels_last and batch["x"].dim() == 4:
-                        batch["x"] = batch["x"].contiguous(memory_format=torch.channels_last)
-                    if cfg.compile and cfg.compile_mode in ("reduce-overhead", "max-autotune"):
-                        torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs: a new step
-                    with self.accelerator.autocast():
-                        out = self.model(batch)
-                    loss = out["loss"]
-                    if self._deferred:
-                        self._flag(loss)
-                    elif self._any(not torch.isfinite(loss)):
-                        bad = [k for k, v in out.items() if k.startswith("loss_") and not torch.isfinite(v).all()]
-                        self._skip_or_stop(f"Non-finite loss at epoch {epoch}, step {step}: {', '.join(bad)} went "
-                                           "NaN/Inf.", last_good)
-                        continue
-                    self.accelerator.backward(loss / cfg.grad_accum)
+                waited = [0.0]  # seconds the loop spent waiting for the loader's next batch
+                bar.start(epoch, -(-start_batch // cfg.grad_accum))
+                for b, batch in enumerate(_timed(self.loader.iterate(epoch, start_batch), waited), start=start_batch):
                     last_of_epoch = b + 1 == batches
-                    if (b + 1) % cfg.grad_accum == 0 or last_of_epoch:
-                        params = distiller.trainable_parameters()
-                        norm = sharding.as_plain(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf")))
-                        if self._deferred:
-                            self._flag(norm)
-                        elif not torch.isfinite(norm):
-                            self._skip_or_stop(f"Non-finite gradient at epoch {epoch}, step {step} "
-                                               f"(loss {float(loss):.4g}).", last_good)
-                            continue
-                        self.optimizer.step()
-                        self.optimizer.zero_grad(set_to_none=True)
+                    apply = (b + 1) % cfg.grad_accum == 0 or last_of_epoch
+                    out = self.train_step(batch, step, total, warmup, apply, epoch, last_good)
+                    if out is None:  # a non-finite loss or gradient skipped the batch
+                        continue
+                    if apply:
                         step += 1
                         if self._deferred and step % cfg.log_every == 0:
                             self._check_flag(epoch, step, last_good)
                         bs = batch["y"].shape[0]
                         n_seen += bs
+                        bar.step(bs, out["loss"])
                         for k, v in out.items():
                             if k.startswith("loss"):
                                 sums[k] = sums.get(k, 0.0) + v.detach().float() * bs
@@ -472,6 +486,7 @@ class Trainer:
                                                    running=(sums, n_seen))
                             if stop:
                                 raise Interrupted(self._interrupt_message(last_good))
+                bar.stop()
                 self._check_flag(epoch, step, last_good)
                 if self.accelerator.num_processes > 1:  # log the epoch's means over every process's shard
                     keys = sorted(sums)
@@ -483,6 +498,7 @@ class Trainer:
                 row: dict[str, Any] = {"epoch": epoch, "step": step, "lr": self.optimizer.param_groups[0]["lr"]}
                 row.update({f"train_{k}": float(v) / max(1, n_seen) for k, v in sums.items()})
                 row["epoch_time_s"] = round(epoch_time, 3)
+                row["data_wait_fraction"] = round(waited[0] / max(epoch_time, 1e-9), 4)
                 if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
                     ev = self.evaluate()
                     for split, m in ev.items():
@@ -500,6 +516,7 @@ class Trainer:
                 if self._stopping() and epoch < cfg.epochs:
                     raise Interrupted(self._interrupt_message(last_good))
         finally:
+            bar.stop()
             trackers.finish()
             for s, h in saved_handlers.items():
                 signal.signal(s, h)
@@ -523,6 +540,45 @@ class Trainer:
             "peak_memory_bytes": peak_memory_bytes(self.device),
             "distributed": dist_info,
         }
+
+    def train_step(self, batch: dict, step: int = 0, total: int = 1, warmup: int = 0, apply: bool = True,
+                   epoch: int = 0, last_good=None) -> dict[str, Tensor] | None:
+        """One training step on ``batch``, after :meth:`prepare`: the learning rate of
+        optimizer step ``step`` of ``total`` (``warmup`` warm-up steps), the forward under
+        autocast, the non-finite checks, the backward, and, when ``apply`` (the last
+        micro-batch of a gradient accumulation), clipping and the optimizer step. Returns
+        the forward's outputs, or None when ``train.on_nonfinite=skip`` skipped the batch;
+        ``epoch`` and ``last_good`` (the last checkpoint) only go into error messages."""
+        cfg = self.cfg
+        for g in self.optimizer.param_groups:
+            g["lr"] = cfg.lr * lr_factor(step, total, warmup, cfg.schedule, cfg.milestones, cfg.gamma)
+        if self.channels_last and batch["x"].dim() == 4:
+            batch["x"] = batch["x"].contiguous(memory_format=torch.channels_last)
+        if cfg.compile and cfg.compile_mode in ("reduce-overhead", "max-autotune"):
+            torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs: a new step
+        with self.accelerator.autocast():
+            out = self.model(batch)
+        loss = out["loss"]
+        if self._deferred:
+            self._flag(loss)
+        elif self._any(not torch.isfinite(loss)):
+            bad = [k for k, v in out.items() if k.startswith("loss_") and not torch.isfinite(v).all()]
+            self._skip_or_stop(f"Non-finite loss at epoch {epoch}, step {step}: {', '.join(bad)} went "
+                               "NaN/Inf.", last_good)
+            return None
+        self.accelerator.backward(loss / cfg.grad_accum)
+        if apply:
+            params = self._work.trainable_parameters()
+            norm = sharding.as_plain(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf")))
+            if self._deferred:
+                self._flag(norm)
+            elif not torch.isfinite(norm):
+                self._skip_or_stop(f"Non-finite gradient at epoch {epoch}, step {step} "
+                                   f"(loss {float(loss):.4g}).", last_good)
+                return None
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return out
 
     def _any(self, flag: bool | Tensor) -> bool:
         """``flag`` on any process (one all-reduce when there are several): decisions that
@@ -604,6 +660,20 @@ class Trainer:
         name = signal.Signals(self._stop_signal).name
         return (f"Stopped by {name}; checkpoint saved at {path}. Resume with the same command plus "
                 f"--resume (run folder {self.run_dir}).")
+
+
+def _timed(batches, waited: list[float]):
+    """``batches``, adding the time each ``next`` blocks to ``waited[0]`` (host time: on CUDA
+    the in-memory loader's gathers are only queued)."""
+    it = iter(batches)
+    while True:
+        t = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        waited[0] += time.perf_counter() - t
+        yield batch
 
 
 def _epoch_line(row: dict[str, Any], epochs: int) -> str:

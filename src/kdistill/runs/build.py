@@ -18,6 +18,7 @@ from ..errors import ConfigError, DataError, ShapeError
 from ..measure import count_params, param_bytes
 from ..methods import METHODS
 from ..models import TrustCode, create_model, require_trusted
+from ..teacher_input import Adapter, InputSpec
 from ..teachers import EnsembleTeacher, ModuleTeacher, Teacher
 
 
@@ -25,7 +26,8 @@ from ..teachers import EnsembleTeacher, ModuleTeacher, Teacher
 def prepare_data(cfg: RunConfig) -> DataSplits:
     """Load, subset, split and validate the run's data (the transfer set is separate)."""
     d = cfg.data
-    splits = load_dataset(d.name, root=d.root, **d.options)
+    splits = load_dataset(d.name, root=d.root, resident=d.resident, workers=d.workers,
+                          resident_budget_mb=d.resident_budget_mb, **d.options)
     train = splits.train
     if d.subset:
         train = train.subset(d.subset, seed=cfg.train.seed)
@@ -69,20 +71,28 @@ def load_transfer(cfg: RunConfig, data: DataSplits) -> ArrayDataset | None:
 # -- models --------------------------------------------------------------------------------
 def build_model(name: str, kwargs: dict, data: DataSplits, checkpoint: str | None = None,
                 trust: bool = False, what: str = "model", trust_code: TrustCode = True,
-                source: str | None = None) -> nn.Module:
+                source: str | None = None, log=None, adapt=None) -> nn.Module:
     """A zoo model for ``data`` (its classes and input shape), with ``checkpoint``'s weights
     when given, checked by one probe forward.
 
     ``trust_code``: ``True`` for a config the user gave (their names are theirs to run);
     ``False`` for a config read from a run folder (``source``), where an importable factory
-    is refused (see :func:`kdistill.models.require_trusted`).
+    is refused (see :func:`kdistill.models.require_trusted`). ``log`` gets one line saying
+    what was loaded; ``adapt`` (a module wrapper, see :mod:`kdistill.teacher_input`) is
+    applied before the probe.
     """
     require_trusted(name, kwargs, trust_code, source or f"The {what}'s config")
     kw = dict(kwargs)  # an explicit num_classes / input_shape wins; check_model then reports a mismatch
-    model = create_model(name, kw.pop("num_classes", data.num_classes), tuple(kw.pop("input_shape", data.input_shape)),
+    shape = adapt.input_shape(data.input_shape) if adapt is not None else data.input_shape
+    model = create_model(name, kw.pop("num_classes", data.num_classes), tuple(kw.pop("input_shape", shape)),
                          trust_code=trust_code, **kw)
     if checkpoint:
-        load_into(model, load_weights(checkpoint, trust=trust), what)
+        info = load_into(model, load_weights(checkpoint, trust=trust), what)
+        if log is not None:
+            how = f"; key prefixes mapped: {' '.join(info['mapped'])}" if info["mapped"] else ""
+            log(f"Loaded the {what} {name} from {checkpoint} ({info['tensors']} tensors{how}).")
+    if adapt is not None:
+        model = adapt(model)
     check_model(model, data, what)
     return model
 
@@ -151,6 +161,14 @@ def with_num_data(method: Any, num_data: int) -> Any:
     return [fill(t) for t in method] if isinstance(method, list) else fill(method)
 
 
+def teacher_adapter(t: TeacherConfig | None):
+    """A wrapper that gives the teacher's network its own input format (``teacher.input``),
+    or ``None`` when the teacher takes the data as it is."""
+    if t is None or t.input is None:
+        return None
+    return Adapter(InputSpec.make(**t.input.model_dump()))
+
+
 def teacher_from_checkpoints(t: TeacherConfig, data: DataSplits, trust: bool = False, trust_code: TrustCode = True,
                              source: str | None = None) -> Teacher:
     """The teacher of a config whose model (or every ensemble member) has a checkpoint.
@@ -165,7 +183,7 @@ def teacher_from_checkpoints(t: TeacherConfig, data: DataSplits, trust: bool = F
         )
     many = len(members) > 1
     modules = [build_model(m.model, m.kwargs, data, m.checkpoint, trust, f"teacher member {i}" if many else "teacher",
-                           trust_code, source) for i, m in enumerate(members)]
+                           trust_code, source, adapt=teacher_adapter(t)) for i, m in enumerate(members)]
     if not many:
         return ModuleTeacher(modules[0], data.num_classes)
     return EnsembleTeacher(modules, t.combine)

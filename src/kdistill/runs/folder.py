@@ -65,6 +65,19 @@ def run_dir_for(cfg: RunConfig, run_dir: str | Path | None, label: str | None = 
     return Path(cfg.output.dir) / name
 
 
+def check_resumable(cfg: RunConfig, run_dir: str | Path | None = None) -> Path:
+    """The folder ``--resume`` would continue, or a :class:`ConfigError` when there is none
+    (a misspelt folder would otherwise start a fresh run silently)."""
+    label = (cfg.scheme or {}).get("name") if cfg.scheme else None
+    path = run_dir_for(cfg, run_dir, label)
+    if not path.is_dir():
+        hint = "" if run_dir is not None or cfg.output.name else (
+            " Without output.name each run gets a new time-stamped folder: pass the folder with --run-dir.")
+        raise ConfigError(f"--resume: {path} does not exist, so there is nothing to resume.{hint} "
+                          "Drop --resume to start a new run.")
+    return path
+
+
 def open_run_dir(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = False,
                  label: str | None = None) -> Path:
     """Create the run folder and write its ``config.yaml``; refuse a finished run's folder

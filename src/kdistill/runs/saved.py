@@ -62,7 +62,9 @@ def model_from_record(record: dict[str, Any], trust_code: TrustCode = False, sou
     try:
         if not isinstance(kwargs, dict):
             raise TypeError("kwargs is not an object")
-        return create_model(str(record["model"]), int(record["num_classes"]), tuple(int(v) for v in record["input_shape"]),
+        # a teacher with its own input format: its network takes the shape recorded there
+        shape = (record.get("input") or {}).get("net_input_shape") or record["input_shape"]
+        return create_model(str(record["model"]), int(record["num_classes"]), tuple(int(v) for v in shape),
                             trust_code=trust_code, **kwargs)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"The model record {record.get('model')!r} cannot rebuild a network: {e}.") from None
@@ -88,6 +90,11 @@ def rebuild(record: dict[str, Any], weights: str | Path, what: str = "model", tr
                 "Only the bare student is exported; re-save it from the student alone."
             )
     load_into(model, state, what)
+    if record.get("input"):  # a teacher that takes the data in its own format
+        from ..teacher_input import InputSpec, TeacherInput
+
+        spec = {k: v for k, v in record["input"].items() if k != "net_input_shape"}
+        model = TeacherInput(model, InputSpec.make(**spec))
     return model.eval()
 
 

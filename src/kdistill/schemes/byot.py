@@ -35,8 +35,7 @@ from ..data import DataSplits
 from ..engine.checkpoint import load_into, load_weights
 from ..errors import ConfigError
 from ..losses import hard_label_ce, kl_to_targets
-from ..methods import Distiller
-from ..methods._base import Context, Method
+from ..methods import Context, Distiller, Method
 from ..models import default_taps
 from ..runs import build_model, model_record, save_model, write_json
 from ..runs.saved import model_from_record, read_model_record
