@@ -30,7 +30,7 @@ CFG = {
 
 
 def _files(run):
-    rows = [{k: v for k, v in json.loads(line).items() if k != "epoch_time_s"}
+    rows = [{k: v for k, v in json.loads(line).items() if k not in ("epoch_time_s", "data_wait_fraction")}
             for line in (run / "metrics.jsonl").read_text().splitlines()]
     return (run / "model.safetensors").read_bytes(), rows
 

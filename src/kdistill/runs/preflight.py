@@ -171,8 +171,7 @@ def check_method(method: Any, student: nn.Module, teacher: Any, train: Dataset, 
     try:
         out = distiller(batch)
         for term in distiller.terms:
-            stage = term.pre_stage()
-            del stage
+            term.first_phase()  # builds the first phase's modules (a paraphraser, a connector)
     except KdistillError:
         raise
     except (RuntimeError, ValueError, IndexError, TypeError, KeyError) as e:
