@@ -125,7 +125,7 @@ def npz(root: str | None = None, path: str | None = None, num_classes: int | Non
     """
     file = Path(path or root or "")
     if not file.is_file():
-        raise DataError(f"npz dataset: file {str(file)!r} not found; set data.path to your .npz file.")
+        raise DataError(f"npz dataset: file {str(file)!r} not found; set data.options.path to your .npz file (relative to the folder you run from).")
     try:
         arrays = np.load(file, allow_pickle=False)
     except (OSError, ValueError) as e:

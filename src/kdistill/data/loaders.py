@@ -169,9 +169,6 @@ class DeviceLoader:
         n = -(-len(self.data) // self.world)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
     def iterate(self, epoch: int | None = None, start: int = 0) -> Iterator[dict[str, Tensor]]:
         """Batches of ``epoch`` from batch number ``start`` on."""
         epoch = self.epoch if epoch is None else epoch

@@ -15,7 +15,6 @@ from ._registry import register_method
 class CrossEntropy(Method):
     """Cross-entropy with the dataset's labels (unlabelled transfer samples, label -1, skipped)."""
 
-    name = "ce"
     needs_teacher = False
 
     @dataclass
