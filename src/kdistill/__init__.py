@@ -25,6 +25,11 @@ def __getattr__(name: str):
         from .api import train
 
         return train
+    # `kd.quantize(...)`: the quantize package (callable) is imported on first use only
+    if name == "quantize":
+        import importlib
+
+        return importlib.import_module(".quantize", __name__)
     raise AttributeError(f"module 'kdistill' has no attribute {name!r}")
 
 

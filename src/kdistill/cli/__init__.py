@@ -19,6 +19,7 @@ from . import schemes  # noqa: F401
 from . import export  # noqa: F401
 from . import report  # noqa: F401
 from . import perf  # noqa: F401
+from . import quantize  # noqa: F401
 # isort: on
 from .app import app, err_console
 

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from .app import SetOpt, app, console, list_app, log, print_names
+from .app import SetOpt, TrustCodeOpt, app, console, list_app, log, print_names
 
 
 @app.command()
@@ -37,8 +37,19 @@ def train(
 ) -> None:
     """Train one run (the teacher first, if it has no checkpoint). Everything is checked before anything trains."""
     from ..config import load_config
+    from ..lm.config import is_lm_config
     from ..runs import run_experiment
 
+    if is_lm_config(config, set_ or []):  # task: causal-lm (see kdistill.lm)
+        from ..lm import load_lm_config, run_lm
+
+        lm_cfg = load_lm_config(config, set_ or [])  # a mistake in the config is reported here
+        if check:
+            log(f"OK: {config} is a valid causal-LM config (its models are loaded when training starts).")
+            return
+        result = run_lm(lm_cfg, run_dir=run_dir, resume=resume, log=(lambda line: None) if quiet else log)
+        print_lm_summary(result)
+        return
     cfg = load_config(config, [*(set_ or []), *(["train.progress=false"] if quiet else [])])
     say = (lambda line: None) if quiet else log
     if resume:
@@ -80,12 +91,28 @@ def print_run_summary(result: dict) -> None:
         console.print(f"Run folder: {result['run_dir']}")
 
 
+def print_lm_summary(result: dict) -> None:
+    table = Table(title=f"causal-LM run ({result['regime']})")
+    for col in ("model", "params", "val ppl", "val token acc", "agreement"):
+        table.add_column(col)
+    t = result.get("teacher") or {}
+    if t.get("val"):
+        table.add_row("teacher", f"{t['params']:,}", f"{t['val']['ppl']:.3f}", f"{t['val']['acc']:.4f}", "")
+    fin = result.get("final", {}).get("val", {})
+    if fin:
+        agree = f"{fin['agreement']:.4f}" if "agreement" in fin else ""
+        table.add_row("student", f"{result['student']['params']:,}", f"{fin['ppl']:.3f}", f"{fin['acc']:.4f}", agree)
+    console.print(table)
+    console.print(f"Run folder: {result['run_dir']}")
+
+
 @app.command("eval")
-def eval_(run_dir: Annotated[Path, typer.Argument(help="A finished run folder.")]) -> None:
+def eval_(run_dir: Annotated[Path, typer.Argument(help="A finished run folder.")],
+          trust_code: TrustCodeOpt = False) -> None:
     """Re-evaluate a saved run's student (and teacher) on its test set."""
     from ..evaluate import evaluate_run
 
-    out = evaluate_run(run_dir)
+    out = evaluate_run(run_dir, trust_code=trust_code)
     console.print_json(json.dumps(out))
 
 

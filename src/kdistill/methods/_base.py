@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from .._registry import check_types
 from ..errors import ConfigError, did_you_mean
 from ..taps import FeatureTaps, tap_list
 from ..teachers import ModuleTeacher, Teacher, TeacherOutput
@@ -48,15 +49,16 @@ class Context:
 
 
 @dataclass
-class PreStage:
-    """A first stage run by the trainer before the main loop.
+class FirstPhase:
+    """A first phase run by the trainer before the main training (see
+    :mod:`kdistill.engine.phases`).
 
     Attributes:
         name: shown in logs and metrics.jsonl.
         epochs: passes over the training data.
-        params: what this stage's optimizer updates (e.g. student layers up to the hint,
+        params: what this phase's optimizer updates (e.g. student layers up to the hint,
             plus the regressor).
-        loss: maps a :class:`Context` to the stage's loss.
+        loss: maps a :class:`Context` to the phase's loss.
         lr: learning rate (default: the run's).
     """
 
@@ -97,8 +99,8 @@ class Method(nn.Module):
     def on_epoch_start(self, epoch: int, total_epochs: int) -> None:
         """Called by the trainer before each epoch (warm-ups, schedules)."""
 
-    def pre_stage(self) -> PreStage | None:
-        """A first training stage this method needs before the main one (FitNets hints,
+    def first_phase(self) -> FirstPhase | None:
+        """A first training phase this method needs before the main one (FitNets hints,
         FT's paraphraser, AB's initialisation), or None."""
         return None
 
@@ -115,6 +117,7 @@ class Method(nn.Module):
                 )
         lists = {f.name for f in dataclasses.fields(cls.Config) if "list[" in str(f.type)}
         kwargs = {k: tap_list(v) if k in lists else v for k, v in kwargs.items()}
+        check_types(f"Method {cls.name!r}", cls.Config, kwargs)
         try:
             return cls.Config(**kwargs)
         except TypeError as e:
@@ -159,7 +162,7 @@ class Distiller(nn.Module):
 
     def to(self, *args, **kwargs):
         super().to(*args, **kwargs)
-        device = torch._C._nn._parse_to(*args, **kwargs)[0]
+        device = _device_of(args, kwargs)
         if device is not None and self.teacher is not None:
             self.teacher.to(device)
         return self
@@ -209,6 +212,19 @@ class Distiller(nn.Module):
         return {"loss": total, "logits": logits, **out}
 
 
+def _device_of(args: tuple, kwargs: dict) -> torch.device | None:
+    """The device a ``Module.to(...)`` call names (``to(device)``, ``to(device, dtype)``,
+    ``to(tensor)``, ``to(device=...)``), or None when it names only a dtype or layout."""
+    if kwargs.get("device") is not None:
+        return torch.device(kwargs["device"])
+    if isinstance(kwargs.get("tensor"), Tensor):
+        return kwargs["tensor"].device
+    for a in args:
+        if isinstance(a, Tensor):
+            return a.device
+        if isinstance(a, (str, int, torch.device)):
+            return torch.device(a)
+    return None
 def as_batch(batch: dict | Sequence[Tensor]) -> dict:
     """A batch as the dict the terms read: ``(x, y)`` (a ``TensorDataset`` loader's list,
     or a tuple) becomes ``{"x": x, "y": y}``; ``(x, y, index)`` also keys the index."""

@@ -11,6 +11,12 @@ A model name is one of:
 * ``package.module:factory`` for a user's own model; the factory is called with
   ``num_classes`` and ``input_shape`` when it accepts them.
 
+Only the last kind runs code from outside kdistill. A name the user wrote (in Python, on the
+command line, in the config they pass) is theirs to run; a name read from a file someone
+else may have written (a run folder's ``model.json``, a teacher folder, a run folder's
+``config.yaml``) is refused by :func:`require_trusted` unless the user opted in
+(``--trust-code``, ``trust_code=True``), the way Hugging Face's ``trust_remote_code`` does.
+
 Every zoo factory takes ``num_classes`` and ``input_shape`` (channels first, no batch
 dimension) and returns a model with a ``default_taps`` dict: ``"stages"`` (tap specs of the
 stage outputs, shallow to deep) and ``"embedding"`` (the pre-logit vector), so feature
@@ -21,16 +27,61 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from torch import nn
 
 from .._registry import Registry
-from ..errors import ConfigError, did_you_mean
+from ..errors import ConfigError, UntrustedCodeError, did_you_mean
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 register_model = MODELS.register
+
+
+# keyword arguments of timm / torchvision factories that read files (a pickle through
+# torch.load) or fetch weights: refused, like an importable factory, from an untrusted record
+_LOADING_KWARGS = ("checkpoint_path", "pretrained", "pretrained_cfg", "pretrained_cfg_overlay",
+                   "weights", "weights_backbone", "pretrained_strict", "cache_dir")
+
+TrustCode = bool | Collection[str]
+
+
+def runs_code(name: str, kwargs: dict[str, Any] | None = None) -> bool:
+    """Whether building ``name`` with ``kwargs`` would import and call code from outside the
+    zoo (a ``package.module:factory``) or let a foreign factory read files."""
+    if name.startswith(("timm:", "torchvision:")):
+        return any(k in _LOADING_KWARGS for k in (kwargs or {}))
+    return ":" in name
+
+
+def require_trusted(name: str, kwargs: dict[str, Any] | None, trust_code: TrustCode, source: str) -> None:
+    """The one check before a model name read from a file is built.
+
+    Args:
+        name: the model name the file gives.
+        kwargs: the factory arguments the file gives.
+        trust_code: ``True`` (the user opted in), ``False``, or the names the user named
+            themselves (a config they passed), which are theirs to run wherever they reappear.
+        source: the file, for the message.
+
+    Raises:
+        UntrustedCodeError: ``name`` runs code and the user did not opt in.
+    """
+    if trust_code is True or not runs_code(name, kwargs):
+        return
+    factory = not name.startswith(("timm:", "torchvision:"))
+    if factory and not isinstance(trust_code, bool) and name in trust_code:
+        return
+    if factory:
+        what = f"names the model factory {name!r}: building it would import and call that code"
+    else:
+        keys = ", ".join(k for k in (kwargs or {}) if k in _LOADING_KWARGS)
+        what = f"gives {name!r} the arguments {keys}, which make it read files or fetch weights"
+    raise UntrustedCodeError(
+        f"{source} {what}. Nothing was run. If you trust where this file came from, pass --trust-code "
+        "(in Python: trust_code=True); zoo models (`kdistill list models`) need no flag."
+    )
 
 
 def _call_factory(factory: Callable[..., nn.Module], num_classes: int, input_shape, **kwargs) -> nn.Module:
@@ -131,8 +182,14 @@ def _hf_model(name: str, num_classes: int, new_head: bool = False, **kwargs: Any
     return HFClassifier(model)
 
 
-def create_model(name: str, num_classes: int, input_shape: tuple[int, ...], **kwargs: Any) -> nn.Module:
-    """Build a model by name (see module docstring)."""
+def create_model(name: str, num_classes: int, input_shape: tuple[int, ...], trust_code: TrustCode = True,
+                 **kwargs: Any) -> nn.Module:
+    """Build a model by name (see module docstring).
+
+    ``trust_code``: the caller's own name runs as given (the default); pass ``False`` for a
+    name read from a file, and an importable factory is refused (:func:`require_trusted`).
+    """
+    require_trusted(name, kwargs, trust_code, f"The model name {name!r}")
     if name.startswith("hf:"):
         return _hf_model(name, num_classes, **kwargs)
     if name.startswith("timm:"):
@@ -162,9 +219,12 @@ def create_model(name: str, num_classes: int, input_shape: tuple[int, ...], **kw
     if ":" in name:
         factory = _factory(name)
         try:
-            return _call_factory(factory, num_classes, input_shape, **kwargs)
+            model = _call_factory(factory, num_classes, input_shape, **kwargs)
         except TypeError as e:
-            raise ConfigError(f"Model {name!r}: {e}.") from None
+            raise ConfigError(f"Model factory {name!r}: {e}.") from None
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"Model factory {name!r} returned {type(model).__name__}, not a torch.nn.Module.")
+        return model
     try:
         return _call_factory(MODELS.get(name), num_classes, input_shape, **kwargs)
     except TypeError as e:

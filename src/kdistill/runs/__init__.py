@@ -7,17 +7,19 @@ from .build import (
     check_model,
     load_transfer,
     model_record,
+    named_models,
     prepare_data,
     teacher_from_checkpoints,
     with_num_data,
 )
 from .caching import cache_from_config
-from .experiment import cpu_latency, ensure_teacher, run_experiment, teacher_logits_for, train_model
+from .experiment import TeacherContext, cpu_latency, ensure_teacher, run_experiment, teacher_logits_for, train_model
 from .folder import check_resumable, is_main_process, open_run_dir, run_dir_for, save_model, sync_processes, write_json
 from .preflight import Preflight, preflight
 from .saved import load_saved, model_from_record, read_model_record, rebuild
 
 __all__ = [
+    "TeacherContext",
     "build_model",
     "cache_from_config",
     "check_model",
@@ -29,6 +31,7 @@ __all__ = [
     "load_transfer",
     "model_from_record",
     "model_record",
+    "named_models",
     "open_run_dir",
     "Preflight",
     "preflight",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from ..measure import latency_ms
 from ..methods import Distiller, create
 from ..metrics import classification_metrics
 from ..teacher_input import unwrap
-from ..teachers import EnsembleTeacher, ModuleTeacher, Teacher
+from ..teachers import TEACHER_KINDS, EnsembleTeacher, ModuleTeacher, Teacher, register_teacher_kind
 from .build import build_model, load_transfer, model_record, teacher_adapter, with_num_data
 from .folder import is_main_process, open_run_dir, save_model, sync_processes, write_json
 from .preflight import preflight
@@ -60,19 +61,68 @@ def train_model(cfg_train: TrainConfig, model: nn.Module, data: DataSplits, trai
     else:
         distiller = create(method, model, teacher, example=example)
     a = augment or cfg.data.augment
+    # the data section's recipe (bound to the dataset by its loader), unless a teacher's own augment replaces it
+    aug = cfg.data.recipe if augment is None and cfg.data.recipe is not None else Augment(a.shift, a.flip)
     trainer = Trainer(distiller, train, eval_sets, cfg_train, run_dir, cfg.data.batch_size,
-                      cfg.data.eval_batch_size, Augment(a.shift, a.flip), teacher_logits, log,
+                      cfg.data.eval_batch_size, aug, teacher_logits, log,
                       hparams=cfg.model_dump(mode="json"), phase=phase)
     return trainer.fit(resume=resume) | {"distiller": distiller}
 
 
+@dataclass
+class TeacherContext:
+    """What a teacher kind's builder (:func:`kdistill.teachers.register_teacher_kind`) gets:
+    the run's config, data splits, run folder, and two helpers."""
+
+    cfg: RunConfig
+    data: DataSplits
+    run_dir: Path
+    resume: bool
+    log: Callable[[str], None]
+    trust: bool = False
+
+    def build_model(self, name: str, kwargs: dict | None = None, checkpoint: str | None = None,
+                    what: str = "teacher") -> nn.Module:
+        """A zoo model sized for the run's data (with ``checkpoint``'s weights when given)."""
+        return build_model(name, kwargs or {}, self.data, checkpoint, self.trust, what)
+
+    def train(self, model: nn.Module, name: str = "teacher", what: str = "teacher",
+              record: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Train ``model`` with cross-entropy on the training split, with the teacher's train
+        settings (the run's, overridden by ``teacher.train``), into ``run_dir/name``; saves
+        ``model.safetensors`` and ``results.json`` (with ``record``, by default the model's
+        class name and size) there and returns the results."""
+        sub = self.run_dir / name
+        sub.mkdir(parents=True, exist_ok=True)
+        self.log(f"Training the {what} first, into {sub}.")
+        t = self.cfg.teacher
+        res = train_model(self.cfg.teacher_train(), model, self.data, self.data.train, sub, self.cfg, self.resume,
+                          self.log, augment=t.augment if t is not None else None)
+        res.pop("distiller")
+        record = record or model_record(model, type(model).__name__, {}, self.data)
+        save_model(sub, model, record)
+        write_json(sub / "results.json", {"role": what, **record, **res})
+        return res
+
+
 def ensure_teacher(cfg: RunConfig, data: DataSplits, run_dir: Path, resume: bool, log,
                    trust: bool) -> tuple[Teacher | None, dict]:
-    """The run's teacher; a teacher without a checkpoint is trained first into ``run_dir/teacher``
-    (a complete run folder of its own: ``kdistill eval/export/profile RUN/teacher`` work)."""
+    """The run's teacher, made by its kind (``teacher.kind``, see :data:`kdistill.teachers.TEACHER_KINDS`);
+    the default kind trains a teacher without a checkpoint first into ``run_dir/teacher`` (a
+    complete run folder of its own: ``kdistill eval/export/profile RUN/teacher`` work)."""
     t = cfg.teacher
     if t is None:
         return None, {}
+    ctx = TeacherContext(cfg, data, Path(run_dir), resume, log, trust)
+    return TEACHER_KINDS.get(t.kind).make(t.options, ctx)
+
+
+@register_teacher_kind("default")
+def default_teacher(options: dict, ctx: TeacherContext) -> tuple[Teacher, dict]:
+    """The teacher section's own keys: cached outputs (``cache``), one model or an
+    ``ensemble``; a model without a checkpoint is trained first into ``run_dir/teacher``."""
+    cfg, data, run_dir, resume, log, trust = ctx.cfg, ctx.data, ctx.run_dir, ctx.resume, ctx.log, ctx.trust
+    t = cfg.teacher
     if t.cache is not None:
         cached = CachedTeacher.open(t.cache, data.train, num_classes=data.num_classes)
         log(f"Teacher: cached outputs from {t.cache}.")
@@ -105,6 +155,11 @@ def ensure_teacher(cfg: RunConfig, data: DataSplits, run_dir: Path, resume: bool
             res.pop("distiller")
             save_model(sub, unwrap(model), record)
             write_json(sub / "results.json", {"role": what, "name": sub.name, "student": record, **record, **res})
+            # the teacher the student learns from is the saved one, loaded as a resumed run
+            # loads it: the trained module has the trainer's memory format and compilation,
+            # whose logits differ in the last bits from a fresh network's (issue 15)
+            sync_processes()
+            model = build_model(m.model, m.kwargs, data, str(sub / "model.safetensors"), trust, what, adapt=adapt)
         record["checkpoint"] = ckpt or str(sub / "model.safetensors")
         members.append(model)
         records.append(record)
@@ -171,7 +226,9 @@ def run_experiment(cfg: RunConfig, run_dir: str | Path | None = None, resume: bo
         "dataset": {"name": cfg.data.name, "train": len(data.train), "test": len(data.test),
                     "val": len(data.val) if data.val is not None else 0,
                     "transfer": len(transfer) if transfer is not None else 0,
-                    "num_classes": data.num_classes, "fingerprint": data.train.fingerprint()},
+                    "num_classes": data.num_classes, "fingerprint": data.train.fingerprint(),
+                    # unreadable images skipped (image sources with on_bad: skip)
+                    "skipped_images": sum(len(getattr(p, "skipped", ())) for p in (data.train, data.test, data.val))},
         "method": [f"{w:g}*{m.name}" for w, m in zip(distiller.weights, distiller.terms)],
         "student": record,
         "teacher": teacher_record,

@@ -49,7 +49,7 @@ def save_model(run_dir: Path, model: nn.Module, record: dict[str, Any]) -> None:
     if not is_main_process():
         return
     run_dir = Path(run_dir)
-    tmp = run_dir / ".model.safetensors.tmp"
+    tmp = run_dir / f".model.safetensors.{os.getpid()}.tmp"
     save_file(state_dict_tensors(model), str(tmp))
     tmp.replace(run_dir / "model.safetensors")
     atomic_write_json(run_dir / "model.json", record)

@@ -51,7 +51,7 @@ def check_epochs(cfg: RunConfig) -> None:
             "Set train.epochs to 1 or more (kdistill eval evaluates a finished run without training)."
         )
     t = cfg.teacher
-    if t is not None and t.cache is None and cfg.teacher_train().epochs == 0:
+    if t is not None and getattr(t, "kind", "default") == "default" and t.cache is None and cfg.teacher_train().epochs == 0:
         untrained = [m for m in (t.ensemble or [t]) if not m.checkpoint]
         if untrained:
             raise ConfigError(
@@ -133,6 +133,9 @@ def _teacher(cfg: RunConfig, data: DataSplits, trust: bool, lines: list[str]):
 
     t = cfg.teacher
     if t is None:
+        return None, []
+    if getattr(t, "kind", "default") != "default":  # a registered kind builds (maybe trains) its own
+        lines.append(f"teacher: kind {t.kind!r} (built when the run starts; its options were checked)")
         return None, []
     if t.cache is not None:
         from ..cache import CachedTeacher
@@ -228,7 +231,9 @@ def preflight(
             lines.append(f"{what}: {spec.model} ({count_params(extra[-1]):,} params)")
         train = data.train.concat(transfer) if transfer is not None else data.train
         method = cfg.method if isinstance(cfg.method, list) else dict(cfg.method)
-        if not scheme:
+        if teacher is None and cfg.teacher is not None:
+            lines.append("method: checked when the teacher is built")
+        elif not scheme:
             terms = check_method(method, student, teacher, train)
             lines.append("method: " + " + ".join(terms) + " (ran once on an example batch)")
         else:

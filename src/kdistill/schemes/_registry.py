@@ -1,12 +1,13 @@
-"""The scheme registry and :func:`run_scheme`, the one entry point of multi-stage training.
+"""The scheme registry and :func:`run_scheme`, the one entry point of multi-step training.
 
 A *scheme* trains more than one network for one result: a chain of teachers (TAKD), a
 line of generations (born-again networks), peers trained together (DML, ONE), a network
 with early exits (BYOT), specialists beside a generalist, or a student on a transfer set.
 Each is a class registered here with a typed ``Config`` (pydantic, unknown keys refused
 with the closest valid one) and a ``run(ctx, settings)`` that writes one run folder: a
-subfolder per stage or model (each a normal run folder with ``results.json``) and a
-top-level ``results.json`` that reports every stage.
+subfolder per step or model (each a normal run folder with ``results.json``) and a
+top-level ``results.json`` that reports every step (under the key ``stages``, kept for
+existing run folders).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class Scheme(ABC):
 
     @abstractmethod
     def run(self, ctx: SchemeContext, settings: Any) -> dict[str, Any]:
-        """Run every stage and return the top-level results."""
+        """Run every step and return the top-level results."""
 
 
 SCHEMES: Registry[type[Scheme]] = Registry("scheme")
@@ -144,7 +145,7 @@ def run_scheme(
     Args:
         cfg: the run's config; ``cfg.scheme`` holds ``name`` and the scheme's settings.
         run_dir: the run folder (default ``output.dir/output.name``).
-        resume: reuse finished stages and continue an unfinished one from its checkpoint.
+        resume: reuse finished steps and continue an unfinished one from its checkpoint.
         log: prints one line.
         trust: allow checkpoints that need pickle.
     """
