@@ -318,6 +318,10 @@ def test_cli_train_runs_an_lm_config(corpus, tmp_path, teacher_dir, capsys):
     assert "causal-LM run" in out and f"{res['final']['val']['ppl']:.3f}" in out
     assert {"train_loss_skew_kl", "train_loss_ce"} <= set(json.loads(
         (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0]))
+    # kdistill eval re-evaluates the saved student: the same validation numbers
+    assert main(["eval", str(tmp_path / "run")]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert abs(again["val"]["nll"] - res["final"]["val"]["nll"]) < 1e-9 and "teacher_val" in again
     # a bad LM config is one message and a non-zero exit, not a traceback
     assert main(["train", str(path), "--set", "lm.regime=offline"]) != 0
     assert "lm.regime" in capsys.readouterr().err
