@@ -8,10 +8,10 @@ from safetensors.torch import load_file
 
 from kdistill.config import validate_config
 from kdistill.engine.checkpoint import find_checkpoint, list_checkpoints
-from kdistill.runs import run_experiment
 from kdistill.engine.trainer import lr_factor
 from kdistill.errors import ConfigError, NonFiniteError, ShapeError
 from kdistill.methods import Method, register_method
+from kdistill.runs import run_experiment
 
 QUIET = dict(log=lambda s: None)
 
@@ -160,8 +160,8 @@ def test_first_stage_is_capped_at_the_main_training(tiny_cfg, tmp_path):
     except ShapeError:
         pytest.skip("ab needs maps on this pair")
     rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
-    stage_rows = [r for r in rows if "stage" in r]
-    assert len(stage_rows) == 2 and [r["stage_epoch"] for r in stage_rows] == [0, 1]
+    stage_rows = [r for r in rows if "phase" in r]
+    assert len(stage_rows) == 2 and [r["phase_epoch"] for r in stage_rows] == [0, 1]
 
 
 def test_first_stage_uses_the_runs_optimizer_at_the_stage_learning_rate(tiny_cfg, tmp_path, monkeypatch):
@@ -190,4 +190,4 @@ def test_first_stage_uses_the_runs_optimizer_at_the_stage_learning_rate(tiny_cfg
     assert isinstance(made[0], torch.optim.SGD)
     assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.02, 0.9, 5e-4)
     rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["stage"] for r in rows if "stage" in r] == ["fitnet_hint"]
+    assert [r["phase"] for r in rows if "phase" in r] == ["fitnet_hint"]

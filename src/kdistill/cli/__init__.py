@@ -19,6 +19,7 @@ from . import schemes  # noqa: F401
 from . import export  # noqa: F401
 from . import report  # noqa: F401
 from . import perf  # noqa: F401
+from . import quantize  # noqa: F401
 # isort: on
 from .app import app, err_console
 
@@ -26,7 +27,15 @@ __all__ = ["app", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the app, turning user errors into one message and an exit code."""
+    """Entry point: run the app, turning user errors into one message and an exit code.
+
+    The current folder is importable, as in other Python CLIs (``python -m``, uvicorn,
+    pytest's rootdir): a config may name ``mypkg.nets:big`` for ``./mypkg/nets.py``."""
+    import os
+    import sys
+
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         app(args=argv, standalone_mode=False)
     except KdistillError as e:

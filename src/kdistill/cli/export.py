@@ -11,7 +11,7 @@ from rich.table import Table
 
 from ..config import parse_ints
 from ..errors import ConfigError
-from .app import app, console
+from .app import TrustCodeOpt, app, console
 
 
 @app.command("export")
@@ -21,11 +21,24 @@ def export_cmd(
     out: Annotated[Optional[Path], typer.Option(help="Output file (folder for safetensors); default RUN_DIR/export/.")] = None,
     exporter: Annotated[str, typer.Option(help="ONNX exporter: auto (torch.export, then legacy), dynamo or legacy.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the export.json entry.")] = False,
+    trust_code: TrustCodeOpt = False,
+    int8: Annotated[Optional[str], typer.Option("--int8", help="Export the int8 student of `kdistill quantize --method M` (ptq, qat or qad) as ONNX.")] = None,
 ) -> None:
     """Export the run's student and check it against PyTorch on the test set (writes export.json)."""
+    if int8 is not None:
+        from ..quantize import export_int8
+
+        entry = export_int8(run_dir, int8, format=format, out=out)
+        if as_json:
+            print(json.dumps(entry, indent=2))
+            return
+        console.print(f"int8 {int8} ONNX: {entry['path']} ({entry['file_bytes']:,} bytes); agreement with int8 "
+                      f"PyTorch {entry['parity']['top1_agreement']:.2%}, with the float student "
+                      f"{entry['parity_float']['top1_agreement']:.2%}", highlight=False)
+        return
     from ..export import export_run
 
-    entry = export_run(run_dir, format=format, out=out, exporter=exporter)
+    entry = export_run(run_dir, format=format, out=out, exporter=exporter, trust_code=trust_code)
     if as_json:
         print(json.dumps(entry, indent=2))
         return
@@ -59,8 +72,21 @@ def profile_cmd(
     threads: Annotated[Optional[int], typer.Option(min=1, help="Intra-op threads for PyTorch and ONNX Runtime (default: PyTorch's).")] = None,
     teacher: Annotated[bool, typer.Option("--teacher/--no-teacher", help="Profile the run's teacher beside the student.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    trust_code: TrustCodeOpt = False,
+    int8: Annotated[bool, typer.Option("--int8", help="Teacher, float student and the run's int8 students side by side in ONNX Runtime (writes int8/profile.json).")] = False,
 ) -> None:
     """Params, bytes, FLOPs and latency of a run's student and teacher (writes profile.json), or of one model."""
+    if int8:
+        from ..quantize import int8_table, profile_int8
+
+        if run_dir is None:
+            raise ConfigError("--int8 profiles a run folder's int8 students; give the run folder.")
+        res = profile_int8(run_dir, parse_ints(batch_sizes, "--batch-sizes"), repeats, warmup)
+        if as_json:
+            print(json.dumps(res, indent=2))
+        else:
+            console.print(int8_table(res))
+        return
     from ..profile import profile_run, profile_table, profile_zoo_model
 
     sizes = parse_ints(batch_sizes, "--batch-sizes")
@@ -78,7 +104,8 @@ def profile_cmd(
         result = profile_zoo_model(model, parse_ints(input_shape, "--input-shape"), num_classes, kw,
                                    sizes, repeats, warmup, onnx, threads)
     else:
-        result = profile_run(run_dir, sizes, repeats, warmup, onnx=onnx, teacher=teacher, threads=threads)
+        result = profile_run(run_dir, sizes, repeats, warmup, onnx=onnx, teacher=teacher, threads=threads,
+                             trust_code=trust_code)
     if as_json:
         print(json.dumps(result, indent=2, default=str))
         return
@@ -93,10 +120,11 @@ def predict_cmd(
     inputs: Annotated[Path, typer.Argument(help=".npz with array 'x' of shape (N, *input_shape).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output .npz (logits, probs, pred).")] = Path("predictions.npz"),
     batch_size: Annotated[int, typer.Option(min=1, help="Samples per forward pass.")] = 256,
+    trust_code: TrustCodeOpt = False,
 ) -> None:
     """Batch inference with the saved student: writes logits, probs and pred."""
     from ..predict import predict
 
-    res = predict(source, inputs, out, batch_size=batch_size)
+    res = predict(source, inputs, out, batch_size=batch_size, trust_code=trust_code)
     console.print(f"Predicted {res['samples']} samples ({res['num_classes']} classes, {res['backend']}) "
                   f"-> {res['out']}", highlight=False)

@@ -1,0 +1,337 @@
+"""Quantize a finished run's student into ``RUN/int8/<method>/`` and ship it as int8 ONNX.
+
+The folder holds:
+
+* ``quantized.safetensors``: the state of the calibrated / trained graph (float weights
+  after QAT, observer and fake-quantizer ranges). The int8 model is rebuilt from the
+  student's ``model.json`` by the same capture, prepare and conversion, then this state:
+  nothing executable is loaded from disk (:func:`load_int8`).
+* ``model.int8.onnx``: the int8 model in ONNX's QDQ form (``QuantizeLinear`` /
+  ``DequantizeLinear`` around each quantized operator; ONNX Runtime fuses them into
+  integer kernels such as ``QLinearConv``), written by ``torch.onnx.export`` from the
+  converted graph, and checked against the int8 PyTorch model on the test set.
+* ``quantize.json``: settings, accuracy of float student / int8 / teacher on the test
+  set, agreement, sizes and ONNX Runtime latency.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..config import load_config
+from ..engine.checkpoint import atomic_write_json, state_dict_tensors
+from ..errors import CheckpointError, ConfigError
+from ..measure import summarize_times
+from ..metrics import accuracy, agreement
+from ..runs import load_saved, prepare_data, teacher_from_checkpoints
+from .backend import QuantizeError, quiet, torchao_pt2e
+from .core import METHODS, Quantized, quantize_model, rebuild_int8
+
+#: int8 ONNX against int8 PyTorch: ONNX Runtime accumulates in integers and requantizes,
+#: PyTorch's reference graph computes in float between quantize/dequantize pairs, so
+#: outputs differ by rounding; below this top-1 agreement the export is refused
+MIN_INT8_AGREEMENT = 0.99
+FORMAT_HINT = "int8 models export to ONNX only (QDQ form): use --format onnx"
+
+
+def int8_dir(run_dir: str | Path, method: str) -> Path:
+    return Path(run_dir) / "int8" / method
+
+
+def _config(run_dir: Path):
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir} has no config.yaml, so its training and test data cannot be rebuilt.")
+    return load_config(run_dir / "config.yaml")
+
+
+def _teacher_fn(run_dir: Path, cfg, data, source: str, student: nn.Module) -> tuple[Callable[[Tensor], Tensor], str]:
+    """Inputs -> float logits of the QAD teacher: the run's teacher or its float student."""
+    if source == "student":
+        frozen = student.eval()
+        return (lambda x: frozen(x)), "float student"
+    if source != "teacher":
+        raise QuantizeError(f"Unknown QAD teacher {source!r}; choose 'teacher' (the run's) or 'student' (its float student).")
+    if (run_dir / "teacher" / "model.safetensors").is_file():
+        model, _ = load_saved(run_dir / "teacher", "teacher")
+        return (lambda x: model(x)), "run teacher"
+    if cfg.teacher is not None:
+        try:
+            t = teacher_from_checkpoints(cfg.teacher, data, trust_code=False,
+                                         source=f"{run_dir / 'config.yaml'}")
+        except ConfigError:
+            t = None
+        if t is not None:
+            return (lambda x: t({"x": x}).logits), "run teacher (checkpoint)"
+    raise QuantizeError(f"{run_dir} has no float teacher to distil from (no teacher/ folder, no teacher checkpoint "
+                        "in config.yaml); pass --teacher student to distil from the float student, or use --method qat.")
+
+
+@torch.no_grad()
+def _logits(fn: Callable[[Tensor], Tensor | np.ndarray], data, batch_size: int) -> Tensor:
+    out = []
+    for b in data.batches(batch_size):
+        y = fn(b["x"].float())
+        out.append(torch.as_tensor(np.asarray(y) if not isinstance(y, Tensor) else y).float())
+    return torch.cat(out)
+
+
+def ort_session(path: Path, threads: int = 1):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ConfigError('Running the int8 ONNX model needs onnxruntime: pip install -e ".[export]".') from None
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def ort_runner(session) -> Callable[[Tensor], np.ndarray]:
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x.numpy().astype(np.float32)})[0]
+
+
+def ort_latency(session, input_shape: Sequence[int], batch_size: int, repeats: int = 30, warmup: int = 5) -> dict[str, float]:
+    """Median, 5th and 95th percentile of ONNX Runtime CPU latency (ms) for one batch."""
+    run = ort_runner(session)
+    x = torch.randn((batch_size, *input_shape))
+    for _ in range(warmup):
+        run(x)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run(x)
+        times.append((time.perf_counter() - t0) * 1e3)
+    p50, p95 = summarize_times(times)
+    return {"p50": p50, "p05": sorted(times)[int(0.05 * (len(times) - 1))], "p95": p95, "batch_size": batch_size,
+            "repeats": repeats}
+
+
+def export_onnx(model: nn.Module, input_shape: Sequence[int], path: Path) -> None:
+    """``model`` (float or a converted int8 graph) as ONNX through ``torch.onnx.export``'s
+    ``torch.export``-based exporter, which turns PT2E's quantize/dequantize operators into
+    ONNX ``QuantizeLinear`` / ``DequantizeLinear``; input ``x``, output ``logits``, batch
+    axis dynamic."""
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise ConfigError('int8 ONNX export needs onnx and onnxscript: pip install -e ".[export]".') from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    x = torch.randn((2, *input_shape))
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with quiet():
+            torch.onnx.export(model, (x,), str(tmp), input_names=["x"], output_names=["logits"],
+                              dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False,
+                              external_data=False)
+    except Exception as e:  # the exporter raises many types
+        tmp.unlink(missing_ok=True)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise QuantizeError(f"ONNX export of the int8 model failed: {first[:300]}.") from None
+    _strip_metadata(tmp)
+    tmp.replace(path)
+
+
+def _strip_metadata(path: Path) -> None:
+    """Drop the exporter's per-node debug metadata (FX node text, module paths, stack
+    traces): on a small student it outweighs the int8 weights, and no runtime reads it."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    onnx.save(model, str(path))
+
+
+def _onnx_facts(path: Path) -> dict[str, Any]:
+    import onnx
+
+    g = onnx.load(str(path))
+    ops: dict[str, int] = {}
+    for n in g.graph.node:
+        ops[n.op_type] = ops.get(n.op_type, 0) + 1
+    return {"bytes": path.stat().st_size, "ops": ops,  # weights inline (external_data=False)
+            "opset": max((o.version for o in g.opset_import if o.domain in ("", "ai.onnx")), default=None)}
+
+
+def _float_onnx(run_dir: Path, student: nn.Module, shape) -> Path:
+    """The float student as ONNX (exported once, beside the int8 folders), to compare with."""
+    path = run_dir / "int8" / "model.float.onnx"
+    stamp = run_dir / "model.safetensors"
+    if not path.is_file() or path.stat().st_mtime < stamp.stat().st_mtime:
+        export_onnx(student, shape, path)
+    return path
+
+
+def quantize_run(run_dir: str | Path, method: str = "ptq", *, teacher: str = "teacher", calib: int = 512,
+                 epochs: int = 2, lr: float = 1e-3, batch_size: int | None = None, alpha: float = 0.9,
+                 temperature: float | None = None, keep_float: Sequence[str] = (), allow_float: bool = False,
+                 seed: int = 0, reduce_range: bool = True, onnx: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Quantize a run's student; writes ``RUN/int8/<method>/`` and returns its ``quantize.json``.
+
+    QAD's temperature defaults to the run's KD temperature (4 when the run used another
+    method). ``onnx=False`` skips the ONNX files (and so the latency and size columns).
+    """
+    run_dir = Path(run_dir)
+    if method not in METHODS:
+        raise QuantizeError(f"Unknown quantization method {method!r}; choose one of {', '.join(METHODS)}.")
+    try:
+        student, record = load_saved(run_dir, "student")
+    except CheckpointError as e:
+        raise QuantizeError(f"Nothing to quantize: {e}") from None
+    cfg = _config(run_dir)
+    torchao_pt2e()
+    data = prepare_data(cfg)
+    shape = tuple(record["input_shape"])
+    if temperature is None:
+        m = cfg.method if isinstance(cfg.method, dict) else {}
+        temperature = float(m.get("temperature", 4.0)) if m.get("name") == "kd" else 4.0
+    bs = int(batch_size or cfg.data.batch_size)
+    teacher_fn, teacher_name = (None, None)
+    if method == "qad":
+        teacher_fn, teacher_name = _teacher_fn(run_dir, cfg, data, teacher, student)
+    t0 = time.perf_counter()
+    log(f"Quantizing {run_dir} ({record['model']}) with {method} on {calib} calibration samples...")
+    q = quantize_model(student, data.train, method, teacher=teacher_fn, calib=calib, epochs=epochs, lr=lr,
+                       batch_size=bs, alpha=alpha, temperature=temperature, keep_float=keep_float,
+                       allow_float=allow_float, seed=seed, reduce_range=reduce_range, log=log)
+    seconds = time.perf_counter() - t0
+    test, ebs = data.test, int(cfg.data.eval_batch_size)
+    labels = test.labels()
+    f_logits, q_logits = _logits(student, test, ebs), _logits(q.int8, test, ebs)
+    out = int8_dir(run_dir, method)
+    out.mkdir(parents=True, exist_ok=True)
+    from safetensors.torch import save_file
+
+    tmp = out / ".quantized.safetensors.tmp"
+    save_file(state_dict_tensors(q.prepared), str(tmp), metadata={"kdistill_int8": method})
+    tmp.replace(out / "quantized.safetensors")
+    result: dict[str, Any] = {
+        "method": method, "model": record["model"], "input_shape": list(shape), "num_classes": record["num_classes"],
+        "qat_graph": method != "ptq", **q.info, "quantize_s": seconds,
+        "teacher": teacher_name, "backend": f"torchao {torchao_pt2e()['version']} PT2E, X86InductorQuantizer "
+        "(uint8 activations per tensor, int8 weights per channel)",
+        "test": {"samples": len(test), "acc_float": accuracy(f_logits, labels), "acc_int8": accuracy(q_logits, labels),
+                 "agreement_int8_float": agreement(q_logits, f_logits)},
+        "float_param_bytes": sum(t.numel() * t.element_size() for t in student.state_dict().values()),
+        "torch": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if method == "qad" or (run_dir / "teacher" / "model.safetensors").is_file():
+        try:
+            tf, _ = _teacher_fn(run_dir, cfg, data, "teacher", student)
+            t_logits = _logits(tf, test, ebs)
+            result["test"].update({"acc_teacher": accuracy(t_logits, labels),
+                                   "agreement_int8_teacher": agreement(q_logits, t_logits)})
+        except QuantizeError:
+            pass
+    atomic_write_json(out / "quantize.json", result)  # kept whatever the ONNX step does
+    if onnx:
+        result["onnx"] = _write_onnx(run_dir, out, student, q.int8, shape, test, ebs, q_logits)
+        atomic_write_json(out / "quantize.json", result)
+        _check_parity(result["onnx"])
+    return result
+
+
+def _write_onnx(run_dir: Path, out: Path, student, int8, shape, test, ebs, q_logits) -> dict[str, Any]:
+    path = out / "model.int8.onnx"
+    export_onnx(int8, shape, path)
+    fpath = _float_onnx(run_dir, student, shape)
+    sess, fsess = ort_session(path), ort_session(fpath)
+    o_logits = _logits(ort_runner(sess), test, ebs)
+    facts, ffacts = _onnx_facts(path), _onnx_facts(fpath)
+    agree = agreement(o_logits, q_logits)
+    entry = {
+        "path": str(path), "bytes": facts["bytes"], "float_onnx_bytes": ffacts["bytes"],
+        "size_ratio": ffacts["bytes"] / max(facts["bytes"], 1), "opset": facts["opset"], "ops": facts["ops"],
+        "parity_int8_pytorch": {"top1_agreement": agree, "max_abs_diff": float((o_logits - q_logits).abs().max()),
+                                "threshold": MIN_INT8_AGREEMENT, "passed": bool(agree >= MIN_INT8_AGREEMENT)},
+        "acc_onnx": accuracy(o_logits, test.labels()),
+        "latency_ms": {f"b{b}": {"int8": ort_latency(sess, shape, b), "float": ort_latency(fsess, shape, b)}
+                       for b in (1, 64)},
+    }
+    import onnxruntime
+
+    entry["runtime"] = f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider, 1 thread"
+    return entry
+
+
+def _check_parity(entry: dict[str, Any]) -> None:
+    p = entry["parity_int8_pytorch"]
+    if not p["passed"]:
+        raise QuantizeError(f"The int8 ONNX model agrees with the int8 PyTorch model on only {p['top1_agreement']:.2%} of "
+                            f"the test set (at least {MIN_INT8_AGREEMENT:.0%} required); quantize.json records it and "
+                            f"the file is kept at {entry['path']}. On a CPU with VNNI, full-range activations "
+                            "(--full-range) are exact; without it keep the default 7-bit range.")
+
+
+def load_int8(run_dir: str | Path, method: str = "ptq") -> tuple[Quantized, dict[str, Any]]:
+    """The int8 student saved by :func:`quantize_run`, rebuilt (no code loaded from disk)."""
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    folder = int8_dir(run_dir, method)
+    if not (folder / "quantized.safetensors").is_file() or not (folder / "quantize.json").is_file():
+        raise QuantizeError(f"{run_dir} has no {method} int8 student; run `kdistill quantize {run_dir} --method {method}` first.")
+    info = json.loads((folder / "quantize.json").read_text())
+    student, record = load_saved(run_dir, "student")
+    prepared, int8 = rebuild_int8(student, record["input_shape"], load_file(str(folder / "quantized.safetensors")),
+                                  bool(info.get("qat_graph")), info.get("keep_float") or (),
+                                  bool(info.get("reduce_range", True)))
+    return Quantized(method, int8, prepared, info), info
+
+
+def export_int8(run_dir: str | Path, method: str = "ptq", format: str = "onnx", out: str | Path | None = None) -> dict[str, Any]:
+    """Export a run's int8 student as ONNX, with parity against the int8 PyTorch model
+    (refused below :data:`MIN_INT8_AGREEMENT`) and the float student (recorded); merges an
+    ``onnx-int8-<method>`` entry into ``RUN/export.json``."""
+    if format != "onnx":
+        raise QuantizeError(f"{FORMAT_HINT}; {format!r} cannot hold PT2E's quantize/dequantize graph "
+                            "(TorchScript is deprecated upstream and has no int8 path for it).")
+    run_dir = Path(run_dir)
+    q, info = load_int8(run_dir, method)
+    student, record = load_saved(run_dir, "student")
+    cfg = _config(run_dir)
+    data = prepare_data(cfg)
+    shape = tuple(record["input_shape"])
+    target = Path(out) if out is not None else run_dir / "export" / f"model.int8-{method}.onnx"
+    if target.is_dir():
+        target = target / f"model.int8-{method}.onnx"
+    t0 = time.perf_counter()
+    export_onnx(q.int8, shape, target)
+    ebs = int(cfg.data.eval_batch_size)
+    q_logits, f_logits = _logits(q.int8, data.test, ebs), _logits(student, data.test, ebs)
+    o_logits = _logits(ort_runner(ort_session(target)), data.test, ebs)
+    labels = data.test.labels()
+    agree = agreement(o_logits, q_logits)
+    entry = {
+        "format": "onnx", "int8": method, "path": str(target), "file_bytes": target.stat().st_size,
+        "export_s": time.perf_counter() - t0, **{k: v for k, v in _onnx_facts(target).items() if k != "bytes"},
+        "parity": {"split": "test", "samples": len(labels), "top1_agreement": agree,
+                   "max_abs_diff": float((o_logits - q_logits).abs().max()), "acc_exported": accuracy(o_logits, labels),
+                   "acc_int8_pytorch": accuracy(q_logits, labels)},
+        "parity_float": {"top1_agreement": agreement(o_logits, f_logits), "acc_float": accuracy(f_logits, labels)},
+        "threshold": MIN_INT8_AGREEMENT, "passed": bool(agree >= MIN_INT8_AGREEMENT),
+        "torch": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    path = run_dir / "export.json"
+    try:
+        existing = json.loads(path.read_text())
+        existing = existing if isinstance(existing, dict) else {}
+    except (OSError, ValueError):
+        existing = {}
+    existing[f"onnx-int8-{method}"] = entry
+    atomic_write_json(path, existing)
+    if not entry["passed"]:
+        raise QuantizeError(f"The int8 ONNX export agrees with the int8 PyTorch model on only {agree:.2%} of the test "
+                            f"set (at least {MIN_INT8_AGREEMENT:.0%} required); the file is kept at {target}.")
+    return entry
