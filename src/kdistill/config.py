@@ -434,20 +434,36 @@ def validate_config(raw: Any) -> RunConfig:
         raise ConfigError(f"Invalid configuration: {e}") from None
 
 
+def read_config_file(path: str | Path) -> Any:
+    """A config file's YAML document, read within the limits (:func:`parse_yaml`); every
+    kind of config (image runs, causal-LM runs) is read through here."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"Config file {str(p)!r} not found.")
+    try:
+        if p.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{p} is {p.stat().st_size:,} bytes; a config is at most {MAX_CONFIG_BYTES:,}.")
+        text = p.read_text()
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p} is not valid YAML (not UTF-8 text: {e}).") from None
+    return parse_yaml(text, str(p)) or {}
+
+
+def set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    """``tree[a][b][c] = value`` for ``dotted == "a.b.c"`` (a ``--set`` override)."""
+    _set(tree, dotted, value)
+
+
+def format_errors(err: ValidationError, model: type[BaseModel]) -> str:
+    """A pydantic validation error as kdistill's one-paragraph message."""
+    return _format_errors(err, model)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), base: dict | None = None) -> RunConfig:
     """Read, override and validate a run config."""
     raw: Any = dict(base or {})
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"Config file {str(p)!r} not found.")
-        try:
-            if p.stat().st_size > MAX_CONFIG_BYTES:
-                raise ConfigError(f"{p} is {p.stat().st_size:,} bytes; a config is at most {MAX_CONFIG_BYTES:,}.")
-            text = p.read_text()
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"{p} is not valid YAML (not UTF-8 text: {e}).") from None
-        raw = parse_yaml(text, str(p)) or {}
+        raw = read_config_file(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"A config must be a mapping of sections, got {type(raw).__name__}.")
     for text in overrides:

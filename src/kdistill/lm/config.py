@@ -17,10 +17,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from ..config import OutputConfig, Strict, TrainConfig, _format_errors, _set, check_method, parse_override
+from ..config import (
+    OutputConfig,
+    Strict,
+    TrainConfig,
+    check_method,
+    check_structure,
+    format_errors,
+    parse_override,
+    read_config_file,
+    set_dotted,
+)
 from ..errors import ConfigError
 
 TASK = "causal-lm"
@@ -145,9 +154,9 @@ def is_lm_config(path: str | Path | None, overrides=()) -> bool:
     task = None
     if path is not None and Path(path).is_file():
         try:
-            raw = yaml.safe_load(Path(path).read_text())
-        except (yaml.YAMLError, UnicodeDecodeError):
-            return False
+            raw = read_config_file(path)
+        except ConfigError:
+            return False  # an image-run config, or a bad file that load_config then reports
         task = raw.get("task") if isinstance(raw, dict) else None
     for text in overrides:
         key, value = parse_override(text)
@@ -160,21 +169,16 @@ def load_lm_config(path: str | Path | None = None, overrides=(), base: dict | No
     """Read, override and validate a causal-LM run config (errors as for image runs)."""
     raw: Any = dict(base or {})
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"Config file {str(p)!r} not found.")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{p} is not valid YAML: {e}") from None
+        raw = read_config_file(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"A config must be a mapping of sections, got {type(raw).__name__}.")
     for text in overrides:
         key, value = parse_override(text)
-        _set(raw, key, value)
+        set_dotted(raw, key, value)
+    check_structure(raw)  # --set values and dicts from Python get the file's limits too
     try:
         return LMRunConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, LMRunConfig)) from None
+        raise ConfigError(format_errors(e, LMRunConfig)) from None
     except (TypeError, ValueError, OverflowError, RecursionError) as e:
         raise ConfigError(f"Invalid configuration: {e}") from None
