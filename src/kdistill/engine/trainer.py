@@ -289,7 +289,7 @@ class Trainer:
             try:
                 weights, ts = read_resume_point(path, meta)
             except CheckpointError as e:
-                problems.append(str(e))
+                problems.append(str(e).rstrip("."))
                 warnings.warn(f"Skipping damaged checkpoint: {e}", stacklevel=2)
                 continue
             return path, meta, weights, ts

@@ -242,3 +242,28 @@ def run_lm(cfg: LMRunConfig, run_dir: str | Path | None = None, resume: bool = F
         result["on_policy_draws"] = int(distiller.draws)
     atomic_write_json(path / "results.json", result)
     return result
+
+
+def evaluate_lm_run(run_dir: str | Path) -> dict[str, Any]:
+    """Re-evaluate a finished causal-LM run's student (and its teacher, when one is at hand
+    with the same tokenizer) on the run's validation text (``kdistill eval``)."""
+    from .config import load_lm_config
+
+    path = Path(run_dir)
+    if not (path / "student" / "config.json").is_file():
+        raise ConfigError(f"{path} holds no finished causal-LM run (no student/ folder).")
+    cfg = load_lm_config(path / "config.yaml")
+    tok = load_tokenizer(f"hf:{path / 'student'}")
+    _, val = load_data(cfg, tok)
+    student, _ = build_causal_lm(f"hf:{path / 'student'}", {}, tok.vocab_size)
+    teacher = None
+    if cfg.teacher is not None:
+        src = cfg.teacher.model if cfg.teacher.model.startswith("hf:") else f"hf:{path / 'teacher' / 'model'}"
+        t_tok = folder_tokenizer(src)
+        if t_tok is not None and t_tok.identity() == tok.identity():
+            teacher, _ = build_causal_lm(src, {}, tok.vocab_size)
+            teacher.eval()
+    out = {"val": lm_metrics(student, val, cfg.data.eval_batch_size, "cpu", teacher)}
+    if teacher is not None:
+        out["teacher_val"] = lm_metrics(teacher, val, cfg.data.eval_batch_size, "cpu")
+    return out

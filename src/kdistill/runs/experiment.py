@@ -24,7 +24,7 @@ from ..methods import Distiller, create
 from ..metrics import classification_metrics
 from ..teacher_input import unwrap
 from ..teachers import TEACHER_KINDS, EnsembleTeacher, ModuleTeacher, Teacher, register_teacher_kind
-from .build import build_model, model_record, teacher_adapter, with_num_data
+from .build import build_model, load_transfer, model_record, teacher_adapter, with_num_data
 from .folder import is_main_process, open_run_dir, save_model, sync_processes, write_json
 from .preflight import preflight
 
@@ -191,7 +191,8 @@ def run_experiment(cfg: RunConfig, run_dir: str | Path | None = None, resume: bo
     checked = preflight(cfg, trust)
     run_dir = open_run_dir(cfg, run_dir, resume)
     torch.manual_seed(cfg.train.seed)
-    data, transfer = checked.data, checked.transfer
+    data = checked.data
+    transfer = checked.transfer if checked.transfer is not None else load_transfer(cfg, data)
     device = resolve_device(cfg.train.device)
     teacher, teacher_record = ensure_teacher(cfg, data, run_dir, resume, log, trust)
     if transfer is not None and teacher is None:

@@ -169,6 +169,8 @@ def check_method(method: Any, student: nn.Module, teacher: Any, train: Dataset, 
     else:
         distiller = create(method, student, teacher, example=example)
     batch = train.take(torch.arange(n))
+    if getattr(teacher, "views", None) is not None:  # a cache of augmented views: the first view of each
+        batch["view"] = torch.zeros(n, dtype=torch.int64)
     if (batch["y"] < 0).any():  # a transfer row in the example: give the probe a label
         batch["y"] = batch["y"].clamp(min=0)
     try:
@@ -208,13 +210,18 @@ def preflight(
         check_names(cfg, extra_models)  # before the data loads: a misspelt name fails in a second
         data = prepare_data(cfg)
         check_splits(data)
-        transfer = load_transfer(cfg, data)
+        # a generated MNIST-1D transfer set fits by construction and takes minutes to make:
+        # the run makes it; a file is read (and checked) now
+        t = cfg.data.transfer
+        transfer = None if t is not None and t.source == "mnist1d" else load_transfer(cfg, data)
         if transfer is not None and cfg.teacher is None and not scheme:
             raise ConfigError("A transfer set (data.transfer) is labelled by the teacher; configure a teacher.")
         lines.append(f"data: {cfg.data.name}, {len(data.train)} train / {len(data.test)} test"
                      + (f" / {len(data.val)} val" if data.val is not None else "")
                      + f", inputs {tuple(data.input_shape)}, {data.num_classes} classes"
-                     + (f", transfer set {len(transfer)}" if transfer is not None else ""))
+                     + (f", transfer set {len(transfer)}" if transfer is not None else "")
+                     + (f", transfer set of {t.size} generated when the run starts" if t is not None and transfer is None
+                        else ""))
         teacher, _ = _teacher(cfg, data, trust, lines)
         s = cfg.student
         student = _build(s, data, trust, "student")
