@@ -75,9 +75,10 @@ COMMANDS = {
     "profile": lambda bad, run: ["profile", str(bad), "--no-onnx", "--repeats", "1", "--warmup", "0",
                                  "--batch-sizes", "1"],
     "report": lambda bad, run: ["report", str(bad)],
+    "quantize": lambda bad, run: ["quantize", str(bad), "--no-onnx", "--calib", "32"],
 }
 CASES = [(c, "model.json") for c in COMMANDS] + [
-    ("eval", "teacher/model.json"), ("profile", "teacher/model.json"),
+    ("eval", "teacher/model.json"), ("profile", "teacher/model.json"), ("quantize", "teacher/model.json"),
     ("eval", "config.yaml"), ("profile", "results.json"), ("report", "results.json"),
 ]
 

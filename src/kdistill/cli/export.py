@@ -28,7 +28,7 @@ def export_cmd(
     if int8 is not None:
         from ..quantize import export_int8
 
-        entry = export_int8(run_dir, int8, format=format, out=out)
+        entry = export_int8(run_dir, int8, format=format, out=out, trust_code=trust_code)
         if as_json:
             print(json.dumps(entry, indent=2))
             return
@@ -81,7 +81,7 @@ def profile_cmd(
 
         if run_dir is None:
             raise ConfigError("--int8 profiles a run folder's int8 students; give the run folder.")
-        res = profile_int8(run_dir, parse_ints(batch_sizes, "--batch-sizes"), repeats, warmup)
+        res = profile_int8(run_dir, parse_ints(batch_sizes, "--batch-sizes"), repeats, warmup, trust_code=trust_code)
         if as_json:
             print(json.dumps(res, indent=2))
         else:

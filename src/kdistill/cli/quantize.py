@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from .app import app, console, log
+from .app import TrustCodeOpt, app, console, log
 
 
 @app.command("quantize")
@@ -29,13 +29,14 @@ def quantize_cmd(
     full_range: Annotated[bool, typer.Option("--full-range", help="8-bit activations (exact in ONNX Runtime only on CPUs with VNNI); default 7-bit.")] = False,
     onnx: Annotated[bool, typer.Option("--onnx/--no-onnx", help="Also write the int8 ONNX model, size and latency.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print quantize.json.")] = False,
+    trust_code: TrustCodeOpt = False,
 ) -> None:
     """Quantize the run's student to int8 into RUN_DIR/int8/METHOD/ (accuracy, size, latency in quantize.json)."""
     from ..quantize import quantize_run
 
     res = quantize_run(run_dir, method, teacher=teacher, calib=calib, epochs=epochs, lr=lr, batch_size=batch_size,
                        alpha=alpha, temperature=temperature, keep_float=keep_float or (), allow_float=allow_float,
-                       seed=seed, reduce_range=not full_range, onnx=onnx, log=log if not as_json else (lambda s: None))
+                       seed=seed, reduce_range=not full_range, onnx=onnx, log=log if not as_json else (lambda s: None), trust_code=trust_code)
     if as_json:
         print(json.dumps(res, indent=2))
         return

@@ -16,7 +16,8 @@ from .core import METHODS
 from .run import _config, _float_onnx, _logits, export_onnx, int8_dir, load_int8, ort_latency, ort_runner, ort_session
 
 
-def profile_int8(run_dir: str | Path, batch_sizes=(1, 64), repeats: int = 30, warmup: int = 5) -> dict[str, Any]:
+def profile_int8(run_dir: str | Path, batch_sizes=(1, 64), repeats: int = 30, warmup: int = 5,
+                 trust_code: bool = False) -> dict[str, Any]:
     """Profile every model of a quantized run; writes ``RUN/int8/profile.json``."""
     run_dir = Path(run_dir)
     methods = [m for m in METHODS if (int8_dir(run_dir, m) / "quantize.json").is_file()]
@@ -26,11 +27,11 @@ def profile_int8(run_dir: str | Path, batch_sizes=(1, 64), repeats: int = 30, wa
     data = prepare_data(cfg)
     test, ebs = data.test, int(cfg.data.eval_batch_size)
     labels = test.labels()
-    student, record = load_saved(run_dir, "student")
+    student, record = load_saved(run_dir, "student", trust_code)
     shape = tuple(record["input_shape"])
     rows: list[tuple[str, Path, int]] = []
     if (run_dir / "teacher" / "model.safetensors").is_file():
-        teacher, _ = load_saved(run_dir / "teacher", "teacher")
+        teacher, _ = load_saved(run_dir / "teacher", "teacher", trust_code)
         tpath = run_dir / "int8" / "teacher.float.onnx"
         if not tpath.is_file():
             export_onnx(teacher, shape, tpath)
@@ -40,7 +41,7 @@ def profile_int8(run_dir: str | Path, batch_sizes=(1, 64), repeats: int = 30, wa
     for m in methods:
         path = int8_dir(run_dir, m) / "model.int8.onnx"
         if not path.is_file():
-            q, _ = load_int8(run_dir, m)
+            q, _ = load_int8(run_dir, m, trust_code)
             export_onnx(q.int8, shape, path)
         rows.append((f"student int8 {m}", path, params))
     out: dict[str, Any] = {"run": run_dir.name, "runtime": "onnxruntime CPUExecutionProvider, 1 thread",

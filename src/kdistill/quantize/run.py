@@ -53,7 +53,8 @@ def _config(run_dir: Path):
     return load_config(run_dir / "config.yaml")
 
 
-def _teacher_fn(run_dir: Path, cfg, data, source: str, student: nn.Module) -> tuple[Callable[[Tensor], Tensor], str]:
+def _teacher_fn(run_dir: Path, cfg, data, source: str, student: nn.Module,
+                trust_code: bool = False) -> tuple[Callable[[Tensor], Tensor], str]:
     """Inputs -> float logits of the QAD teacher: the run's teacher or its float student."""
     if source == "student":
         frozen = student.eval()
@@ -61,11 +62,11 @@ def _teacher_fn(run_dir: Path, cfg, data, source: str, student: nn.Module) -> tu
     if source != "teacher":
         raise QuantizeError(f"Unknown QAD teacher {source!r}; choose 'teacher' (the run's) or 'student' (its float student).")
     if (run_dir / "teacher" / "model.safetensors").is_file():
-        model, _ = load_saved(run_dir / "teacher", "teacher")
+        model, _ = load_saved(run_dir / "teacher", "teacher", trust_code)
         return (lambda x: model(x)), "run teacher"
     if cfg.teacher is not None:
         try:
-            t = teacher_from_checkpoints(cfg.teacher, data, trust_code=False,
+            t = teacher_from_checkpoints(cfg.teacher, data, trust_code=trust_code,
                                          source=f"{run_dir / 'config.yaml'}")
         except ConfigError:
             t = None
@@ -177,17 +178,19 @@ def _float_onnx(run_dir: Path, student: nn.Module, shape) -> Path:
 def quantize_run(run_dir: str | Path, method: str = "ptq", *, teacher: str = "teacher", calib: int = 512,
                  epochs: int = 2, lr: float = 1e-3, batch_size: int | None = None, alpha: float = 0.9,
                  temperature: float | None = None, keep_float: Sequence[str] = (), allow_float: bool = False,
-                 seed: int = 0, reduce_range: bool = True, onnx: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+                 seed: int = 0, reduce_range: bool = True, onnx: bool = True, log: Callable[[str], None] = print,
+                 trust_code: bool = False) -> dict[str, Any]:
     """Quantize a run's student; writes ``RUN/int8/<method>/`` and returns its ``quantize.json``.
 
     QAD's temperature defaults to the run's KD temperature (4 when the run used another
     method). ``onnx=False`` skips the ONNX files (and so the latency and size columns).
+    ``trust_code`` allows the folder's records to name an importable model factory.
     """
     run_dir = Path(run_dir)
     if method not in METHODS:
         raise QuantizeError(f"Unknown quantization method {method!r}; choose one of {', '.join(METHODS)}.")
     try:
-        student, record = load_saved(run_dir, "student")
+        student, record = load_saved(run_dir, "student", trust_code)
     except CheckpointError as e:
         raise QuantizeError(f"Nothing to quantize: {e}") from None
     cfg = _config(run_dir)
@@ -200,7 +203,7 @@ def quantize_run(run_dir: str | Path, method: str = "ptq", *, teacher: str = "te
     bs = int(batch_size or cfg.data.batch_size)
     teacher_fn, teacher_name = (None, None)
     if method == "qad":
-        teacher_fn, teacher_name = _teacher_fn(run_dir, cfg, data, teacher, student)
+        teacher_fn, teacher_name = _teacher_fn(run_dir, cfg, data, teacher, student, trust_code)
     t0 = time.perf_counter()
     log(f"Quantizing {run_dir} ({record['model']}) with {method} on {calib} calibration samples...")
     q = quantize_model(student, data.train, method, teacher=teacher_fn, calib=calib, epochs=epochs, lr=lr,
@@ -228,7 +231,7 @@ def quantize_run(run_dir: str | Path, method: str = "ptq", *, teacher: str = "te
         "torch": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     try:
-        tf, _ = _teacher_fn(run_dir, cfg, data, "teacher", student)
+        tf, _ = _teacher_fn(run_dir, cfg, data, "teacher", student, trust_code)
     except QuantizeError:  # a run without a teacher: no teacher columns
         tf = None
     if tf is not None:
@@ -280,7 +283,7 @@ def _check_parity(entry: dict[str, Any]) -> None:
                             "(--full-range) are exact; without it keep the default 7-bit range.")
 
 
-def load_int8(run_dir: str | Path, method: str = "ptq") -> tuple[Quantized, dict[str, Any]]:
+def load_int8(run_dir: str | Path, method: str = "ptq", trust_code: bool = False) -> tuple[Quantized, dict[str, Any]]:
     """The int8 student saved by :func:`quantize_run`, rebuilt (no code loaded from disk)."""
     from safetensors.torch import load_file
 
@@ -289,14 +292,15 @@ def load_int8(run_dir: str | Path, method: str = "ptq") -> tuple[Quantized, dict
     if not (folder / "quantized.safetensors").is_file() or not (folder / "quantize.json").is_file():
         raise QuantizeError(f"{run_dir} has no {method} int8 student; run `kdistill quantize {run_dir} --method {method}` first.")
     info = json.loads((folder / "quantize.json").read_text())
-    student, record = load_saved(run_dir, "student")
+    student, record = load_saved(run_dir, "student", trust_code)
     prepared, int8 = rebuild_int8(student, record["input_shape"], load_file(str(folder / "quantized.safetensors")),
                                   bool(info.get("qat_graph")), info.get("keep_float") or (),
                                   bool(info.get("reduce_range", True)))
     return Quantized(method, int8, prepared, info), info
 
 
-def export_int8(run_dir: str | Path, method: str = "ptq", format: str = "onnx", out: str | Path | None = None) -> dict[str, Any]:
+def export_int8(run_dir: str | Path, method: str = "ptq", format: str = "onnx", out: str | Path | None = None,
+                trust_code: bool = False) -> dict[str, Any]:
     """Export a run's int8 student as ONNX, with parity against the int8 PyTorch model
     (refused below :data:`MIN_INT8_AGREEMENT`) and the float student (recorded); merges an
     ``onnx-int8-<method>`` entry into ``RUN/export.json``."""
@@ -304,8 +308,8 @@ def export_int8(run_dir: str | Path, method: str = "ptq", format: str = "onnx", 
         raise QuantizeError(f"{FORMAT_HINT}; {format!r} cannot hold PT2E's quantize/dequantize graph "
                             "(TorchScript is deprecated upstream and has no int8 path for it).")
     run_dir = Path(run_dir)
-    q, info = load_int8(run_dir, method)
-    student, record = load_saved(run_dir, "student")
+    q, info = load_int8(run_dir, method, trust_code)
+    student, record = load_saved(run_dir, "student", trust_code)
     cfg = _config(run_dir)
     data = prepare_data(cfg)
     shape = tuple(record["input_shape"])
