@@ -318,6 +318,24 @@ def test_cli_train_runs_an_lm_config(corpus, tmp_path, teacher_dir, capsys):
     assert "causal-LM run" in out and f"{res['final']['val']['ppl']:.3f}" in out
     assert {"train_loss_skew_kl", "train_loss_ce"} <= set(json.loads(
         (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0]))
+    # kdistill eval re-evaluates the saved student: the same validation numbers
+    assert main(["eval", str(tmp_path / "run")]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert abs(again["val"]["nll"] - res["final"]["val"]["nll"]) < 1e-9 and "teacher_val" in again
     # a bad LM config is one message and a non-zero exit, not a traceback
     assert main(["train", str(path), "--set", "lm.regime=offline"]) != 0
     assert "lm.regime" in capsys.readouterr().err
+
+
+def test_on_policy_resume_draws_the_same(corpus, tmp_path, teacher_dir):
+    """The draw counter is checkpointed: 1 epoch + --resume to 2 equals 2 epochs at once."""
+    def cfg(name, epochs):
+        return _config(corpus, tmp_path, method={"name": "reverse_kl"}, teacher={"model": f"hf:{teacher_dir}"},
+                       data={"max_blocks": 48}, lm={"regime": "on_policy", "lmbda": 0.5, "max_new_tokens": 4},
+                       train={"epochs": epochs, "schedule": "constant"}, output={"name": name})
+
+    run_lm(cfg("a", 1), log=lambda s: None)
+    resumed = run_lm(cfg("a", 2), resume=True, log=lambda s: None)
+    straight = run_lm(cfg("b", 2), log=lambda s: None)
+    assert resumed["on_policy_draws"] == straight["on_policy_draws"] == straight["steps"]
+    assert resumed["final"]["val"]["nll"] == straight["final"]["val"]["nll"]

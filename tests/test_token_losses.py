@@ -163,3 +163,17 @@ def test_token_ce_masks_ignored_tokens():
     y[1, :2] = -100
     want = F.cross_entropy(z.reshape(-1, 11), y.reshape(-1), ignore_index=-100)
     torch.testing.assert_close(hard_label_ce(z, y), want)
+
+
+def test_bf16_logits_reduced_in_fp32():
+    """bf16 logits (autocast) give the fp32 loss of the same rounded values, never a negative KL."""
+    zs, zt = logits(14, (4, 8, 50), scale=0.05).float(), logits(15, (4, 8, 50), scale=0.05).float()
+    zs[..., :] += zt  # nearly equal distributions: where a bf16 reduction goes negative
+    y = torch.zeros(4, 8, dtype=torch.long)
+    bs, bt = zs.bfloat16(), zt.bfloat16()
+    for kind in KINDS:
+        got = token_loss(kind, bs, TeacherOutput(bt), y, coef=0.3)
+        assert got.dtype == torch.float32 and got >= 0
+        torch.testing.assert_close(got, token_loss(kind, bs.float(), TeacherOutput(bt.float()), y, coef=0.3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert token_loss("forward_kl", bs, TeacherOutput(bt), y).dtype == torch.float32

@@ -111,7 +111,13 @@ def eval_(run_dir: Annotated[Path, typer.Argument(help="A finished run folder.")
           trust_code: TrustCodeOpt = False) -> None:
     """Re-evaluate a saved run's student (and teacher) on its test set."""
     from ..evaluate import evaluate_run
+    from ..lm.config import is_lm_config
 
+    if is_lm_config(run_dir / "config.yaml"):  # a causal-LM run folder
+        from ..lm.experiment import evaluate_lm_run
+
+        console.print_json(json.dumps(evaluate_lm_run(run_dir)))
+        return
     out = evaluate_run(run_dir, trust_code=trust_code)
     console.print_json(json.dumps(out))
 

@@ -129,7 +129,7 @@ def sequence_transfer(teacher: CausalLM, train: TokenDataset, tok, cfg: LMRunCon
                                       "seconds": round(time.perf_counter() - t0, 2)})
         log(f"Teacher completions for {len(lines)} prompts written to {path}.")
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return records_dataset(records, tok, train.x.shape[1], "transfer")
+    return records_dataset(records, tok, train.input_shape[0], "transfer")
 
 
 def _completions_through_text(teacher, t_tok, train: TokenDataset, tok, cfg: LMRunConfig, temp: float, g) -> list[str]:
@@ -140,13 +140,14 @@ def _completions_through_text(teacher, t_tok, train: TokenDataset, tok, cfg: LMR
     device = next(teacher.parameters()).device
     for i in range(len(train)):
         p = max(int(train.prompt_len[i]), 1)
-        prompt_ids = train.x[i, :p].tolist()
+        row = train.take(torch.tensor([i]))["x"][0]
+        prompt_ids = row[:p].tolist()
         t_ids = t_tok.encode(tok.decode(prompt_ids)) or [t_tok.eos_id]
-        new = cfg.lm.max_new_tokens or (train.x.shape[1] - p)
+        new = cfg.lm.max_new_tokens or (train.input_shape[0] - p)
         full = sample(teacher, torch.tensor([t_ids], device=device), new, temp, g)[0, len(t_ids):].tolist()
         if t_tok.eos_id in full:
             full = full[: full.index(t_tok.eos_id)]
-        completion = tok.encode(t_tok.decode(full))[: train.x.shape[1] - p]
+        completion = tok.encode(t_tok.decode(full))[: train.input_shape[0] - p]
         lines.append(json.dumps({"prompt_ids": prompt_ids, "completion_ids": completion}))
     return lines
 
@@ -241,3 +242,28 @@ def run_lm(cfg: LMRunConfig, run_dir: str | Path | None = None, resume: bool = F
         result["on_policy_draws"] = int(distiller.draws)
     atomic_write_json(path / "results.json", result)
     return result
+
+
+def evaluate_lm_run(run_dir: str | Path) -> dict[str, Any]:
+    """Re-evaluate a finished causal-LM run's student (and its teacher, when one is at hand
+    with the same tokenizer) on the run's validation text (``kdistill eval``)."""
+    from .config import load_lm_config
+
+    path = Path(run_dir)
+    if not (path / "student" / "config.json").is_file():
+        raise ConfigError(f"{path} holds no finished causal-LM run (no student/ folder).")
+    cfg = load_lm_config(path / "config.yaml")
+    tok = load_tokenizer(f"hf:{path / 'student'}")
+    _, val = load_data(cfg, tok)
+    student, _ = build_causal_lm(f"hf:{path / 'student'}", {}, tok.vocab_size)
+    teacher = None
+    if cfg.teacher is not None:
+        src = cfg.teacher.model if cfg.teacher.model.startswith("hf:") else f"hf:{path / 'teacher' / 'model'}"
+        t_tok = folder_tokenizer(src)
+        if t_tok is not None and t_tok.identity() == tok.identity():
+            teacher, _ = build_causal_lm(src, {}, tok.vocab_size)
+            teacher.eval()
+    out = {"val": lm_metrics(student, val, cfg.data.eval_batch_size, "cpu", teacher)}
+    if teacher is not None:
+        out["teacher_val"] = lm_metrics(teacher, val, cfg.data.eval_batch_size, "cpu")
+    return out
