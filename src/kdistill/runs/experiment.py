@@ -128,7 +128,7 @@ def default_teacher(options: dict, ctx: TeacherContext) -> tuple[Teacher, dict]:
         log(f"Teacher: cached outputs from {t.cache}.")
         return cached, {"cache": t.cache}
     members_cfg = t.ensemble or [t]
-    adapt = teacher_adapter(t)
+    adapt = teacher_adapter(t, data)
     members, records = [], []
     for i, m in enumerate(members_cfg):
         sub = run_dir / ("teacher" if len(members_cfg) == 1 else f"teacher{i}")

@@ -144,7 +144,7 @@ def _teacher(cfg: RunConfig, data: DataSplits, trust: bool, lines: list[str]):
         return CachedTeacher.open(t.cache, data.train, num_classes=data.num_classes), []
     members = t.ensemble or [ModelConfig(model=t.model, kwargs=t.kwargs, checkpoint=t.checkpoint)]
     many = len(members) > 1
-    adapt = teacher_adapter(t)
+    adapt = teacher_adapter(t, data)
     built = []
     for i, m in enumerate(members):
         what = f"teacher member {i}" if many else "teacher"
@@ -173,9 +173,10 @@ def check_method(method: Any, student: nn.Module, teacher: Any, train: Dataset, 
         batch["y"] = batch["y"].clamp(min=0)
     try:
         out = distiller(batch)
-        for term in distiller.terms:
-            stage = term.pre_stage()
-            del stage
+        for term in distiller.terms:  # a first phase (FitNets hints, FT's paraphraser) builds too
+            first = getattr(term, "first_phase", None)
+            if first is not None:
+                first()
     except KdistillError:
         raise
     except (RuntimeError, ValueError, IndexError, TypeError, KeyError) as e:
