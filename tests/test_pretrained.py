@@ -129,3 +129,19 @@ def test_timm_teacher_from_a_local_weights_file_through_a_stand_in(tmp_path, mon
     x = data.train.example(2)
     with torch.no_grad():
         assert torch.allclose(net(x), trained(convert(x, spec)))
+
+
+def test_a_checkpoint_teacher_can_be_fine_tuned_first(tmp_path):
+    _image_npz(tmp_path)
+    first = run_experiment(_cfg(tmp_path, "big.npz"), run_dir=tmp_path / "first")
+    ckpt = str(tmp_path / "first" / "teacher" / "model.safetensors")
+    lines = []
+    teacher = {"model": "mlp", "kwargs": {"hidden": [64]}, "checkpoint": ckpt, "finetune": True, "train": {"epochs": 1}}
+    res = run_experiment(_cfg(tmp_path, "big.npz", teacher=teacher), run_dir=tmp_path / "tuned", log=lines.append)
+    assert any(line.startswith("Fine-tuning the teacher") for line in lines)
+    from safetensors.torch import load_file
+
+    before, after = load_file(ckpt), load_file(str(tmp_path / "tuned" / "teacher" / "model.safetensors"))
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+    # one more epoch from the trained weights keeps it a good teacher (from scratch, one epoch is not)
+    assert res["teacher"]["metrics"]["test"]["acc"] > first["teacher"]["metrics"]["test"]["acc"] - 0.05

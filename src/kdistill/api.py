@@ -42,9 +42,8 @@ def _quiet(_line: str) -> None:
 
 def _pairs(data: DataLike, what: str) -> tuple[Tensor, Tensor]:
     """``(x, y)`` tensors from any of the accepted data forms."""
-    if isinstance(data, ArrayDataset):
-        every = data.take(torch.arange(len(data)))  # through the dataset protocol
-        return every["x"], every["y"]
+    if isinstance(data, ArrayDataset):  # through the dataset protocol, like every consumer
+        return data.take(torch.arange(len(data)))["x"], data.labels()
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
         return data[0], data[1]
     if isinstance(data, torch.utils.data.DataLoader):

@@ -184,6 +184,9 @@ class TeacherConfig(Strict):
     augment: AugmentConfig | None = None
     #: the teacher's input normalisation/resolution/channels, converted per batch on the device
     input: TeacherInputConfig | None = None
+    #: train a teacher that has a checkpoint further (fine-tune it, with ``train``) before
+    #: distilling, into ``RUN/teacher``; without it a checkpoint is used as it is
+    finetune: bool = False
 
     @model_validator(mode="after")
     def _one_kind(self):

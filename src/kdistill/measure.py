@@ -42,9 +42,17 @@ def round_stats(rounds: list[list[float]]) -> dict[str, float]:
     return {"p50": p50, "p95": p95, "min": min(flat), "spread": (meds[-1] - meds[0]) / p50 if p50 > 0 else 0.0}
 
 
+def round_plan(repeats: int, rounds: int) -> tuple[int, int]:
+    """``(rounds, passes per round)`` for about ``repeats`` timed passes: at least 3 passes
+    a round, so few repeats make fewer rounds (9 repeats: 3 rounds of 3)."""
+    r = max(1, min(rounds, repeats // 3))
+    return r, max(1, -(-repeats // r))
+
+
 def timed_rounds(run, repeats: int, rounds: int, sync=None) -> list[list[float]]:
-    """``repeats`` calls of ``run()`` split into ``rounds`` rounds, each call timed in ms."""
-    per = max(3, -(-repeats // rounds))
+    """About ``repeats`` calls of ``run()`` in ``rounds`` rounds (:func:`round_plan`), each
+    call timed in ms."""
+    rounds, per = round_plan(repeats, rounds)
     out = []
     for _ in range(rounds):
         times = []
@@ -111,7 +119,7 @@ def latency_ms(
         "busy": busy,
         "load_avg": round(load, 2) if load is not None else None,
         "batch_size": batch_size,
-        "repeats": max(3, -(-repeats // rounds)) * rounds,
-        "rounds": rounds,
+        "repeats": round_plan(repeats, rounds)[0] * round_plan(repeats, rounds)[1],
+        "rounds": round_plan(repeats, rounds)[0],
         "threads": torch.get_num_threads(),
     }

@@ -161,12 +161,17 @@ def with_num_data(method: Any, num_data: int) -> Any:
     return [fill(t) for t in method] if isinstance(method, list) else fill(method)
 
 
-def teacher_adapter(t: TeacherConfig | None):
+def teacher_adapter(t: TeacherConfig | None, data: DataSplits | None = None):
     """A wrapper that gives the teacher's network its own input format (``teacher.input``),
-    or ``None`` when the teacher takes the data as it is."""
+    or ``None`` when the teacher takes the data as it is. The data's own normalisation
+    (``data_mean``/``data_std``) defaults to what the dataset declares it applied."""
     if t is None or t.input is None:
         return None
-    return Adapter(InputSpec.make(**t.input.model_dump()))
+    spec = t.input.model_dump()
+    norm = getattr(data.train, "normalization", None) if data is not None else None
+    if norm is not None and not {"data_mean", "data_std"} & t.input.model_fields_set:
+        spec["data_mean"], spec["data_std"] = (torch.as_tensor(v, dtype=torch.float64).flatten().tolist() for v in norm[:2])
+    return Adapter(InputSpec.make(**spec))
 
 
 def teacher_from_checkpoints(t: TeacherConfig, data: DataSplits, trust: bool = False, trust_code: TrustCode = True,
@@ -183,7 +188,7 @@ def teacher_from_checkpoints(t: TeacherConfig, data: DataSplits, trust: bool = F
         )
     many = len(members) > 1
     modules = [build_model(m.model, m.kwargs, data, m.checkpoint, trust, f"teacher member {i}" if many else "teacher",
-                           trust_code, source, adapt=teacher_adapter(t)) for i, m in enumerate(members)]
+                           trust_code, source, adapt=teacher_adapter(t, data)) for i, m in enumerate(members)]
     if not many:
         return ModuleTeacher(modules[0], data.num_classes)
     return EnsembleTeacher(modules, t.combine)

@@ -128,26 +128,29 @@ def default_teacher(options: dict, ctx: TeacherContext) -> tuple[Teacher, dict]:
         log(f"Teacher: cached outputs from {t.cache}.")
         return cached, {"cache": t.cache}
     members_cfg = t.ensemble or [t]
-    adapt = teacher_adapter(t)
+    adapt = teacher_adapter(t, data)
     members, records = [], []
     for i, m in enumerate(members_cfg):
         sub = run_dir / ("teacher" if len(members_cfg) == 1 else f"teacher{i}")
         what = "teacher" if len(members_cfg) == 1 else f"teacher member {i}"
         ckpt = m.checkpoint
-        if ckpt is None and (sub / "model.safetensors").is_file() and (sub / "results.json").is_file():
+        start = ckpt if t.finetune else None  # the weights a fine-tuned teacher starts from
+        if (ckpt is None or t.finetune) and (sub / "model.safetensors").is_file() and (sub / "results.json").is_file():
             ckpt = str(sub / "model.safetensors")  # trained earlier in this run folder
             log(f"Using the {what} trained earlier in {sub}.")
-        model = build_model(m.model, m.kwargs, data, ckpt, trust, what, log=log, adapt=adapt)
+        elif t.finetune:
+            ckpt = None  # loaded below as the start, then trained
+        model = build_model(m.model, m.kwargs, data, ckpt or start, trust, what, log=log, adapt=adapt)
         record = model_record(unwrap(model), m.model, m.kwargs, data)
         if adapt is not None:  # the saved network takes the teacher's format; model.json says how to convert
             record["input"] = adapt.spec.as_dict() | {"net_input_shape": list(adapt.input_shape(data.input_shape))}
         if ckpt is None:
-            log(f"Training the {what} ({m.model}) first, into {sub}.")
+            log(f"{'Fine-tuning' if start else 'Training'} the {what} ({m.model}) first, into {sub}.")
             tcfg = cfg.teacher_train()
             if len(members_cfg) > 1:
                 tcfg = tcfg.model_copy(update={"seed": tcfg.seed + 1000 * (i + 1)})
                 torch.manual_seed(tcfg.seed)
-                model = build_model(m.model, m.kwargs, data, None, trust, what, adapt=adapt)
+                model = build_model(m.model, m.kwargs, data, start, trust, what, adapt=adapt)
             sub.mkdir(parents=True, exist_ok=True)
             write_teacher_config(sub, cfg, m, tcfg)
             res = train_model(tcfg, model, data, data.train, sub, cfg, resume, log, augment=t.augment,

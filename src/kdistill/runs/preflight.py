@@ -52,7 +52,7 @@ def check_epochs(cfg: RunConfig) -> None:
         )
     t = cfg.teacher
     if t is not None and t.kind == "default" and t.cache is None and cfg.teacher_train().epochs == 0:
-        untrained = [m for m in (t.ensemble or [t]) if not m.checkpoint]
+        untrained = [m for m in (t.ensemble or [t]) if not m.checkpoint or t.finetune]
         if untrained:
             raise ConfigError(
                 "teacher.train.epochs is 0 but the teacher has no checkpoint, so it would be used untrained. "
@@ -144,12 +144,13 @@ def _teacher(cfg: RunConfig, data: DataSplits, trust: bool, lines: list[str]):
         return CachedTeacher.open(t.cache, data.train, num_classes=data.num_classes), []
     members = t.ensemble or [ModelConfig(model=t.model, kwargs=t.kwargs, checkpoint=t.checkpoint)]
     many = len(members) > 1
-    adapt = teacher_adapter(t)
+    adapt = teacher_adapter(t, data)
     built = []
     for i, m in enumerate(members):
         what = f"teacher member {i}" if many else "teacher"
         built.append(_build(m, data, trust, what, adapt))
-        state = f"weights from {m.checkpoint}" if m.checkpoint else "to be trained first"
+        state = (f"weights from {m.checkpoint}" + (", fine-tuned first" if t.finetune else "")
+                 if m.checkpoint else "to be trained first")
         lines.append(f"{what}: {m.model} ({count_params(built[-1]):,} params, {state})")
     if not many:
         return ModuleTeacher(built[0], data.num_classes), members
