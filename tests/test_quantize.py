@@ -220,12 +220,12 @@ def test_cli_quantize_export_profile_int8_onnx(run, ptq, capsys):
     assert "BatchNormalization" not in o["ops"]
     assert o["size_ratio"] >= 3.0, o  # int8 weights: at least 3x smaller than the float ONNX file
     assert o["parity_int8_pytorch"]["passed"] and o["parity_int8_pytorch"]["top1_agreement"] >= 0.99
-    assert main(["export", str(run), "--int8", "ptq", "--json"]) == 0
+    assert main(["export", str(run), "--int8-method", "ptq", "--json"]) == 0
     entry = json.loads(capsys.readouterr().out)
     assert entry["passed"] and entry["parity"]["top1_agreement"] >= 0.99
     assert entry["parity"]["acc_int8_pytorch"] == pytest.approx(ptq["test"]["acc_int8"])
     assert json.loads((run / "export.json").read_text())["onnx-int8-ptq"]["passed"]
-    assert main(["export", str(run), "--int8", "ptq", "--format", "torchscript"]) == 2
+    assert main(["export", str(run), "--int8", "--format", "torchscript"]) == 2
     assert "ONNX only" in capsys.readouterr().err
     assert main(["profile", str(run), "--int8", "--repeats", "3", "--warmup", "1", "--json"]) == 0
     prof = json.loads(capsys.readouterr().out)
