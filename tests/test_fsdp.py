@@ -153,8 +153,8 @@ def test_fsdp_with_a_conv_student_batchnorm_channels_last_and_a_first_stage(tmp_
     assert d["strategy"] == "fsdp" and d["units"][1:] == ["BasicBlock"]
     assert 0.45 < d["local_param_fraction"] < 0.6  # odd first dimensions leave a little more on one
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["stage"] for r in rows if "stage" in r] == ["fitnet_hint"]
-    assert all(r["stage_loss"] == r["stage_loss"] for r in rows if "stage" in r)  # finite, not NaN
+    assert [r["phase"] for r in rows if "phase" in r] == ["fitnet_hint"]
+    assert all(r["phase_loss"] == r["phase_loss"] for r in rows if "phase" in r)  # finite, not NaN
     student = create_model("resnet8", 4, (1, 8, 8))
     student.load_state_dict(load_file(str(tmp_path / "run" / "model.safetensors")))  # whole, plain tensors
     assert 0.0 <= res["final"]["test"]["acc"] <= 1.0 and res["final"]["test"]["nll"] == res["final"]["test"]["nll"]
@@ -228,10 +228,10 @@ def test_a_first_stage_leaves_every_process_with_the_one_process_network(tmp_pat
     assert two["distributed"]["strategy"] == strategy
     rows = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     rows1 = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
-    stage2, stage1 = [r for r in rows if "stage" in r], [r for r in rows1 if "stage" in r]
+    stage2, stage1 = [r for r in rows if "phase" in r], [r for r in rows1 if "phase" in r]
     assert len(stage2) == len(stage1) == 2  # logged once, by the main process
     for a, b in zip(stage2, stage1, strict=True):
-        assert a["stage_loss"] == pytest.approx(b["stage_loss"], rel=1e-5)
+        assert a["phase_loss"] == pytest.approx(b["phase_loss"], rel=1e-5)
     for k in ("acc", "nll", "kl_to_teacher"):
         assert two["final"]["test"][k] == pytest.approx(one["final"]["test"][k], rel=1e-4, abs=1e-5)
 
@@ -239,7 +239,7 @@ def test_a_first_stage_leaves_every_process_with_the_one_process_network(tmp_pat
 def test_a_first_stage_leaves_no_gradient_for_the_main_training(tmp_path):
     """Stage gradients left on the parameters used to be added to the main training's
     first step (the trainer zeroes after stepping); stages now clear them."""
-    from kdistill.engine.stages import run_pre_stages
+    from kdistill.engine.phases import run_first_phases
 
     data = load_dataset("synthetic", num_classes=4, input_shape=[1, 8, 8], n_train=64, n_test=32)
     torch.manual_seed(0)
@@ -248,8 +248,8 @@ def test_a_first_stage_leaves_no_gradient_for_the_main_training(tmp_path):
     before = {n: p.detach().clone() for n, p in d.named_parameters()}
     t = Trainer(d, data.train, {"test": data.test}, TrainConfig(epochs=1, device="cpu", optimizer="sgd", lr=0.01),
                 tmp_path, batch_size=16, log=lambda s: None)
-    rows = run_pre_stages(t)
-    assert [r["stage"] for r in rows] == ["fitnet_hint"]
+    rows = run_first_phases(t)
+    assert [r["phase"] for r in rows] == ["fitnet_hint"]
     assert any(not torch.equal(before[n], p) for n, p in d.named_parameters())  # the stage trained
     assert all(p.grad is None for p in d.parameters())
 
@@ -305,6 +305,13 @@ def test_sigterm_stops_every_fsdp_process_at_one_step_and_the_resumed_run_ends_l
     assert a["steps"] == b["steps"]
     for k in ("acc", "nll", "kl_to_teacher"):
         assert a["final"]["test"][k] == pytest.approx(b["final"]["test"][k], rel=1e-5, abs=1e-6)
+    # the record too: the stopped epoch's train_loss averages all its batches on every process
+    # (each process's running sums are in the checkpoint), not only those after the resume
+    rows_a, rows_b = ([json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+                      for d in (run, tmp_path / "straight"))
+    assert [r["epoch"] for r in rows_a] == [r["epoch"] for r in rows_b]
+    for ra, rb in zip(rows_a, rows_b, strict=True):
+        assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=1e-5)
 
 
 @pytest.mark.slow

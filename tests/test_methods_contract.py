@@ -123,7 +123,7 @@ def test_every_method_trains_the_student_and_leaves_the_teacher_frozen(name, pai
     for term in distiller.terms:
         missed = {pname: p for pname, p in term.named_parameters() if p.grad is None}
         if missed:
-            stage = term.pre_stage()
+            stage = term.first_phase()
             assert stage is not None, f"{name} on {pair}: parameters {sorted(missed)} got no gradient"
             staged = {id(p) for p in stage.params}
             assert all(id(p) in staged for p in missed.values()), f"{name}: {sorted(missed)} never train"

@@ -215,11 +215,11 @@ def test_fsp_init_stage_trains_the_student_towards_the_teacher_flow(images):
     s, t = TinyNet(), TinyNet((8, 16, 16))
     # the paper's and the CRD code's recipe by default: a 30-epoch first stage, zero main-stage weight
     default = create("fsp", s, t, example=images[:2])
-    assert default.terms[0].pre_stage().epochs == 30 and default.weights[0] == 0.0
-    assert create("fsp", s, t, example=images[:2], init_epochs=0).terms[0].pre_stage() is None
+    assert default.terms[0].first_phase().epochs == 30 and default.weights[0] == 0.0
+    assert create("fsp", s, t, example=images[:2], init_epochs=0).terms[0].first_phase() is None
     d = create("fsp", s, t, example=images[:2], init_epochs=1)
     term = d.terms[0]
-    stage = term.pre_stage()
+    stage = term.first_phase()
     ids = {id(p) for p in stage.params}
     assert all(id(p) in ids for m in (s.conv1, s.conv2, s.conv3, term.connectors) for p in m.parameters())
     assert all(id(p) not in ids for p in s.head.parameters())
@@ -329,7 +329,7 @@ def test_ab_taps_pre_activations_and_init_stage_covers_student_up_to_deepest_tap
     assert term.student_taps == ["act1:input", "act2:input", "act3:input"]
     ctx = d.context(batch_of(images))
     assert (ctx.teacher.features["act2:input"] < 0).any()  # pre-ReLU: negatives survive
-    stage = term.pre_stage()
+    stage = term.first_phase()
     assert stage.name == "ab_init" and stage.epochs == 30
     ids = {id(p) for p in stage.params}
     assert all(id(p) in ids for m in (s.conv1, s.conv2, s.conv3) for p in m.parameters())
@@ -354,7 +354,7 @@ def test_ft_paraphraser_stage_learns_and_main_stage_freezes_it(images):
     term = d.terms[0]
     assert term.student_taps == ["act3"] and term.teacher_taps == ["act3"]
     assert term.paraphraser.encoder[-3].out_channels == 8  # k = 0.5 of the teacher's 16
-    stage = term.pre_stage()
+    stage = term.first_phase()
     assert {id(p) for p in stage.params} == {id(p) for p in term.paraphraser.parameters()}
     opt = torch.optim.Adam(stage.params, lr=1e-2)
     batch = batch_of(images)
@@ -379,11 +379,11 @@ def test_ft_paraphraser_stage_learns_and_main_stage_freezes_it(images):
 def test_fitnet_prestage_trains_up_to_guided_layer_and_reduces_hint_loss(images):
     torch.manual_seed(0)
     s, t = TinyNet(), TinyNet((8, 16, 16))
-    assert create("fitnet", s, t, example=images[:2]).terms[0].pre_stage() is None  # CRD default
+    assert create("fitnet", s, t, example=images[:2]).terms[0].first_phase() is None  # CRD default
     d = create("fitnet", s, t, example=images[:2], hint_epochs=1)
     term = d.terms[0]
     assert term.student_taps == ["act2"] and term.teacher_taps == ["act2"]  # middle stage
-    stage = term.pre_stage()
+    stage = term.first_phase()
     ids = {id(p) for p in stage.params}
     assert all(id(p) in ids for m in (s.conv1, s.conv2, term.regressors) for p in m.parameters())
     assert all(id(p) not in ids for m in (s.conv3, s.head) for p in m.parameters())

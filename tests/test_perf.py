@@ -73,6 +73,10 @@ def test_bench_times_all_five_paths_on_cpu(capsys):
     assert targets["kd_live_vs_student_plus_teacher"]["value"] == pytest.approx(
         p["kd_live"]["step_ms"] / (p["student"]["step_ms"] + p["teacher"]["step_ms"]), abs=1e-4)
     assert res["cache"]["views"] == 2 and res["cache"]["bytes"] > 0
+    # the fast paths time the Trainer's own step (what `kdistill train` runs), and say so
+    assert res["timed_step"] == "kdistill.engine.trainer.Trainer.train_step"
+    assert {p: r["code_path"] == res["timed_step"] for p, r in res["paths"].items()} == {
+        "student": True, "kd_live": True, "kd_cached": True, "naive": False, "teacher": False}
     assert res["config"]["precision"] == "fp32" and res["config"]["augment"] is True
     with pytest.raises(ConfigError, match="Unknown bench path"):
         run_bench("mlp", "mlp", "synthetic", paths=("fast",))
@@ -257,8 +261,14 @@ def test_two_cpu_processes_match_one(tmp_path):
     one = run_experiment(load_config(cfg_file), tmp_path / "one", log=lambda s: None)
     two = json.loads((tmp_path / "two" / "results.json").read_text())
     assert two["steps"] == one["steps"] == 16
-    for k in ("acc", "nll", "agreement", "kl_to_teacher"):
+    # the tolerance the README states: DDP averages each process's half-batch gradient and
+    # then the two, one process averages the whole batch, so weights differ by float
+    # rounding; losses agree to 1e-4 relative, and a test sample whose two top logits are that
+    # close may flip, so accuracy and agreement agree within one test sample
+    for k in ("nll", "kl_to_teacher"):
         assert two["final"]["test"][k] == pytest.approx(one["final"]["test"][k], rel=1e-4, abs=1e-5)
+    for k in ("acc", "agreement"):
+        assert abs(two["final"]["test"][k] - one["final"]["test"][k]) <= 1 / 128 + 1e-9
     rows2 = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     rows1 = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows2) == 2  # one row per epoch, not one per process
@@ -313,7 +323,9 @@ def test_bench_repeat_reports_the_median_of_interleaved_rounds():
         warmup=1, device="cpu", paths=("student", "kd_cached"), cache_views=1, repeat=3, log=logged.append,
     )
     # round-robin: student, kd_cached, student, kd_cached, ...
-    assert [line.split()[0] for line in logged] == ["student", "kd_cached"] * 3
+    results = [line for line in logged if not line.startswith("bench:")]  # the rest are progress lines
+    assert [line.split()[0] for line in results] == ["student", "kd_cached"] * 3
+    assert any(line.startswith("bench: building the teacher cache") for line in logged)
     for r in res["paths"].values():
         rounds = r["rounds_images_per_s"]
         assert len(rounds) == 3

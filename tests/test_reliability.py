@@ -50,13 +50,19 @@ def _weights(run):
     return load_file(str(run / "model.safetensors"))
 
 
+def _rows(run):
+    """metrics.jsonl without wall-clock timings: a resumed run's record must equal a straight one's."""
+    return [{k: v for k, v in json.loads(line).items() if k not in ("epoch_time_s", "data_wait_fraction")}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ref")
     p = _cli(["train", str(_write_cfg(tmp)), "--run-dir", str(tmp / "run")])
     out, err = p.communicate(timeout=300)
     assert p.returncode == 0, err
-    return _weights(tmp / "run")
+    return _weights(tmp / "run"), _rows(tmp / "run")
 
 
 @pytest.mark.slow
@@ -88,8 +94,11 @@ def test_sigkill_at_random_moments_then_resume_is_exact(tmp_path, reference):
         break
     assert kills >= 1
     assert unrecoverable == 0
+    weights, rows = reference
     final = _weights(run)
-    assert all(torch.equal(final[k], reference[k]) for k in reference)
+    assert all(torch.equal(final[k], weights[k]) for k in weights)
+    assert _rows(run) == rows  # killed epochs' train_loss averages all their batches
+    assert not [p.name for p in run.rglob(".*")], "litter of killed writes left behind"
 
 
 @pytest.mark.slow
@@ -111,8 +120,10 @@ def test_signal_saves_and_says_how_to_resume(tmp_path, reference, sig):
     p = _cli(["train", str(cfg), "--run-dir", str(run), "--resume"])
     out, err = p.communicate(timeout=300)
     assert p.returncode == 0, err
+    weights, rows = reference
     final = _weights(run)
-    assert all(torch.equal(final[k], reference[k]) for k in reference)
+    assert all(torch.equal(final[k], weights[k]) for k in weights)
+    assert _rows(run) == rows
 
 
 def _tiny_ckpts(tmp_path):

@@ -183,8 +183,8 @@ def takd_mnist1d() -> Study:
 
 
 # -- 3. Every registered method, CRD-table layout ------------------------------------------
-def _pre_stage_epochs(method: str) -> int:
-    """The default ``init_epochs`` of a method's pre-stage (AB, FT: 30), or 0."""
+def _first_phase_epochs(method: str) -> int:
+    """The default ``init_epochs`` of a method's first phase (AB, FT: 30), or 0."""
     import dataclasses
 
     from kdistill.methods import METHODS
@@ -209,9 +209,9 @@ def methods_fmnist(methods: list[str] | None = None) -> Study:
     for m in methods:
         term: dict[str, Any] = {"name": m}
         note = f"{m} with its default settings"
-        pre = _pre_stage_epochs(m)
+        pre = _first_phase_epochs(m)
         if pre:
-            # RepDistiller's 30 pre-stage epochs are 1/8 of its 240; 1/8 of 4 epochs rounds up to 1
+            # RepDistiller's 30 first-phase epochs are 1/8 of its 240; 1/8 of 4 epochs rounds up to 1
             term["init_epochs"] = 1
             note += f", but its initialisation stage shortened from {pre} epochs to 1"
         cells.append(CellSpec(m, "distilled", _cfg(data, "resnet8", None, sgd, term),

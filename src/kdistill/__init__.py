@@ -20,12 +20,17 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
+    # kd.train (kdistill.api) pulls in the trainer and Accelerate: imported on first use
+    if name == "train":
+        from .api import train
+
+        return train
     # `kd.quantize(...)`: the quantize package (callable) is imported on first use only
     if name == "quantize":
         import importlib
 
         return importlib.import_module(".quantize", __name__)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    raise AttributeError(f"module 'kdistill' has no attribute {name!r}")
 
 
 __all__ = [
@@ -45,4 +50,5 @@ __all__ = [
     "metrics",
     "models",
     "soft_targets",
+    "train",
 ]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-from .errors import KdistillError, did_you_mean
+from .errors import ConfigError, KdistillError, did_you_mean
 
 T = TypeVar("T")
 
@@ -56,3 +58,37 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def check_types(what: str, config: type, settings: dict[str, Any]) -> None:
+    """Each of ``settings`` against its annotation in the dataclass ``config``, strictly
+    (pydantic's strict mode: an int passes for a float, a string never passes for a number,
+    a bool never for an int), so a wrong type fails when a config is loaded, naming the
+    setting, not later inside a constructor. Values are checked, never converted; keys that
+    ``config`` lacks are left to the caller."""
+    from pydantic import TypeAdapter, ValidationError
+
+    hints = typing.get_type_hints(config)
+    for key, value in settings.items():
+        if key not in hints:
+            continue
+        try:
+            TypeAdapter(hints[key]).validate_python(value, strict=True)
+        except ValidationError as e:
+            want = getattr(hints[key], "__name__", None) or str(hints[key]).replace("typing.", "")
+            raise ConfigError(
+                f"{what}: setting {key!r} must be {want}, got {value!r} ({type(value).__name__}): "
+                f"{e.errors()[0]['msg']}."
+            ) from None
+
+
+def check_settings(what: str, config: type, settings: dict[str, Any]) -> None:
+    """Unknown keys (naming the closest valid one) and types (:func:`check_types`) of
+    ``settings`` against the dataclass ``config``."""
+    names = [f.name for f in dataclasses.fields(config)]
+    for key in settings:
+        if key not in names:
+            raise ConfigError(
+                f"{what} has no setting {key!r}.{did_you_mean(key, names)} Its settings: {', '.join(names) or 'none'}."
+            )
+    check_types(what, config, settings)

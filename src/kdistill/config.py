@@ -4,18 +4,33 @@
 overrides (values parsed as YAML), and validates everything before anything runs: an
 unknown key names the closest valid one, a wrong type names the key and what it needs,
 and method settings are checked against the method's own typed config.
+
+Config files are shared like run folders, so reading one is bounded (:func:`parse_yaml`,
+:func:`check_structure`): its size, nesting depth, the number of values once YAML aliases
+are expanded ("billion laughs"), self-referencing anchors, and integer and string sizes.
+Each limit, when hit, is named in a :class:`ConfigError`.
 """
 
 from __future__ import annotations
 
+import datetime
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .data.recipe import RecipeConfig
 from .errors import ConfigError, KdistillError, did_you_mean
+
+# limits on a config document (see the module docstring); generous for any real config
+MAX_CONFIG_BYTES = 1 << 20
+MAX_DEPTH = 32
+MAX_VALUES = 100_000
+MAX_STRING = 1 << 16
+MAX_INT = 1 << 64
 
 PosInt = Annotated[int, Field(ge=1, le=10**9)]
 NonNegFloat = Annotated[float, Field(ge=0, le=1e12, allow_inf_nan=False)]
@@ -55,6 +70,20 @@ class DataConfig(Strict):
     eval_batch_size: Annotated[int, Field(ge=1, le=1 << 20)] = 1024
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     transfer: TransferConfig | None = None
+    #: the on-device augmentation recipe (RandomResizedCrop, colour, TrivialAugment, Mixup/CutMix, ...)
+    recipe: RecipeConfig | None = None
+    #: image sources: decode once into memory (true), per batch in workers (false), or
+    #: resident when the decoded images fit resident_budget_mb (auto)
+    resident: bool | Literal["auto"] = "auto"
+    resident_budget_mb: Annotated[float, Field(gt=0, le=1e9, allow_inf_nan=False)] = 2048
+    #: DataLoader worker processes decoding streamed images (default: the cores less one, at most 8)
+    workers: Annotated[int, Field(ge=0, le=64)] | None = None
+
+    @model_validator(mode="after")
+    def _one_augmentation(self):
+        if self.recipe is not None and (self.augment.shift or self.augment.flip):
+            raise ValueError("give data.augment (shift/flip) or data.recipe, not both; the recipe has its own flip")
+        return self
 
 
 class ModelConfig(Strict):
@@ -78,7 +107,7 @@ class TrainConfig(Strict):
     grad_clip: Annotated[float, Field(gt=0, le=1e9)] | None = None
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: str = "auto"
-    seed: int = 0
+    seed: Annotated[int, Field(ge=-(1 << 63), lt=1 << 64)] = 0  # what torch.manual_seed takes
     deterministic: bool = False
     compile: bool = False
     #: torch.compile mode; "reduce-overhead" adds CUDA graphs (static batch shapes only)
@@ -121,14 +150,30 @@ class TrainConfig(Strict):
         return v
 
 
+class TeacherInputConfig(Strict):
+    """The teacher's own input format, when it differs from the data's (a teacher pretrained
+    elsewhere): see :mod:`kdistill.teacher_input`. Batches are converted on the device."""
+
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    size: int | list[int] | None = None
+    channels: Annotated[int, Field(ge=1, le=64)] | None = None
+    data_mean: list[float] = Field(default_factory=lambda: [0.0])
+    data_std: list[float] = Field(default_factory=lambda: [1.0])
+
+
 class TeacherConfig(Strict):
-    """A teacher: one model, an ensemble of models, or cached outputs.
+    """A teacher: one model, an ensemble of models, or cached outputs (``kind: default``,
+    the default); or ``kind: NAME`` with ``options``, a kind registered with
+    :func:`kdistill.teachers.register_teacher_kind` (its options checked at load).
 
     A model without ``checkpoint`` is trained first, in the same run, with ``train``
     overriding the run's train section and ``augment`` (if given) replacing the data
     section's augmentation.
     """
 
+    kind: str = "default"
+    options: dict[str, Any] = Field(default_factory=dict)
     model: str | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
     checkpoint: str | None = None
@@ -137,9 +182,20 @@ class TeacherConfig(Strict):
     cache: str | None = None
     train: dict[str, Any] = Field(default_factory=dict)
     augment: AugmentConfig | None = None
+    #: the teacher's input normalisation/resolution/channels, converted per batch on the device
+    input: TeacherInputConfig | None = None
 
     @model_validator(mode="after")
     def _one_kind(self):
+        if self.kind != "default":
+            if self.model is not None or self.ensemble or self.cache is not None:
+                raise ValueError(f"teacher kind {self.kind!r} takes its settings in teacher.options; "
+                                 "model, ensemble and cache belong to kind 'default'")
+            check_teacher_kind(self.kind, self.options)
+            TrainConfig(**self.train)
+            return self
+        if self.options:
+            raise ValueError("teacher.options are the settings of a registered teacher kind; set teacher.kind too")
         kinds = [self.model is not None, bool(self.ensemble), self.cache is not None]
         if sum(kinds) == 0:
             raise ValueError("give the teacher a 'model', an 'ensemble' list or a 'cache' path")
@@ -207,6 +263,23 @@ def check_method(method: dict | list) -> None:
             raise ValueError(f"method {name!r}: {e}") from None
 
 
+def check_teacher_kind(kind: str, options: dict) -> None:
+    """A registered teacher kind and its options (raises ValueError). A kind registered in
+    your own module must be imported before the config is loaded."""
+    from .teachers import TEACHER_KINDS
+
+    if kind not in TEACHER_KINDS:
+        known = ", ".join(["default", *(n for n in TEACHER_KINDS.names() if n != "default")])
+        raise ValueError(
+            f"unknown teacher kind {kind!r}.{did_you_mean(str(kind), TEACHER_KINDS.names())} Known: {known} "
+            "(a kind registered in your own module must be imported before the config is loaded)"
+        )
+    try:
+        TEACHER_KINDS.get(kind).check(options)
+    except KdistillError as e:
+        raise ValueError(str(e)) from None
+
+
 def _set(tree: dict, dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node = tree
@@ -223,10 +296,97 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise ConfigError(f"Override {text!r} must look like section.key=value.")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
+        value = parse_yaml(raw, f"--set {key.strip()}") if raw.strip() else None
+    except ConfigError as e:
+        if not isinstance(e.__cause__, yaml.YAMLError):
+            raise
+        value = raw  # not YAML: the text as given
     return key.strip(), value
+
+
+def _mark(event: Any) -> str:
+    m = getattr(event, "start_mark", None)
+    return f" (line {m.line + 1})" if m is not None else ""
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """One YAML document, read within the limits of the module docstring.
+
+    The event stream is checked first (size, depth, alias count) without building
+    anything, so a hostile document is refused before it can recurse or expand; the built
+    document is then checked by :func:`check_structure`.
+    """
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{where} is {len(text):,} characters; a config is at most {MAX_CONFIG_BYTES:,}.")
+    depth = 0
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise ConfigError(f"{where} nests deeper than {MAX_DEPTH} levels{_mark(event)}; "
+                                      "a config needs a few.")
+            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                depth -= 1
+            elif isinstance(event, yaml.ScalarEvent) and len(event.value) > MAX_STRING:
+                raise ConfigError(f"{where} holds a value of {len(event.value):,} characters{_mark(event)}; "
+                                  f"at most {MAX_STRING:,}.")
+            elif isinstance(event, yaml.ScalarEvent) and event.style is None and len(event.value) > 24 and \
+                    re.fullmatch(r"[-+]?[0-9_]+", event.value):
+                raise ConfigError(f"{where} holds an integer of {len(event.value):,} digits{_mark(event)}; "
+                                  "at most 64 bits.")
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where} is not valid YAML: {e}") from e
+    except Exception as e:  # noqa: BLE001  (the safe loader runs no code; anything else is a bad document:
+        # int-digit limits, "!!int" of an empty scalar raising IndexError, ...)
+        raise ConfigError(f"{where} cannot be read as a config: {type(e).__name__}: {e}") from None
+    check_structure(doc, where)
+    return doc
+
+
+def check_structure(doc: Any, where: str = "The config") -> None:
+    """Refuse a document (parsed YAML, ``--set`` values, a Python dict) that nests deeper
+    than :data:`MAX_DEPTH`, holds more than :data:`MAX_VALUES` values counting each use of
+    a YAML alias, refers to itself, or holds an integer beyond 64 bits or a string longer
+    than :data:`MAX_STRING`. Iterative: nothing here recurses."""
+    count = 0
+    stack: list[tuple[Any, int, tuple[int, ...], str]] = [(doc, 0, (), "")]
+    while stack:
+        node, depth, ancestors, path = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise ConfigError(f"{where} holds more than {MAX_VALUES:,} values once its YAML aliases are "
+                              "expanded; a config needs far fewer (aliases that repeat aliases multiply).")
+        at = f" at {path}" if path else ""
+        if isinstance(node, bool) or node is None or isinstance(node, float):
+            continue
+        if isinstance(node, int):
+            if abs(node) >= MAX_INT:
+                raise ConfigError(f"{where} holds an integer of {len(str(abs(node)))} digits{at}; "
+                                  "at most 64 bits.")
+            continue
+        if isinstance(node, str):
+            if len(node) > MAX_STRING:
+                raise ConfigError(f"{where} holds a string of {len(node):,} characters{at}; at most {MAX_STRING:,}.")
+            continue
+        if isinstance(node, (dict, list, tuple)):
+            if id(node) in ancestors:
+                raise ConfigError(f"{where} refers to itself{at} (a YAML anchor used inside itself).")
+            if depth >= MAX_DEPTH:
+                raise ConfigError(f"{where} nests deeper than {MAX_DEPTH} levels{at}.")
+            inner = (*ancestors, id(node))
+            items = node.items() if isinstance(node, dict) else enumerate(node)
+            for k, v in items:
+                if isinstance(node, dict) and not isinstance(k, (str, int, float, bool, type(None))):
+                    raise ConfigError(f"{where} has a key that is not a plain value{at}.")
+                stack.append((v, depth + 1, inner, f"{path}.{k}" if path else str(k)))
+            continue
+        if not isinstance(node, (datetime.date, bytes, bytearray, set, frozenset)):
+            continue  # a Python caller's own value (a numpy number, ...): pydantic judges it
+        # dates, bytes and sets come from YAML tags; no config setting takes them
+        raise ConfigError(f"{where} holds a {type(node).__name__} value{at}; a config holds numbers, "
+                          "strings, booleans, lists and mappings.")
 
 
 def _format_errors(err: ValidationError, model: type[BaseModel]) -> str:
@@ -265,6 +425,7 @@ def validate_config(raw: Any) -> RunConfig:
     """A :class:`RunConfig` from a parsed document, or a :class:`ConfigError`."""
     if not isinstance(raw, dict):
         raise ConfigError(f"A config must be a mapping of sections, got {type(raw).__name__}.")
+    check_structure(raw)
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as e:
@@ -281,9 +442,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not p.is_file():
             raise ConfigError(f"Config file {str(p)!r} not found.")
         try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{p} is not valid YAML: {e}") from None
+            if p.stat().st_size > MAX_CONFIG_BYTES:
+                raise ConfigError(f"{p} is {p.stat().st_size:,} bytes; a config is at most {MAX_CONFIG_BYTES:,}.")
+            text = p.read_text()
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{p} is not valid YAML (not UTF-8 text: {e}).") from None
+        raw = parse_yaml(text, str(p)) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"A config must be a mapping of sections, got {type(raw).__name__}.")
     for text in overrides:

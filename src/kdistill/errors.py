@@ -33,6 +33,11 @@ class CheckpointError(KdistillError):
     """A checkpoint or model file cannot be loaded safely."""
 
 
+class UntrustedCodeError(KdistillError):
+    """A file (a run folder's ``model.json``, a config read from a run folder) names code
+    outside the model zoo, and the user did not opt in with ``--trust-code``."""
+
+
 class NonFiniteError(KdistillError):
     """Training produced NaN or Inf."""
 

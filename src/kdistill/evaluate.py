@@ -11,23 +11,26 @@ from .metrics import classification_metrics, predict_logits
 from .runs import load_saved, prepare_data, teacher_from_checkpoints
 
 
-def evaluate_run(run_dir: str | Path) -> dict[str, Any]:
+def evaluate_run(run_dir: str | Path, trust_code: bool = False) -> dict[str, Any]:
+    """Test-set metrics of the run's student (and teacher). ``trust_code``: allow the run
+    folder's ``model.json`` or ``config.yaml`` to name an importable model factory."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir} is not a run folder (no config.yaml).")
     cfg = load_config(run_dir / "config.yaml")
     data = prepare_data(cfg)
     labels = data.test.labels()
-    student, _ = load_saved(run_dir, "student")
+    student, _ = load_saved(run_dir, "student", trust_code)
     s_logits = predict_logits(student, data.test)
     out: dict[str, Any] = {"run_dir": str(run_dir)}
     t_logits = None
     teacher_dir = run_dir / "teacher"
     if (teacher_dir / "model.json").is_file():
-        t_logits = predict_logits(load_saved(teacher_dir, "teacher")[0], data.test)
+        t_logits = predict_logits(load_saved(teacher_dir, "teacher", trust_code)[0], data.test)
         out["teacher"] = classification_metrics(t_logits, labels)
     elif cfg.teacher is not None and cfg.teacher.model and cfg.teacher.checkpoint:
-        teacher = teacher_from_checkpoints(cfg.teacher, data).module
+        teacher = teacher_from_checkpoints(cfg.teacher, data, trust_code=trust_code,
+                                           source=str(run_dir / "config.yaml")).module
         t_logits = predict_logits(teacher, data.test)
         out["teacher"] = classification_metrics(t_logits, labels)
     out["student"] = classification_metrics(s_logits, labels, t_logits)

@@ -226,7 +226,7 @@ def _merge_export_json(run_dir: Path, fmt: str, entry: dict[str, Any]) -> None:
 
 
 def export_run(run_dir: str | Path, format: str = "onnx", out: str | Path | None = None,
-               exporter: str = "auto", batch_size: int | None = None) -> dict[str, Any]:
+               exporter: str = "auto", batch_size: int | None = None, trust_code: bool = False) -> dict[str, Any]:
     """Export a finished run's student and check it against PyTorch on the test set.
 
     Args:
@@ -236,6 +236,7 @@ def export_run(run_dir: str | Path, format: str = "onnx", out: str | Path | None
         out: output file (a folder for safetensors); default ``run_dir/export/``.
         exporter: ONNX exporter, ``"auto"``, ``"dynamo"`` or ``"legacy"``.
         batch_size: parity-check batch size (default: the run's ``eval_batch_size``).
+        trust_code: allow the folder's ``model.json`` to name an importable model factory.
 
     Returns:
         The entry written under ``format`` in ``run_dir/export.json``.
@@ -249,7 +250,7 @@ def export_run(run_dir: str | Path, format: str = "onnx", out: str | Path | None
     if exporter not in EXPORTERS:
         raise ConfigError(f"Unknown ONNX exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}.")
     run_dir = Path(run_dir)
-    model, record = load_saved(run_dir, "student")
+    model, record = load_saved(run_dir, "student", trust_code)
     if format == "onnx":
         _require("onnxruntime", "Checking an ONNX export")
         _require("onnx", "ONNX export")
@@ -298,7 +299,7 @@ def export_run(run_dir: str | Path, format: str = "onnx", out: str | Path | None
         save_file(state_dict_tensors(model), str(tmp), metadata={"format": "pt", "kdistill_model": record["model"]})
         tmp.replace(target / "model.safetensors")
         atomic_write_json(target / "model.json", record)
-        runner, _ = load_saved(target, "exported student")
+        runner, _ = load_saved(target, "exported student", trust_code)
         entry["runtime"] = f"torch {torch.__version__} (rebuilt from model.json)"
     entry["file_bytes"] = _size(target)
     entry["export_s"] = time.perf_counter() - t0

@@ -48,27 +48,27 @@ def kd_loss(
     raise ValueError(f"unknown reduction {reduction!r}")
 
 
-def soft_cross_entropy(student_logits: Tensor, target_probs: Tensor, temperature: float = 1.0) -> Tensor:
-    """Cross-entropy against a probability target, times ``T^2``, batch mean.
-
-    Differs from :func:`kd_loss` by the target's entropy, a constant for the student, so
-    both give the same gradients; this form accepts targets that are not softmax outputs
-    (ensembles by mean of probabilities, top-k targets).
-    """
-    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    return -(target_probs * log_p_s).sum(-1).mean() * temperature**2
-
-
 def hard_label_ce(logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
-    """Cross-entropy with hard labels; labels ``< 0`` mark unlabeled samples and are skipped.
+    """Cross-entropy with hard labels; labels ``< 0`` mark unlabeled samples (and ignored
+    tokens, -100) and are skipped.
 
     A batch with no labelled sample gives zero (not NaN), which a transfer set of
     teacher-labelled inputs needs.
     """
+    if logits.dim() > 2:  # per-token logits (N, L, V) with labels (N, L): a causal LM
+        logits, labels = logits.flatten(0, -2), labels.flatten()
     # always the masked form: testing "all labelled?" first would be a host sync per step
     mask = labels >= 0
     safe = torch.where(mask, labels, torch.zeros_like(labels))
     per = F.cross_entropy(logits.float(), safe, reduction="none", label_smoothing=label_smoothing)
+    return (per * mask).sum() / mask.sum().clamp_min(1)
+
+
+def soft_target_ce(logits: Tensor, target: Tensor) -> Tensor:
+    """Cross-entropy with target probabilities ``(N, K)`` (Mixup/CutMix labels). Rows of
+    zeros mark samples without a label and are left out of the mean."""
+    mask = target.sum(-1) > 0
+    per = -(target.float() * F.log_softmax(logits.float(), dim=-1)).sum(-1)
     return (per * mask).sum() / mask.sum().clamp_min(1)
 
 

@@ -34,7 +34,11 @@ def read_inputs(path: str | Path) -> np.ndarray:
     if "x" not in arrays.files:
         raise DataError(f"{path} has no array 'x' (it has: {', '.join(arrays.files) or 'nothing'}); "
                         "save the inputs with np.savez(path, x=array).")
-    x = arrays["x"]
+    try:
+        x = arrays["x"]
+    except (OSError, ValueError) as e:  # an object array needs pickle, refused
+        raise DataError(f"{path}: array 'x' cannot be read without pickle ({e}); save numbers only, "
+                        "e.g. np.savez(path, x=x.astype(np.float32)).") from None
     if not np.issubdtype(x.dtype, np.floating):
         raise DataError(
             f"{path}: 'x' has dtype {x.dtype}, but the model takes floating-point inputs "
@@ -67,7 +71,8 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def predict(source: str | Path, input_npz: str | Path, out_npz: str | Path, batch_size: int = 256) -> dict[str, Any]:
+def predict(source: str | Path, input_npz: str | Path, out_npz: str | Path, batch_size: int = 256,
+            trust_code: bool = False) -> dict[str, Any]:
     """Run the student of a run folder (or an ``.onnx`` file) on ``input_npz['x']``.
 
     Args:
@@ -76,6 +81,7 @@ def predict(source: str | Path, input_npz: str | Path, out_npz: str | Path, batc
         input_npz: ``.npz`` with array ``x`` of shape ``(N, *input_shape)``.
         out_npz: where to write ``logits``, ``probs`` and ``pred``.
         batch_size: samples per forward pass.
+        trust_code: allow the folder's ``model.json`` to name an importable model factory.
 
     Returns:
         ``{"samples", "num_classes", "out", "backend"}``.
@@ -101,7 +107,7 @@ def predict(source: str | Path, input_npz: str | Path, out_npz: str | Path, batc
     else:
         from .runs import load_saved
 
-        model, record = load_saved(source, "model")
+        model, record = load_saved(source, "model", trust_code)
         check_shape(x, tuple(record["input_shape"]), f"the saved {record['model']!r}")
         x = x.astype(np.float32, copy=False)
 

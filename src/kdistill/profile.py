@@ -238,11 +238,11 @@ def _threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _teacher_sources(run_dir: Path) -> list[tuple[str, nn.Module, int]]:
+def _teacher_sources(run_dir: Path, trust_code: bool = False) -> list[tuple[str, nn.Module, int]]:
     """``(name, model, file_bytes)`` of each teacher member the run folder can rebuild."""
     sub = run_dir / "teacher"
     if (sub / "model.json").is_file() and (sub / "model.safetensors").is_file():
-        model, rec = load_saved(sub, what="teacher")
+        model, rec = load_saved(sub, what="teacher", trust_code=trust_code)
         return [(f"teacher {rec['model']}", model, (sub / "model.safetensors").stat().st_size)]
     try:
         record = json.loads((run_dir / "results.json").read_text()).get("teacher") or {}
@@ -262,7 +262,7 @@ def _teacher_sources(run_dir: Path) -> list[tuple[str, nn.Module, int]]:
                 f"The teacher checkpoint {ckpt!r} named in {run_dir / 'results.json'} is missing; "
                 "put it back or profile the student alone with --no-teacher."
             )
-        model = rebuild(rec, path, "teacher")
+        model = rebuild(rec, path, "teacher", trust_code=trust_code, source=run_dir / "results.json")
         size = path.stat().st_size if path.suffix == ".safetensors" else safetensors_bytes(model)
         label = f"teacher {rec['model']}" if len(members) == 1 else f"teacher member {i} {rec['model']}"
         found.append((label, model, size))
@@ -298,6 +298,7 @@ def profile_run(
     teacher: bool = True,
     write: bool = True,
     threads: int | None = None,
+    trust_code: bool = False,
 ) -> dict[str, Any]:
     """Profile a run's student and, when the folder can rebuild it, its teacher.
 
@@ -305,14 +306,15 @@ def profile_run(
     checkpoint named in ``results.json``'s teacher record (an ensemble counts as the sum
     of its members). Writes ``run_dir/profile.json`` when ``write``. ``threads`` sets
     the intra-op thread count for the measurement (default: PyTorch's current one).
+    ``trust_code`` allows the folder's records to name an importable model factory.
     """
     with _threads(threads):
-        return _profile_run(Path(run_dir), batch_sizes, repeats, warmup, onnx, teacher, write)
+        return _profile_run(Path(run_dir), batch_sizes, repeats, warmup, onnx, teacher, write, trust_code)
 
 
-def _profile_run(run_dir: Path, batch_sizes, repeats, warmup, onnx, teacher, write) -> dict[str, Any]:
+def _profile_run(run_dir: Path, batch_sizes, repeats, warmup, onnx, teacher, write, trust_code=False) -> dict[str, Any]:
     from .engine.checkpoint import atomic_write_json
-    student, record = load_saved(run_dir, what="student")
+    student, record = load_saved(run_dir, what="student", trust_code=trust_code)
     shape = tuple(record["input_shape"])
     kw = dict(batch_sizes=batch_sizes, repeats=repeats, warmup=warmup, onnx=onnx)
     result: dict[str, Any] = {
@@ -324,7 +326,7 @@ def _profile_run(run_dir: Path, batch_sizes, repeats, warmup, onnx, teacher, wri
         ),
         "teacher": None,
     }
-    members = _teacher_sources(run_dir) if teacher else []
+    members = _teacher_sources(run_dir, trust_code) if teacher else []
     if members:
         profiled = [profile_model(m, shape, label, size, **kw) for label, m, size in members]
         result["teacher"] = _sum_members(profiled)

@@ -8,6 +8,7 @@ valid names, never a silent ``None``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -25,8 +26,31 @@ def split_tap(spec: str) -> tuple[str, str]:
     return path, kind
 
 
+_INDEX = re.compile(r"\[\s*(\d+)\s*\]")
+
+
+def normalize_path(path: str) -> str:
+    """``"stages[1].block"`` -> ``"stages.1.block"``: Python-style indexing of a
+    ``Sequential``/``ModuleList`` is accepted beside PyTorch's dotted form."""
+    return _INDEX.sub(r".\1", path.strip()).lstrip(".").replace("..", ".")
+
+
+def tap_list(value: object) -> object:
+    """A tap list given as one string (``"a.b"``, or ``"a.b, c.d"`` for several) as a list
+    of specs; ``--set method.student_layers=a.b`` so names one path, not one per character.
+    Anything else is returned as it is."""
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return value
+
+
 def resolve(model: nn.Module, path: str) -> nn.Module:
-    """The submodule at ``path`` (``""`` is the model itself), or a clear error."""
+    """The submodule at ``path`` (``""`` is the model itself; ``a[1]`` is ``a.1``), or a
+    clear error."""
+    path = normalize_path(path)
+    root = getattr(model, "tap_root", None)  # a wrapper whose taps name its inner network's modules
+    if root and path != root and not path.startswith(root + "."):
+        path = f"{root}.{path}" if path else root
     if path == "":
         return model
     try:

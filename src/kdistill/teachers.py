@@ -5,6 +5,10 @@
 * :class:`EnsembleTeacher` combines members as Hinton et al. (2015) do: arithmetic mean
   of their probabilities, mean of their logits, or the normalised geometric mean of their
   probabilities (which equals the softmax of the mean logits at every temperature).
+* :data:`TEACHER_KINDS`: how a config's ``teacher:`` section becomes a teacher. The kind
+  ``default`` (registered by :mod:`kdistill.runs.experiment`) is the model / ensemble /
+  cache section; ``teacher: {kind: NAME, options: {...}}`` picks a kind registered with
+  :func:`register_teacher_kind`, from any module (docs/ARCHITECTURE.md has the recipe).
 
 The teacher is deliberately *not* a submodule of a distiller: it never enters the
 optimizer, a ``state_dict`` of the student, or a DDP wrapper.
@@ -17,14 +21,15 @@ FSP or a Gram matrix needs them), and ``no_grad`` keeps no graph either.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._registry import Registry, check_settings
 from .errors import ConfigError
 from .taps import FeatureTaps
 
@@ -152,3 +157,52 @@ class EnsembleTeacher:
     def parameters(self):
         for m in self.members:
             yield from m.parameters()
+
+
+# -- teacher kinds -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class TeacherKind:
+    """A registered way to make a run's teacher.
+
+    Attributes:
+        name: the ``teacher.kind`` that selects it.
+        build: ``build(options, ctx)`` returns a :class:`Teacher`, or ``(teacher, record)``
+            where ``record`` goes into results.json under ``teacher``. ``ctx`` is a
+            :class:`kdistill.runs.TeacherContext` (the run's config, data, folder, and
+            helpers to build and train a model).
+        options: a dataclass of the kind's settings (``teacher.options``), checked at config
+            load (unknown keys, types); None: the options dict is passed as it is.
+    """
+
+    name: str
+    build: Callable[[Any, Any], Any]
+    options: type | None = None
+
+    def check(self, options: dict[str, Any]) -> Any:
+        """``teacher.options`` as the kind's ``options`` dataclass (raises ConfigError)."""
+        if self.options is None:
+            return dict(options)
+        check_settings(f"Teacher kind {self.name!r}", self.options, options)
+        return self.options(**options)
+
+    def make(self, options: dict[str, Any], ctx: Any) -> tuple[Teacher, dict[str, Any]]:
+        out = self.build(self.check(options), ctx)
+        teacher, record = out if isinstance(out, tuple) else (out, {})
+        if not isinstance(teacher, Teacher):
+            raise ConfigError(f"Teacher kind {self.name!r} gave {type(teacher).__name__}, not a teacher "
+                              "(a callable batch -> TeacherOutput with .to(device)).")
+        return teacher, ({"kind": self.name, **record} if self.name != "default" else record)
+
+
+TEACHER_KINDS: Registry[TeacherKind] = Registry("teacher kind")
+
+
+def register_teacher_kind(name: str, options: type | None = None) -> Callable[[Callable], Callable]:
+    """Register ``build(options, ctx)`` as the teacher kind ``name`` (``teacher.kind`` in a
+    config); ``options`` is the dataclass of its settings. Returns the function unchanged."""
+
+    def deco(build: Callable) -> Callable:
+        TEACHER_KINDS.register(name)(TeacherKind(name, build, options))
+        return build
+
+    return deco

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..data import Augment, Dataset, StoredViews
+from ..data import Augment, Dataset, StoredViews, augment_from_meta, views_augment
 from ..errors import ConfigError, DataError
 from ..teachers import TeacherOutput
 from .format import check_matches, nbytes_of, read_meta, row_keys, teacher_fingerprint
@@ -83,7 +83,7 @@ class CachedTeacher:
         self.views = None
         if self.meta["augment"] is not None:
             params = torch.from_numpy(np.load(f"{path}/views.npy", allow_pickle=False).astype(np.int64))
-            self.views = StoredViews(Augment(**self.meta["augment"]), params)
+            self.views = StoredViews(augment_from_meta(self.meta["augment"]), params)
         self.resident = nbytes_of(self._np) <= resident_limit if resident is None else resident
         self._t: dict[str, Tensor] = {}
         self.device = torch.device("cpu")
@@ -204,15 +204,17 @@ def stored_views(teacher: Any, augment: Augment | None):
     meta = getattr(teacher, "meta", None)
     if not hasattr(teacher, "views") or meta is None:
         return None
-    want = (augment.shift, augment.flip) if augment is not None and augment.active else None
-    have = (meta["augment"]["shift"], meta["augment"]["flip"]) if meta["augment"] else None
+    want = views_augment(augment)  # a recipe: its crop and flip (refused if it has more)
+    want = want.describe() if want is not None else None
+    have = meta["augment"] or None
     if want != have:
 
         def say(a):
-            return f"shift={a[0]}, flip={a[1]}" if a else "none"
+            return ", ".join(f"{k}={v}" for k, v in a.items() if k != "kind") if a else "none"
 
+        key = "data.recipe" if (want or {}).get("kind") else "data.augment"
         raise ConfigError(
-            f"data.augment ({say(want)}) differs from the augmentation the teacher cache was made with "
+            f"{key} ({say(want)}) differs from the augmentation the teacher cache was made with "
             f"({say(have)}): the student would see inputs the teacher never saw. Set data.augment to match, "
             "or re-create the cache with `kdistill cache-teacher` under this config."
         )

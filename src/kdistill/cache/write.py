@@ -94,7 +94,9 @@ def cache_teacher(
             return arrays[name]
 
         # offsets are at most 2 * 64 (config bound on shift) and the flip is 0/1: int16 is enough
-        view_params = np.zeros((n, views, 3), np.int16)
+        # (crop boxes are at most the image side, far below 2**15)
+        width = int(aug.params(1, len(data.input_shape) + 1, torch.Generator()).shape[1]) if aug is not None else 3
+        view_params = np.zeros((n, views, width), np.int16)
         num_classes = None
         combine = None
         for k in range(views):
@@ -165,7 +167,7 @@ def cache_teacher(
             "dtype": dtype,
             "topk": topk,
             "views": views,
-            "augment": {"shift": aug.shift, "flip": aug.flip} if aug is not None else None,
+            "augment": aug.describe() if aug is not None else None,
             "seed": seed,
             "features": features,
             "eval_sets": eval_meta,

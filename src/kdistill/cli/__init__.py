@@ -7,6 +7,8 @@ paragraph, exit code non-zero, no traceback.
 
 from __future__ import annotations
 
+import warnings
+
 import typer
 
 from ..errors import KdistillError
@@ -26,8 +28,25 @@ from .app import app, err_console
 __all__ = ["app", "main"]
 
 
+def _format_warning(message, category, filename, lineno, line=None, _default=warnings.formatwarning):
+    """kdistill's own warnings (a skipped damaged checkpoint, ...) as one line saying what
+    happened; other libraries' keep their usual form, with where they come from."""
+    if "kdistill" in str(filename):
+        return f"warning: {message}\n"
+    return _default(message, category, filename, lineno, line)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the app, turning user errors into one message and an exit code."""
+    """Entry point: run the app, turning user errors into one message and an exit code.
+
+    The current folder is importable, as in other Python CLIs (``python -m``, uvicorn,
+    pytest's rootdir): a config may name ``mypkg.nets:big`` for ``./mypkg/nets.py``."""
+    import os
+    import sys
+
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    warnings.formatwarning = _format_warning
     try:
         app(args=argv, standalone_mode=False)
     except KdistillError as e:

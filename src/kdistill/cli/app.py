@@ -19,6 +19,9 @@ err_console = Console(stderr=True)
 
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: section.key=value (repeatable).")]
 TrustOpt = Annotated[bool, typer.Option("--trust-checkpoint", help="Allow checkpoints that need pickle.")]
+TrustCodeOpt = Annotated[bool, typer.Option(
+    "--trust-code", help="Allow the folder's model.json / config.yaml to name an importable model factory "
+    "(package.module:factory), which is imported and called: only for folders you trust.")]
 
 
 def log(line: str) -> None:

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from ..config import parse_ints
 from ..errors import ConfigError
-from .app import app, console
+from .app import TrustCodeOpt, app, console
 
 
 @app.command("export")
@@ -21,6 +21,7 @@ def export_cmd(
     out: Annotated[Optional[Path], typer.Option(help="Output file (folder for safetensors); default RUN_DIR/export/.")] = None,
     exporter: Annotated[str, typer.Option(help="ONNX exporter: auto (torch.export, then legacy), dynamo or legacy.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the export.json entry.")] = False,
+    trust_code: TrustCodeOpt = False,
     int8: Annotated[bool, typer.Option("--int8", help="Export the run's int8 student (from `kdistill quantize`) as ONNX instead.")] = False,
     int8_method: Annotated[Optional[str], typer.Option(help="With --int8: which one, ptq, qat or qad (default: qad, else qat, else ptq, whichever exists).")] = None,
 ) -> None:
@@ -38,7 +39,7 @@ def export_cmd(
         return
     from ..export import export_run
 
-    entry = export_run(run_dir, format=format, out=out, exporter=exporter)
+    entry = export_run(run_dir, format=format, out=out, exporter=exporter, trust_code=trust_code)
     if as_json:
         print(json.dumps(entry, indent=2))
         return
@@ -72,6 +73,7 @@ def profile_cmd(
     threads: Annotated[Optional[int], typer.Option(min=1, help="Intra-op threads for PyTorch and ONNX Runtime (default: PyTorch's).")] = None,
     teacher: Annotated[bool, typer.Option("--teacher/--no-teacher", help="Profile the run's teacher beside the student.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    trust_code: TrustCodeOpt = False,
     int8: Annotated[bool, typer.Option("--int8", help="Teacher, float student and the run's int8 students side by side in ONNX Runtime (writes int8/profile.json).")] = False,
 ) -> None:
     """Params, bytes, FLOPs and latency of a run's student and teacher (writes profile.json), or of one model."""
@@ -103,7 +105,8 @@ def profile_cmd(
         result = profile_zoo_model(model, parse_ints(input_shape, "--input-shape"), num_classes, kw,
                                    sizes, repeats, warmup, onnx, threads)
     else:
-        result = profile_run(run_dir, sizes, repeats, warmup, onnx=onnx, teacher=teacher, threads=threads)
+        result = profile_run(run_dir, sizes, repeats, warmup, onnx=onnx, teacher=teacher, threads=threads,
+                             trust_code=trust_code)
     if as_json:
         print(json.dumps(result, indent=2, default=str))
         return
@@ -118,10 +121,11 @@ def predict_cmd(
     inputs: Annotated[Path, typer.Argument(help=".npz with array 'x' of shape (N, *input_shape).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output .npz (logits, probs, pred).")] = Path("predictions.npz"),
     batch_size: Annotated[int, typer.Option(min=1, help="Samples per forward pass.")] = 256,
+    trust_code: TrustCodeOpt = False,
 ) -> None:
     """Batch inference with the saved student: writes logits, probs and pred."""
     from ..predict import predict
 
-    res = predict(source, inputs, out, batch_size=batch_size)
+    res = predict(source, inputs, out, batch_size=batch_size, trust_code=trust_code)
     console.print(f"Predicted {res['samples']} samples ({res['num_classes']} classes, {res['backend']}) "
                   f"-> {res['out']}", highlight=False)

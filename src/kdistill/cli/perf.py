@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from .app import SetOpt, app, console, log
+from .app import SetOpt, app, console, err_console, log
 
 
 @app.command("cache-teacher")
@@ -65,8 +65,8 @@ def bench_cmd(
         typer.Option(help="Dataset option key=value (repeatable; fashion-mnist defaults to pad_to=32)."),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Samples per step.")] = 128,
-    steps: Annotated[int, typer.Option(help="Timed steps per path.")] = 50,
-    warmup: Annotated[int, typer.Option(help="Untimed warm-up steps per path.")] = 10,
+    steps: Annotated[int | None, typer.Option(help="Timed steps per path (default 50 on CUDA, 10 on a CPU).")] = None,
+    warmup: Annotated[int | None, typer.Option(help="Untimed warm-up steps per path (default 10 on CUDA, 2 on a CPU).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
     precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA), bf16 or fp32.")] = "auto",
     compile: Annotated[
@@ -82,7 +82,9 @@ def bench_cmd(
         bool | None,
         typer.Option("--channels-last/--no-channels-last", help="NHWC layout on the fast paths (default: on for image data)."),
     ] = None,
-    n_train: Annotated[int | None, typer.Option(help="Use this many training samples.")] = None,
+    n_train: Annotated[
+        int | None, typer.Option(help="Use this many training samples (default: all on CUDA, 2048 on a CPU; 0: all).")
+    ] = None,
     cache_views: Annotated[int, typer.Option(help="Augmented views in the cached path's cache.")] = 4,
     paths: Annotated[
         str, typer.Option(help="Comma-separated: student,kd_live,kd_cached,naive,teacher (forward only).")
@@ -113,10 +115,11 @@ def bench_cmd(
         compile_mode=compile_mode,
         compile_scope=compile_scope,
         channels_last=channels_last,
-        n_train=n_train,
+        n_train="auto" if n_train is None else (n_train or None),
         cache_views=cache_views,
         paths=tuple(p.strip() for p in paths.split(",") if p.strip()),
         repeat=repeat,
+        log=lambda line: err_console.print(line, highlight=False, markup=False),
     )
     if as_json:
         print(json.dumps(result))

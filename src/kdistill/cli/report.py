@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .app import SetOpt, app, console
+from .app import SetOpt, TrustCodeOpt, app, console
 
 SeedsOpt = Annotated[str, typer.Option("--seeds", help="Comma-separated seeds, e.g. 0,1,2.")]
 OutOpt = Annotated[
@@ -48,7 +48,8 @@ def _finish(agg: dict, out: Path, title: str, report: bool) -> None:
     if report:
         from ..report.html import build_report
 
-        res = build_report(out, log=_log)
+        # the grid's records name the models of the configs given on this command line only
+        res = build_report(out, log=_log, trust_code=frozenset(agg.get("own_models", ())))
         console.print(f"Report: {res['html']}")
     console.print(f"Compare folder: {out} (compare.json, compare.md)")
     if agg.get("failed"):
@@ -158,11 +159,12 @@ def report_cmd(
             help="Rebuild networks and data for the reliability and per-class plots.",
         ),
     ] = True,
+    trust_code: TrustCodeOpt = False,
 ) -> None:
     """Write report.md and a self-contained report.html (plots embedded) from run folders alone."""
     from ..report.html import build_report
     from ..report.tables import rich_table
 
-    res = build_report(run_dir, log=_log, calibration=calibration)
+    res = build_report(run_dir, log=_log, calibration=calibration, trust_code=trust_code)
     console.print(rich_table(res["aggregate"], str(run_dir)))
     console.print(f"Wrote {res['markdown']} and {res['html']} ({len(res['plots'])} plots).")

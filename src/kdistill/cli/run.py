@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from .app import SetOpt, app, console, list_app, log, print_names
+from .app import SetOpt, TrustCodeOpt, app, console, list_app, log, print_names
 
 
 @app.command()
@@ -32,18 +32,43 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in the output folder from its last checkpoint.")] = False,
     run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="Exact run folder (default: output.dir/output.name).")] = None,
     trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help="Allow loading checkpoints that need pickle (runs code from the file).")] = False,
+    check: Annotated[bool, typer.Option("--check", help="Only check the run (data, every network, taps, method terms) and exit; trains nothing.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or per-epoch lines (for logs): errors and the final table only.")] = False,
 ) -> None:
-    """Train one run (the teacher first, if it has no checkpoint)."""
+    """Train one run (the teacher first, if it has no checkpoint). Everything is checked before anything trains."""
     from ..config import load_config
+    from ..lm.config import is_lm_config
     from ..runs import run_experiment
 
-    cfg = load_config(config, set_ or [])
+    if is_lm_config(config, set_ or []):  # task: causal-lm (see kdistill.lm)
+        from ..lm import load_lm_config, run_lm
+
+        lm_cfg = load_lm_config(config, set_ or [])  # a mistake in the config is reported here
+        if check:
+            log(f"OK: {config} is a valid causal-LM config (its models are loaded when training starts).")
+            return
+        result = run_lm(lm_cfg, run_dir=run_dir, resume=resume, log=(lambda line: None) if quiet else log)
+        print_lm_summary(result)
+        return
+    cfg = load_config(config, [*(set_ or []), *(["train.progress=false"] if quiet else [])])
+    say = (lambda line: None) if quiet else log
+    if resume:
+        from ..runs import check_resumable
+
+        check_resumable(cfg, run_dir)
+    if check:
+        from ..schemes import check_run
+
+        log(f"Checking {config} (nothing is trained):")
+        check_run(cfg, trust=trust_checkpoint, log=log)
+        log("OK: the run can start.")
+        return
     if cfg.scheme:
         from ..schemes import run_scheme
 
-        result = run_scheme(cfg, run_dir=run_dir, resume=resume, log=log, trust=trust_checkpoint)
+        result = run_scheme(cfg, run_dir=run_dir, resume=resume, log=say, trust=trust_checkpoint)
     else:
-        result = run_experiment(cfg, run_dir=run_dir, resume=resume, log=log, trust=trust_checkpoint)
+        result = run_experiment(cfg, run_dir=run_dir, resume=resume, log=say, trust=trust_checkpoint)
     print_run_summary(result)
 
 
@@ -66,12 +91,34 @@ def print_run_summary(result: dict) -> None:
         console.print(f"Run folder: {result['run_dir']}")
 
 
+def print_lm_summary(result: dict) -> None:
+    table = Table(title=f"causal-LM run ({result['regime']})")
+    for col in ("model", "params", "val ppl", "val token acc", "agreement"):
+        table.add_column(col)
+    t = result.get("teacher") or {}
+    if t.get("val"):
+        table.add_row("teacher", f"{t['params']:,}", f"{t['val']['ppl']:.3f}", f"{t['val']['acc']:.4f}", "")
+    fin = result.get("final", {}).get("val", {})
+    if fin:
+        agree = f"{fin['agreement']:.4f}" if "agreement" in fin else ""
+        table.add_row("student", f"{result['student']['params']:,}", f"{fin['ppl']:.3f}", f"{fin['acc']:.4f}", agree)
+    console.print(table)
+    console.print(f"Run folder: {result['run_dir']}")
+
+
 @app.command("eval")
-def eval_(run_dir: Annotated[Path, typer.Argument(help="A finished run folder.")]) -> None:
+def eval_(run_dir: Annotated[Path, typer.Argument(help="A finished run folder.")],
+          trust_code: TrustCodeOpt = False) -> None:
     """Re-evaluate a saved run's student (and teacher) on its test set."""
     from ..evaluate import evaluate_run
+    from ..lm.config import is_lm_config
 
-    out = evaluate_run(run_dir)
+    if is_lm_config(run_dir / "config.yaml"):  # a causal-LM run folder
+        from ..lm.experiment import evaluate_lm_run
+
+        console.print_json(json.dumps(evaluate_lm_run(run_dir)))
+        return
+    out = evaluate_run(run_dir, trust_code=trust_code)
     console.print_json(json.dumps(out))
 
 

@@ -26,6 +26,9 @@ class ArrayDataset:
     num_classes: int
     name: str = "data"
     names: list[str] | None = None
+    #: per-channel (mean, std) the inputs were standardised with, when known (the
+    #: augmentation recipe undoes it for colour operations)
+    normalization: tuple | None = None
 
     def __post_init__(self):
         self.x = torch.as_tensor(self.x, dtype=torch.float32)

@@ -6,6 +6,7 @@ user's arrays) and ``synthetic`` (Gaussian clusters, for tests). Nothing is down
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,13 +25,24 @@ register_dataset = DATASETS.register
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 # mean and std of the Fashion-MNIST training pixels in [0, 1]
 FASHION_MEAN, FASHION_STD = 0.2860, 0.3530
+#: Fashion-MNIST's labels 0..9 (Xiao et al. 2017, the dataset's README)
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]
 
 
-def load_dataset(name: str, root: str | None = None, **options: Any) -> DataSplits:
-    """Load a registered dataset; ``root`` is where its files are (if it has any)."""
+def load_dataset(name: str, root: str | None = None, resident: bool | str = "auto",
+                 workers: int | None = None, resident_budget_mb: float = 2048, **options: Any) -> DataSplits:
+    """Load a registered dataset; ``root`` is where its files are (if it has any).
+
+    ``resident``, ``workers`` and ``resident_budget_mb`` (the ``data`` section's) go to
+    sources that decode files (image folders, Hugging Face datasets, tar shards); in-memory
+    sources are always resident."""
     fn = DATASETS.get(name)
+    params = inspect.signature(fn).parameters
+    extra = {k: v for k, v in (("resident", resident), ("workers", workers), ("resident_budget_mb", resident_budget_mb))
+             if k in params and k not in options}
     try:
-        return fn(root=root, **options)
+        return fn(root=root, **extra, **options)
     except TypeError as e:
         raise DataError(f"Dataset {name!r}: {e}.") from None
 
@@ -99,7 +111,8 @@ def fashion_mnist(root: str | None = None, normalize: bool = True, pad_to: int |
             p = (pad_to - x.shape[-1]) // 2
             fill = -FASHION_MEAN / FASHION_STD if normalize else 0.0
             x = torch.nn.functional.pad(x, (p, pad_to - x.shape[-1] - p) * 2, value=fill)
-        return ArrayDataset(x, y, 10, name)
+        norm = (torch.tensor([FASHION_MEAN]), torch.tensor([FASHION_STD])) if normalize else None
+        return ArrayDataset(x, y, 10, name, names=FASHION_CLASSES, normalization=norm)
 
     return DataSplits(
         part("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "fashion-mnist"),
@@ -115,7 +128,7 @@ def npz(root: str | None = None, path: str | None = None, num_classes: int | Non
     """
     file = Path(path or root or "")
     if not file.is_file():
-        raise DataError(f"npz dataset: file {str(file)!r} not found; set data.path to your .npz file.")
+        raise DataError(f"npz dataset: file {str(file)!r} not found; set data.options.path to your .npz file (relative to the folder you run from).")
     try:
         arrays = np.load(file, allow_pickle=False)
     except (OSError, ValueError) as e:

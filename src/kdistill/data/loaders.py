@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .arrays import ArrayDataset
+from .recipe import Recipe, RecipeConfig
 
 
 @dataclass
@@ -35,6 +37,10 @@ class Augment:
     @property
     def active(self) -> bool:
         return self.shift > 0 or self.flip
+
+    def describe(self) -> dict:
+        """What a teacher cache records of the augmentation of its views."""
+        return {"shift": self.shift, "flip": self.flip}
 
     def params(self, n: int, ndim: int, g: torch.Generator) -> Tensor:
         """``(n, 3)`` ints: row offset, column offset, flip flag, for ``n`` samples."""
@@ -74,16 +80,34 @@ class StoredViews:
     al. 2022, arXiv:2106.05237; FKD, Shen & Xing 2021, arXiv:2112.01528).
 
     Attributes:
-        augment: the augmentation whose :meth:`Augment.apply` the parameters are for.
-        params: ``(N, K, 3)`` int64 parameters (:meth:`Augment.params` layout) per sample and view.
+        augment: the augmentation whose ``apply`` the parameters are for (an :class:`Augment`,
+            or a recipe's :class:`~kdistill.data.recipe.CropFlip`).
+        params: ``(N, K, P)`` int64 parameters (the augmentation's ``params`` layout) per sample and view.
     """
 
-    augment: Augment
+    augment: Any
     params: Tensor
 
     @property
     def count(self) -> int:
         return int(self.params.shape[1])
+
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool, rank: int, world: int,
+                augment: Augment | None = None, dims: int = 4, views: int = 0) -> tuple[Tensor, Tensor | None]:
+    """This process's sample order for ``epoch`` and the epoch's per-sample augmentation
+    parameters (or stored-view numbers), all drawn from one generator seeded by
+    ``(seed, epoch)``: every loader of every source draws them this way."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(n, generator=g) if shuffle else torch.arange(n)
+    aug = augment.params(n, dims, g) if isinstance(augment, Augment) and augment.active else None
+    if views:  # drawn after the order, so the order does not change
+        aug = torch.randint(0, views, (n,), generator=g)
+    if world > 1:
+        # pad so every rank gets the same number of samples (as DistributedSampler does)
+        per = -(-n // world)
+        order = torch.cat([order, order[: per * world - n]])[rank::world]
+    return order, aug
 
 
 class DeviceLoader:
@@ -120,13 +144,16 @@ class DeviceLoader:
         self.batch_size = int(batch_size)
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
         self.device = torch.device(device)
-        self.augment = augment if augment is not None and augment.active else None
+        if isinstance(augment, RecipeConfig):
+            augment = Recipe(augment, data.num_classes, *(getattr(data, "normalization", None) or (None, None)))
+        self.recipe = augment if isinstance(augment, Recipe) else None
+        self.augment = augment if isinstance(augment, Augment) and augment.active else None
         self.rank, self.world = rank, world
         if views is not None:
-            if tuple(views.params.shape[::2]) != (len(data), 3):
+            if views.params.dim() != 3 or views.params.shape[0] != len(data):
                 shape = tuple(views.params.shape)
-                raise ValueError(f"views.params must have shape ({len(data)}, K, 3), got {shape}")
-            self.augment = None
+                raise ValueError(f"views.params must have shape ({len(data)}, K, P), got {shape}")
+            self.augment = self.recipe = None
             views = StoredViews(views.augment, views.params.to(self.device))
         self.views = views
         self.x = data.x.to(self.device)
@@ -134,28 +161,18 @@ class DeviceLoader:
         self.epoch = 0
 
     def _order(self, epoch: int) -> tuple[Tensor, Tensor | None]:
-        n = len(self.data)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
-        aug = self.augment.params(n, self.x.dim(), g) if self.augment else None
-        if self.views is not None:  # drawn after the order, so the order does not change
-            aug = torch.randint(0, self.views.count, (n,), generator=g)
-        if self.world > 1:
-            # pad so every rank gets the same number of samples (as DistributedSampler does)
-            per = -(-n // self.world)
-            order = torch.cat([order, order[: per * self.world - n]])[self.rank :: self.world]
+        order, aug = epoch_order(len(self.data), self.seed, epoch, self.shuffle, self.rank, self.world,
+                                 self.augment, self.x.dim(), self.views.count if self.views is not None else 0)
         return order.to(self.device), (aug.to(self.device) if aug is not None else None)
 
     def __len__(self) -> int:
         n = -(-len(self.data) // self.world)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
     def iterate(self, epoch: int | None = None, start: int = 0) -> Iterator[dict[str, Tensor]]:
         """Batches of ``epoch`` from batch number ``start`` on."""
-        order, aug = self._order(self.epoch if epoch is None else epoch)
+        epoch = self.epoch if epoch is None else epoch
+        order, aug = self._order(epoch)
         for b in range(start, len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             x = self.x[idx]
@@ -166,7 +183,20 @@ class DeviceLoader:
                 continue
             if aug is not None:
                 x = self.augment.apply(x, aug[idx])
+            if self.recipe is not None:  # per batch, keyed by (seed, epoch, batch, rank)
+                out = self.recipe(x, self.y[idx], key=(self.seed, epoch, b, self.rank), normalized_input=True)
+                yield {**out, "y": self.y[idx], "index": idx}
+                continue
             yield {"x": x, "y": self.y[idx], "index": idx}
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
         return self.iterate()
+
+
+def augment_from_meta(d: dict) -> Any:
+    """The augmentation a teacher cache's ``meta["augment"]`` describes (see ``describe``)."""
+    if d.get("kind") == "crop_flip":
+        from .recipe import CropFlip
+
+        return CropFlip(d["scale"], d["ratio"], d["flip"], d.get("crop", True))
+    return Augment(d["shift"], d["flip"])

@@ -7,6 +7,10 @@ metrics, and the SHA-256 of both files). It is written into a temporary folder, 
 fsync'ed, then renamed into place: a rename is atomic, so a reader sees the old checkpoint
 or the new one, never half of one. The newest ``keep`` folders of each kind stay; loading
 takes the newest that passes its integrity check and warns about any it skips.
+
+Every temporary name carries its writer's process id (``.<name>.<pid>.<random>``), so the
+next start can tell the litter of a killed write from a write in progress
+(:func:`remove_litter`).
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ import io
 import json
 import os
 import pickle
+import re
 import shutil
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -53,7 +59,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file, fsync and rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -100,7 +106,7 @@ def save_checkpoint(
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = checkpoint_path(root, kind, step)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{kind}-{step:09d}."))
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{kind}-{step:09d}.{os.getpid()}."))
     try:
         save_file(state_dict_tensors(model), str(tmp / "model.safetensors"))
         files = ["model.safetensors"]
@@ -125,6 +131,57 @@ def save_checkpoint(
     for old in list_checkpoints(root, kind)[keep:]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+# .<name>.<pid>.<tempfile's 8 random characters>[.tmp], or .<name>.<pid>.tmp
+_TEMP = re.compile(r"^\..+\.(?P<pid>\d+)(\.[a-z0-9_]{8})?(\.tmp)?$")
+# names of kdistill versions before the pid was part of them
+_OLD_TEMP = re.compile(r"^\.((last|best)-\d{9}\.[a-z0-9_]{8}|.+\.[a-z0-9_]{8}\.tmp|model\.safetensors\.tmp)$")
+OLD_TEMP_AGE_S = 600
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def remove_litter(folder: str | Path) -> list[str]:
+    """Remove what interrupted atomic writes left in ``folder``: temporary checkpoint folders
+    and files whose writing process is gone (or, for names without a process id, that are
+    older than :data:`OLD_TEMP_AGE_S`). A write in progress is never touched. Returns the
+    names removed. Call it from the process that writes the folder (the main process)."""
+    folder = Path(folder)
+    removed = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        m = _TEMP.match(p.name)
+        if m:
+            stale = not _alive(int(m["pid"]))
+        elif _OLD_TEMP.match(p.name):
+            try:
+                stale = time.time() - p.lstat().st_mtime > OLD_TEMP_AGE_S
+            except OSError:
+                continue
+        else:
+            continue
+        if not stale:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p.name)
+    return removed
 
 
 def list_checkpoints(root: str | Path, kind: str) -> list[Path]:
@@ -159,11 +216,47 @@ def find_checkpoint(root: str | Path, kind: str = "last") -> tuple[Path, dict[st
     return None
 
 
+def intact_checkpoints(root: str | Path, kind: str = "last") -> list[tuple[Path, dict[str, Any]]]:
+    """Every checkpoint of ``kind`` that passes its checksums, newest first; the others are
+    skipped with a warning."""
+    out = []
+    for path in list_checkpoints(root, kind):
+        try:
+            out.append((path, verify(path)))
+        except CheckpointError as e:
+            warnings.warn(f"Skipping corrupt checkpoint: {e}", stacklevel=2)
+    return out
+
+
+def read_resume_point(path: Path, meta: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The weights and training state of a checkpoint, checked before anything is restored
+    from them: a file whose checksum matches can still be damaged (written damaged, or
+    planted with its checksum), and a resume must then fall back, not crash half-way."""
+    for key in ("epoch", "batch", "step"):
+        if not isinstance(meta.get(key), int) or isinstance(meta.get(key), bool) or meta[key] < 0:
+            raise CheckpointError(f"{path}: state.json has no valid {key!r}.")
+    if not isinstance(meta.get("best", {}), dict) or not isinstance(meta.get("history", []), list) or \
+            not all(isinstance(r, dict) for r in meta.get("history", [])):
+        raise CheckpointError(f"{path}: state.json's best or history is damaged.")
+    try:
+        weights = load_file(str(path / "model.safetensors"))
+    except (SafetensorsError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: model.safetensors is damaged ({e}).") from None
+    ts = load_train_state(path)
+    if not isinstance(ts, dict) or not isinstance(ts.get("optimizer"), dict):
+        raise CheckpointError(f"{path}: train_state.pt holds no optimizer state.")
+    rng = ts.get("rng_cpu")
+    if not isinstance(rng, Tensor) or rng.dtype != torch.uint8:
+        raise CheckpointError(f"{path}: train_state.pt holds no random-number-generator state.")
+    return weights, ts
+
+
 def load_train_state(path: Path) -> dict[str, Any]:
     f = path / "train_state.pt"
     try:
         return torch.load(f, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as e:
+    # weights_only runs no code, so whatever a damaged file raises is damage, said in one line
+    except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"{f}: cannot load the training state safely ({e}).") from None
 
 
@@ -179,10 +272,13 @@ def load_weights(path: str | Path, trust: bool = False) -> dict[str, Tensor]:
         if (path / "model.safetensors").is_file():
             return load_weights(path / "model.safetensors")
         ckpts = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-        found = find_checkpoint(ckpts, "best") or find_checkpoint(ckpts, "last")
-        if not found:
-            raise CheckpointError(f"{path}: no model.safetensors and no intact checkpoint inside.")
-        return load_weights(found[0] / "model.safetensors")
+        # the best checkpoint, else the newest; one damaged despite its checksums is skipped
+        for ckpt, _ in intact_checkpoints(ckpts, "best") + intact_checkpoints(ckpts, "last"):
+            try:
+                return load_weights(ckpt / "model.safetensors")
+            except CheckpointError as e:
+                warnings.warn(f"Skipping damaged checkpoint: {e}", stacklevel=2)
+        raise CheckpointError(f"{path}: no model.safetensors and no intact checkpoint inside.")
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {str(path)!r} not found.")
     if path.suffix == ".safetensors":
@@ -190,6 +286,12 @@ def load_weights(path: str | Path, trust: bool = False) -> dict[str, Tensor]:
             return load_file(str(path))
         except (SafetensorsError, OSError, ValueError) as e:
             raise CheckpointError(f"{path}: not a valid safetensors file ({e}).") from None
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK") or head[:1] == b"\x80"):  # torch.save: a zip archive, or a legacy pickle
+        raise CheckpointError(
+            f"{path} is not a weights file: neither safetensors (.safetensors) nor a torch checkpoint (.pt/.pth)."
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -215,13 +317,75 @@ def load_weights(path: str | Path, trust: bool = False) -> dict[str, Tensor]:
     return obj
 
 
-def load_into(model: nn.Module, state: dict[str, Tensor], what: str = "model") -> None:
-    """``load_state_dict`` with a message that names missing and unexpected keys."""
-    # checkpoints of a distiller hold the student under "student."
-    if not any(k in model.state_dict() for k in state) and any(k.startswith("student.") for k in state):
-        state = {k[len("student.") :]: v for k, v in state.items() if k.startswith("student.")}
+#: key prefixes that wrappers add to a network's state-dict keys: DataParallel/DDP
+#: (``module.``), Lightning and many training scripts (``model.``), ``torch.compile``
+#: (``_orig_mod.``), and a kdistill distiller checkpoint (``student.``)
+WRAPPER_PREFIXES = ("module.", "model.", "_orig_mod.", "student.")
+
+
+def map_keys(state: dict[str, Tensor], expected: set[str]) -> tuple[dict[str, Tensor], list[str]]:
+    """``state`` with wrapper prefixes removed (or ``model.`` added, for a network that is
+    itself a wrapper) while that makes more keys match ``expected``; returns the mapped
+    state and what was done (``["-module.", "+model."]``)."""
+    done: list[str] = []
+
+    def score(sd: dict) -> int:
+        return sum(k in expected for k in sd)
+
+    for _ in range(4):
+        best, best_score, how = state, score(state), None
+        for p in WRAPPER_PREFIXES:
+            if any(k.startswith(p) for k in state):
+                cand = {k[len(p):]: v for k, v in state.items() if k.startswith(p)}
+                whole = best_score == 0 and len(cand) == len(state)  # a prefix on every key: peel it
+                if score(cand) > best_score or (whole and how is None):
+                    best, best_score, how = cand, score(cand), f"-{p}"
+        for p in ("model.",):
+            cand = {p + k: v for k, v in state.items()}
+            if score(cand) > best_score:
+                best, best_score, how = cand, score(cand), f"+{p}"
+        if how is None:
+            break
+        state = best
+        done.append(how)
+    return state, done
+
+
+def _some(keys: list[str], n: int = 3) -> str:
+    return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
+
+
+def load_into(model: nn.Module, state: dict[str, Tensor], what: str = "model") -> dict[str, Any]:
+    """Load ``state`` into ``model`` strictly, after mapping wrapper prefixes (``module.``,
+    ``model.``, ``_orig_mod.``, ``student.``); a mismatch raises one short message: how many
+    tensors are missing, unexpected or of another shape, with a few names each, and what a
+    classifier head of another class count means. Returns ``{"tensors", "mapped"}``."""
+    own = model.state_dict()
+    state, mapped = map_keys(state, set(own))
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} of the {what}'s {len(own)} tensors are missing ({_some(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} tensors in the file are not in the {what} ({_some(unexpected)})")
+        if shapes:
+            parts.append(f"{len(shapes)} have another shape (" + ", ".join(
+                f"{k}: file {tuple(state[k].shape)}, {what} {tuple(own[k].shape)}" for k in shapes[:3]) + ")")
+        hint = ""
+        heads = [k for k in shapes if k.endswith("weight") and state[k].dim() == 2 and own[k].dim() == 2
+                 and state[k].shape[1] == own[k].shape[1]]
+        if heads:
+            k = heads[-1]
+            hint = (f" The file's classifier ({k}) has {state[k].shape[0]} classes and the data has "
+                    f"{own[k].shape[0]}: use a checkpoint trained on these classes, or train a new head "
+                    "(a teacher without a checkpoint is trained first; hf: models take kwargs {new_head: true}).")
+        raise CheckpointError(f"The checkpoint does not fit the {what}: {'; '.join(parts)}.{hint}")
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
         first = str(e).splitlines()[0:4]
         raise CheckpointError(f"The checkpoint does not fit the {what}: {' '.join(first)}") from None
+    return {"tensors": len(state), "mapped": mapped}

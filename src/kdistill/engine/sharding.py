@@ -67,7 +67,7 @@ def enable_on_cpu(accelerator, plugin, mixed_precision: str) -> None:
     if state.distributed_type == DistributedType.MULTI_CPU:
         state.distributed_type = DistributedType.FSDP
         state.fsdp_plugin = plugin
-        PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+        vars(PartialState())["distributed_type"] = DistributedType.FSDP  # the shared (Borg) state
         if mixed_precision != "no":
             plugin.set_mixed_precision(mixed_precision)
 
@@ -77,9 +77,18 @@ def disable_on_cpu() -> None:
     from accelerate.state import PartialState
     from accelerate.utils import DistributedType
 
-    shared = PartialState._shared_state
+    shared = vars(PartialState())  # every PartialState shares one __dict__ (Accelerate's Borg pattern)
     if shared.get("distributed_type") == DistributedType.FSDP and shared.get("device", torch.device("cpu")).type == "cpu":
         shared["distributed_type"] = DistributedType.MULTI_CPU
+
+
+def reset_accelerator_state(accelerator) -> None:
+    """Forget the accelerator settings of this process (precision, FSDP plugin), keeping
+    the process group, so an ``Accelerator`` with other settings can be made. Accelerate
+    keeps them in one dict shared by every ``AcceleratorState`` (a Borg), which is also
+    ``accelerator.state.__dict__``; clearing it is what Accelerate's internal
+    ``_reset_state`` does, without calling a private method (Accelerate 1.15)."""
+    vars(accelerator.state).clear()
 
 
 def is_fsdp(accelerator) -> bool:

@@ -19,6 +19,7 @@ import json
 import math
 import signal
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,11 +32,20 @@ from ..cache import stored_views
 from ..config import TrainConfig
 from ..data import Augment, Dataset, Loader
 from ..devices import peak_memory_bytes, resolve_device
-from ..errors import ConfigError, Interrupted, NonFiniteError
+from ..errors import CheckpointError, ConfigError, Interrupted, NonFiniteError
 from ..methods import Distiller
 from ..metrics import classification_metrics, predict_logits
 from . import sharding
-from .checkpoint import checkpoint_path, find_checkpoint, load_into, load_train_state, save_checkpoint
+from .checkpoint import (
+    checkpoint_path,
+    intact_checkpoints,
+    list_checkpoints,
+    load_into,
+    read_resume_point,
+    remove_litter,
+    save_checkpoint,
+)
+from .progress import EpochProgress, heading
 
 _ACCELERATORS: dict[tuple, Any] = {}
 
@@ -44,7 +54,6 @@ def get_accelerator(device: torch.device, precision: str, fsdp: bool = False):
     """One Accelerate ``Accelerator`` per (device type, precision, FSDP) in this process;
     with ``fsdp``, Accelerate's FSDP2 plugin (see :mod:`kdistill.engine.sharding`)."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
-    from accelerate.state import AcceleratorState
 
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
@@ -52,7 +61,7 @@ def get_accelerator(device: torch.device, precision: str, fsdp: bool = False):
     key = (device.type, mp, fsdp)
     if key not in _ACCELERATORS:
         if _ACCELERATORS:  # Accelerate keeps global state; switching settings needs a reset
-            AcceleratorState._reset_state(reset_partial_state=False)
+            sharding.reset_accelerator_state(next(iter(_ACCELERATORS.values())))
             sharding.disable_on_cpu()
             _ACCELERATORS.clear()
         plugin = sharding.make_plugin() if fsdp else None
@@ -109,6 +118,11 @@ class Trainer:
         teacher_logits: teacher logits for each eval set (agreement and KL metrics).
         log: a function that prints one line.
         hparams: the run's config, logged to experiment trackers as hyperparameters.
+        role: what is trained (``teacher``, ``student``, a scheme's step): names the
+            heading line and the progress bar.
+        metrics_fn: ``metrics_fn(student, dataset) -> dict`` replaces the classification
+            metrics (a causal LM's perplexity and token accuracy); the dict must hold ``acc``,
+            which selects the best epoch.
     """
 
     def __init__(
@@ -124,8 +138,12 @@ class Trainer:
         teacher_logits: dict[str, Tensor] | None = None,
         log: Callable[[str], None] = print,
         hparams: dict[str, Any] | None = None,
+        role: str | None = None,
+        metrics_fn: Callable[[torch.nn.Module, Dataset], dict[str, float]] | None = None,
     ):
         self.distiller = distiller
+        self.role = role
+        self.metrics_fn = metrics_fn
         self.hparams = hparams
         self.cfg = cfg
         self.run_dir = Path(run_dir)
@@ -157,6 +175,7 @@ class Trainer:
         self.select_on = "val" if "val" in eval_sets else "test"
         self._stop_signal: int | None = None
         self.skipped_steps = 0
+        self._resumed_running: tuple[dict[str, Tensor], int] | None = None
 
     # -- signals -------------------------------------------------------------------------
     def _on_signal(self, signum, _frame):
@@ -171,8 +190,8 @@ class Trainer:
             pass
         return saved
 
-    def stage_loader(self) -> Loader:
-        """Batches for first stages: with several processes, every process reads the whole
+    def phase_loader(self) -> Loader:
+        """Batches for first phases: with several processes, every process reads the whole
         training set at the global batch size (the one-process batches), so all of them
         make the same updates without any gradient exchange."""
         world = self.accelerator.num_processes
@@ -193,6 +212,9 @@ class Trainer:
         student = model.student
         out = {}
         for name, ds in self.eval_sets.items():
+            if self.metrics_fn is not None:
+                out[name] = self.metrics_fn(student, ds)
+                continue
             # fp32, not autocast: reported metrics must not depend on the training precision
             logits = predict_logits(student, ds, self.eval_batch_size, self.device)
             out[name] = classification_metrics(logits, ds.labels(), self.teacher_logits.get(name))
@@ -201,7 +223,11 @@ class Trainer:
         return out
 
     # -- checkpoints ---------------------------------------------------------------------
-    def _save(self, kind: str, state: dict[str, Any], keep: int = 2):
+    def _save(self, kind: str, state: dict[str, Any], keep: int = 2,
+              running: tuple[dict[str, Tensor], int] | None = None):
+        """Write a checkpoint. ``running``: the epoch's loss sums and sample count so far
+        (mid-epoch saves), so a resumed epoch logs the mean over all of its batches."""
+        run_state = self._running_state(running) if kind == "last" else None
         model: Any = self.accelerator.unwrap_model(self.model)
         if self.fsdp:  # gathering the full weights is a collective: every process takes part
             distributed.sync_buffers(model)
@@ -216,17 +242,65 @@ class Trainer:
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
         }
+        if run_state is not None:
+            train_state["running"] = run_state
         return save_checkpoint(
             self.ckpt_dir, kind, state["step"], model, state, train_state if kind == "last" else None, keep=keep,
         )
 
+    def _running_state(self, running: tuple[dict[str, Tensor], int] | None) -> dict[str, Any]:
+        """The epoch's running loss sums as tensors: one row per process (each process sums
+        its own shard; gathering is a collective, so every process calls this)."""
+        sums, n_seen = running or ({}, 0)
+        keys = sorted(sums)
+        row = torch.stack([sums[k].detach().float().reshape(()) for k in keys]
+                          + [torch.tensor(float(n_seen), device=self.device)])
+        if self.accelerator.num_processes > 1:
+            row = self.accelerator.gather(row[None])
+        return {"keys": keys, "rows": row.reshape(-1, len(keys) + 1).cpu()}
+
+    def _restore_running(self, ts: dict[str, Any], batch: int) -> tuple[dict[str, Tensor], int]:
+        """This process's running sums from a checkpoint (empty at an epoch boundary, or for a
+        checkpoint written before they were saved: that epoch then averages the batches after
+        the resume only)."""
+        run = ts.get("running")
+        if not batch or not isinstance(run, dict) or not isinstance(run.get("rows"), Tensor) \
+                or not isinstance(run.get("keys"), list):
+            return {}, 0
+        rows = run["rows"]
+        if rows.dim() != 2 or rows.shape != (self.accelerator.num_processes, len(run["keys"]) + 1):
+            return {}, 0
+        mine = rows[self.accelerator.process_index].to(self.device)
+        return {k: mine[i] for i, k in enumerate(run["keys"])}, int(mine[-1])
+
+    def _resume_point(self):
+        """The newest ``last`` checkpoint whose files load and make sense, as ``(path, meta,
+        weights, train_state)``; damaged ones are skipped with a warning naming them. ``None``
+        when there is no checkpoint; an error when there are some and none is usable."""
+        found = intact_checkpoints(self.ckpt_dir, "last")
+        if not found:
+            if list_checkpoints(self.ckpt_dir, "last"):
+                raise CheckpointError(
+                    f"No checkpoint in {self.ckpt_dir} is intact (see the warnings above); remove that "
+                    "folder to start the run over, or rerun without --resume into another folder.")
+            return None
+        problems = []
+        for path, meta in found:
+            try:
+                weights, ts = read_resume_point(path, meta)
+            except CheckpointError as e:
+                problems.append(str(e).rstrip("."))
+                warnings.warn(f"Skipping damaged checkpoint: {e}", stacklevel=2)
+                continue
+            return path, meta, weights, ts
+        raise CheckpointError(
+            f"No checkpoint in {self.ckpt_dir} can be resumed ({'; '.join(problems)}). Remove that folder "
+            "to start the run over, or rerun without --resume into another folder.")
+
     def _restore(self, found) -> dict[str, Any] | None:
         if found is None:
             return None
-        path, meta = found
-        from safetensors.torch import load_file
-
-        ts = load_train_state(path)
+        path, meta, weights, ts = found
         written_by = ts.get("optimizer_format", "torch")
         if written_by != sharding.OPTIMIZER_FORMAT[self.fsdp]:
             was = written_by == sharding.OPTIMIZER_FORMAT[True]
@@ -234,7 +308,16 @@ class Trainer:
                 f"The checkpoint {path} was written by a {'sharded (train.fsdp)' if was else 'unsharded'} run; "
                 f"resume it {'with train.fsdp=true and 2+ processes' if was else 'without train.fsdp'}."
             )
-        weights = load_file(str(path / "model.safetensors"))
+        try:
+            self._apply(weights, ts)
+        except (KeyError, ValueError, TypeError, RuntimeError) as e:
+            raise CheckpointError(f"{path} does not fit this run ({type(e).__name__}: {e}); was the config "
+                                  "changed since it was written? Resume with the same config.") from None
+        self.log(f"Resuming from {path} (epoch {meta['epoch']}, step {meta['step']}).")
+        self._resumed_running = self._restore_running(ts, meta.get("batch", 0))
+        return meta
+
+    def _apply(self, weights: dict[str, Tensor], ts: dict[str, Any]) -> None:
         if self.fsdp:
             sharding.load_full_state(self.accelerator.unwrap_model(self.model), self.optimizer, weights, ts["optimizer"])
         else:
@@ -243,8 +326,6 @@ class Trainer:
         torch.set_rng_state(ts["rng_cpu"])
         if ts.get("rng_cuda") and self.device.type == "cuda":
             torch.cuda.set_rng_state_all(ts["rng_cuda"])
-        self.log(f"Resuming from {path} (epoch {meta['epoch']}, step {meta['step']}).")
-        return meta
 
     def _append_metrics(self, row: dict[str, Any]) -> None:
         if self.accelerator.is_main_process:
@@ -262,7 +343,8 @@ class Trainer:
                 row = json.loads(line)
             except ValueError:
                 continue  # a line cut by a kill
-            if row.get("epoch", 0) < epoch:
+            # first-stage rows (no epoch) come before epoch 0 and are not redone on a resume
+            if "epoch" not in row or row["epoch"] < epoch:
                 rows.append(line)
         from .checkpoint import atomic_write_text
 
@@ -270,22 +352,39 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict[str, Any]:
+        """Train ``cfg.epochs`` epochs (from the last checkpoint with ``resume``) and return
+        the results: :meth:`prepare`, the epoch loop over :meth:`train_step`, :meth:`release`."""
+        found = self.prepare(resume)
+        try:
+            return self._loop(found)
+        finally:
+            self.release()
+
+    def prepare(self, resume: bool = False):
+        """Everything before the first step: seeds, the checkpoint to resume from (returned,
+        or None), the fast path, first phases, the optimizer and the Accelerate wrappers.
+        :meth:`train_step` may be called after it (``kdistill bench`` times it so);
+        :meth:`release` undoes what it holds."""
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.seed)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
-        found = find_checkpoint(self.ckpt_dir, "last") if resume else None
+        if self.accelerator.is_main_process:  # temporary files of writes a kill interrupted
+            for folder in (self.run_dir, self.ckpt_dir):
+                for name in remove_litter(folder):
+                    self.log(f"Removed {folder / name}, left by an interrupted write.")
+        found = self._resume_point() if resume else None
         if found is None and self.accelerator.is_main_process:
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
         self.distiller.to(self.device)
         self._fast_path(self.distiller)
         if found is None:
-            # before the DDP/FSDP wrapper: first stages run the same full batches on every
+            # before the DDP/FSDP wrapper: first phases run the same full batches on every
             # process, so the replicas (or the shards cut from them) start out identical
-            from .stages import run_pre_stages
+            from .phases import run_first_phases
 
-            for row in run_pre_stages(self):
+            for row in run_first_phases(self):
                 self._append_metrics(row)
         work = self.distiller
         if self.fsdp:  # shard a copy; the caller's distiller gets the full weights at the end
@@ -302,17 +401,23 @@ class Trainer:
             sharding.check_sharded(sharded)
             sharding.keep_student_gathered(sharded.student)
             self._local_fraction = sharding.local_fraction(sharded)
-        try:
-            return self._loop(found)
-        finally:
-            # the accelerator keeps every prepared model and optimizer: let go of them, or
-            # each run in one process (a scheme's stages, a study) keeps its own alive
-            self.accelerator.free_memory()
-            if self.fsdp:  # free the shards before anything else (see sharding.collect)
-                self.model = self.optimizer = None
-                sharding.collect()
-                for m in self.distiller.children():
-                    m.to(self.device)
+        self._work = self.accelerator.unwrap_model(self.model)
+        self._work.to(self.device)  # the teacher too (it is outside the module tree)
+        self._deferred = self._defer_nonfinite_checks()
+        self._bad: Tensor | None = None
+        return found
+
+    def release(self) -> None:
+        """Let go of what :meth:`prepare` holds: the accelerator keeps every prepared model
+        and optimizer, so without this each run in one process (a scheme's steps, a study,
+        the bench's paths) keeps its own alive."""
+        self.accelerator.free_memory()
+        self._work = None
+        if self.fsdp:  # free the shards before anything else (see sharding.collect)
+            self.model = self.optimizer = None
+            sharding.collect()
+            for m in self.distiller.children():
+                m.to(self.device)
 
     def _loop(self, found) -> dict[str, Any]:
         cfg = self.cfg
@@ -320,8 +425,6 @@ class Trainer:
         distiller.to(self.device)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        self._deferred = self._defer_nonfinite_checks()
-        self._bad: Tensor | None = None
 
         batches = len(self.loader)
         steps_per_epoch = -(-batches // cfg.grad_accum)
@@ -343,57 +446,47 @@ class Trainer:
         saved_handlers = self._install_signals()
         t_start = time.perf_counter()
         last_good = None
+        role = self.role or "training"
+        student = type(self.accelerator.unwrap_model(self.model).student).__name__
+        terms = " + ".join(m.name for m in distiller.terms)
+        self.log(heading(role, f"{student} with {terms}", cfg.epochs, steps_per_epoch, self.device))
+        bar = EpochProgress(cfg.progress and self.accelerator.is_main_process, role, steps_per_epoch, cfg.epochs)
         try:
             while epoch < cfg.epochs:
                 distiller.set_epoch(epoch, cfg.epochs)
                 self.model.train()
                 sums: dict[str, Tensor] = {}
                 n_seen = 0
+                if start_batch and self._resumed_running is not None:  # the interrupted epoch's sums
+                    sums, n_seen = self._resumed_running
+                self._resumed_running = None
                 t0 = time.perf_counter()
-                for b, batch in enumerate(self.loader.iterate(epoch, start_batch), start=start_batch):
-                    for g in self.optimizer.param_groups:
-                        g["lr"] = cfg.lr * lr_factor(step, total, warmup, cfg.schedule, cfg.milestones, cfg.gamma)
-                    if self.channels_last and batch["x"].dim() == 4:
-                        batch["x"] = batch["x"].contiguous(memory_format=torch.channels_last)
-                    if cfg.compile and cfg.compile_mode in ("reduce-overhead", "max-autotune"):
-                        torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs: a new step
-                    with self.accelerator.autocast():
-                        out = self.model(batch)
-                    loss = out["loss"]
-                    if self._deferred:
-                        self._flag(loss)
-                    elif self._any(not torch.isfinite(loss)):
-                        bad = [k for k, v in out.items() if k.startswith("loss_") and not torch.isfinite(v).all()]
-                        self._skip_or_stop(f"Non-finite loss at epoch {epoch}, step {step}: {', '.join(bad)} went "
-                                           "NaN/Inf.", last_good)
-                        continue
-                    self.accelerator.backward(loss / cfg.grad_accum)
+                waited = [0.0]  # seconds the loop spent waiting for the loader's next batch
+                bar.start(epoch, -(-start_batch // cfg.grad_accum))
+                for b, batch in enumerate(_timed(self.loader.iterate(epoch, start_batch), waited), start=start_batch):
                     last_of_epoch = b + 1 == batches
-                    if (b + 1) % cfg.grad_accum == 0 or last_of_epoch:
-                        params = distiller.trainable_parameters()
-                        norm = sharding.as_plain(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf")))
-                        if self._deferred:
-                            self._flag(norm)
-                        elif not torch.isfinite(norm):
-                            self._skip_or_stop(f"Non-finite gradient at epoch {epoch}, step {step} "
-                                               f"(loss {float(loss):.4g}).", last_good)
-                            continue
-                        self.optimizer.step()
-                        self.optimizer.zero_grad(set_to_none=True)
+                    apply = (b + 1) % cfg.grad_accum == 0 or last_of_epoch
+                    out = self.train_step(batch, step, total, warmup, apply, epoch, last_good)
+                    if out is None:  # a non-finite loss or gradient skipped the batch
+                        continue
+                    if apply:
                         step += 1
                         if self._deferred and step % cfg.log_every == 0:
                             self._check_flag(epoch, step, last_good)
                         bs = batch["y"].shape[0]
                         n_seen += bs
+                        bar.step(bs, out["loss"])
                         for k, v in out.items():
                             if k.startswith("loss"):
                                 sums[k] = sums.get(k, 0.0) + v.detach().float() * bs
                         stop = not last_of_epoch and self._stopping(step)
                         if stop or (not last_of_epoch and cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
                             self._check_flag(epoch, step, last_good)
-                            last_good = self._save("last", self._state(epoch, b + 1, step, best, history))
+                            last_good = self._save("last", self._state(epoch, b + 1, step, best, history),
+                                                   running=(sums, n_seen))
                             if stop:
                                 raise Interrupted(self._interrupt_message(last_good))
+                bar.stop()
                 self._check_flag(epoch, step, last_good)
                 if self.accelerator.num_processes > 1:  # log the epoch's means over every process's shard
                     keys = sorted(sums)
@@ -405,6 +498,7 @@ class Trainer:
                 row: dict[str, Any] = {"epoch": epoch, "step": step, "lr": self.optimizer.param_groups[0]["lr"]}
                 row.update({f"train_{k}": float(v) / max(1, n_seen) for k, v in sums.items()})
                 row["epoch_time_s"] = round(epoch_time, 3)
+                row["data_wait_fraction"] = round(waited[0] / max(epoch_time, 1e-9), 4)
                 if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
                     ev = self.evaluate()
                     for split, m in ev.items():
@@ -422,6 +516,7 @@ class Trainer:
                 if self._stopping() and epoch < cfg.epochs:
                     raise Interrupted(self._interrupt_message(last_good))
         finally:
+            bar.stop()
             trackers.finish()
             for s, h in saved_handlers.items():
                 signal.signal(s, h)
@@ -445,6 +540,45 @@ class Trainer:
             "peak_memory_bytes": peak_memory_bytes(self.device),
             "distributed": dist_info,
         }
+
+    def train_step(self, batch: dict, step: int = 0, total: int = 1, warmup: int = 0, apply: bool = True,
+                   epoch: int = 0, last_good=None) -> dict[str, Tensor] | None:
+        """One training step on ``batch``, after :meth:`prepare`: the learning rate of
+        optimizer step ``step`` of ``total`` (``warmup`` warm-up steps), the forward under
+        autocast, the non-finite checks, the backward, and, when ``apply`` (the last
+        micro-batch of a gradient accumulation), clipping and the optimizer step. Returns
+        the forward's outputs, or None when ``train.on_nonfinite=skip`` skipped the batch;
+        ``epoch`` and ``last_good`` (the last checkpoint) only go into error messages."""
+        cfg = self.cfg
+        for g in self.optimizer.param_groups:
+            g["lr"] = cfg.lr * lr_factor(step, total, warmup, cfg.schedule, cfg.milestones, cfg.gamma)
+        if self.channels_last and batch["x"].dim() == 4:
+            batch["x"] = batch["x"].contiguous(memory_format=torch.channels_last)
+        if cfg.compile and cfg.compile_mode in ("reduce-overhead", "max-autotune"):
+            torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs: a new step
+        with self.accelerator.autocast():
+            out = self.model(batch)
+        loss = out["loss"]
+        if self._deferred:
+            self._flag(loss)
+        elif self._any(not torch.isfinite(loss)):
+            bad = [k for k, v in out.items() if k.startswith("loss_") and not torch.isfinite(v).all()]
+            self._skip_or_stop(f"Non-finite loss at epoch {epoch}, step {step}: {', '.join(bad)} went "
+                               "NaN/Inf.", last_good)
+            return None
+        self.accelerator.backward(loss / cfg.grad_accum)
+        if apply:
+            params = self._work.trainable_parameters()
+            norm = sharding.as_plain(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf")))
+            if self._deferred:
+                self._flag(norm)
+            elif not torch.isfinite(norm):
+                self._skip_or_stop(f"Non-finite gradient at epoch {epoch}, step {step} "
+                                   f"(loss {float(loss):.4g}).", last_good)
+                return None
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return out
 
     def _any(self, flag: bool | Tensor) -> bool:
         """``flag`` on any process (one all-reduce when there are several): decisions that
@@ -526,6 +660,20 @@ class Trainer:
         name = signal.Signals(self._stop_signal).name
         return (f"Stopped by {name}; checkpoint saved at {path}. Resume with the same command plus "
                 f"--resume (run folder {self.run_dir}).")
+
+
+def _timed(batches, waited: list[float]):
+    """``batches``, adding the time each ``next`` blocks to ``waited[0]`` (host time: on CUDA
+    the in-memory loader's gathers are only queued)."""
+    it = iter(batches)
+    while True:
+        t = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        waited[0] += time.perf_counter() - t
+        yield batch
 
 
 def _epoch_line(row: dict[str, Any], epochs: int) -> str:

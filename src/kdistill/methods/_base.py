@@ -20,8 +20,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from .._registry import check_types
 from ..errors import ConfigError, did_you_mean
-from ..taps import FeatureTaps
+from ..taps import FeatureTaps, tap_list
 from ..teachers import ModuleTeacher, Teacher, TeacherOutput
 
 
@@ -48,15 +49,16 @@ class Context:
 
 
 @dataclass
-class PreStage:
-    """A first stage run by the trainer before the main loop.
+class FirstPhase:
+    """A first phase run by the trainer before the main training (see
+    :mod:`kdistill.engine.phases`).
 
     Attributes:
         name: shown in logs and metrics.jsonl.
         epochs: passes over the training data.
-        params: what this stage's optimizer updates (e.g. student layers up to the hint,
+        params: what this phase's optimizer updates (e.g. student layers up to the hint,
             plus the regressor).
-        loss: maps a :class:`Context` to the stage's loss.
+        loss: maps a :class:`Context` to the phase's loss.
         lr: learning rate (default: the run's).
     """
 
@@ -97,8 +99,8 @@ class Method(nn.Module):
     def on_epoch_start(self, epoch: int, total_epochs: int) -> None:
         """Called by the trainer before each epoch (warm-ups, schedules)."""
 
-    def pre_stage(self) -> PreStage | None:
-        """A first training stage this method needs before the main one (FitNets hints,
+    def first_phase(self) -> FirstPhase | None:
+        """A first training phase this method needs before the main one (FitNets hints,
         FT's paraphraser, AB's initialisation), or None."""
         return None
 
@@ -113,7 +115,13 @@ class Method(nn.Module):
                     f"Method {cls.name!r} has no setting {key!r}.{did_you_mean(key, names)} "
                     f"Its settings: {valid} (plus 'weight')."
                 )
-        return cls.Config(**kwargs)
+        lists = {f.name for f in dataclasses.fields(cls.Config) if "list[" in str(f.type)}
+        kwargs = {k: tap_list(v) if k in lists else v for k, v in kwargs.items()}
+        check_types(f"Method {cls.name!r}", cls.Config, kwargs)
+        try:
+            return cls.Config(**kwargs)
+        except TypeError as e:
+            raise ConfigError(f"Method {cls.name!r}: {e}.") from None
 
 
 class Distiller(nn.Module):
@@ -154,7 +162,7 @@ class Distiller(nn.Module):
 
     def to(self, *args, **kwargs):
         super().to(*args, **kwargs)
-        device = torch._C._nn._parse_to(*args, **kwargs)[0]
+        device = _device_of(args, kwargs)
         if device is not None and self.teacher is not None:
             self.teacher.to(device)
         return self
@@ -173,8 +181,9 @@ class Distiller(nn.Module):
             return None
         return self.teacher(batch, self.teacher_specs)
 
-    def context(self, batch: dict) -> Context:
+    def context(self, batch: dict | Sequence[Tensor]) -> Context:
         """Run teacher and student once and collect what every term reads."""
+        batch = as_batch(batch)
         t_out = self.teacher_output(batch)
         if self._taps is not None:
             with self._taps as taps:
@@ -184,7 +193,9 @@ class Distiller(nn.Module):
             logits, feats = self.student(batch["x"]), {}
         return Context(batch, logits, feats, t_out, self.epoch, self.total_epochs)
 
-    def forward(self, batch: dict) -> dict[str, Tensor]:
+    def forward(self, batch: dict | Sequence[Tensor]) -> dict[str, Tensor]:
+        """One batch -> ``{"loss", "logits", "loss_<term>"...}``. ``batch`` is a dict
+        ``{"x", "y"[, "index"]}`` or an ordinary ``(x, y)`` pair from a DataLoader."""
         ctx = self.context(batch)
         logits = ctx.student_logits
         out: dict[str, Tensor] = {}
@@ -199,6 +210,34 @@ class Distiller(nn.Module):
                 out[key] = w * v
                 total = total + out[key]
         return {"loss": total, "logits": logits, **out}
+
+
+def _device_of(args: tuple, kwargs: dict) -> torch.device | None:
+    """The device a ``Module.to(...)`` call names (``to(device)``, ``to(device, dtype)``,
+    ``to(tensor)``, ``to(device=...)``), or None when it names only a dtype or layout."""
+    if kwargs.get("device") is not None:
+        return torch.device(kwargs["device"])
+    if isinstance(kwargs.get("tensor"), Tensor):
+        return kwargs["tensor"].device
+    for a in args:
+        if isinstance(a, Tensor):
+            return a.device
+        if isinstance(a, (str, int, torch.device)):
+            return torch.device(a)
+    return None
+def as_batch(batch: dict | Sequence[Tensor]) -> dict:
+    """A batch as the dict the terms read: ``(x, y)`` (a ``TensorDataset`` loader's list,
+    or a tuple) becomes ``{"x": x, "y": y}``; ``(x, y, index)`` also keys the index."""
+    if isinstance(batch, dict):
+        if "x" not in batch:
+            raise ConfigError(f"A batch dict needs 'x' (and 'y' for labels); got keys {sorted(batch)}.")
+        return batch
+    if isinstance(batch, (tuple, list)) and 2 <= len(batch) <= 3 and all(isinstance(t, Tensor) for t in batch):
+        return dict(zip(("x", "y", "index"), batch))
+    raise ConfigError(
+        f"A batch must be a dict {{'x', 'y'}} or an (x, y) pair of tensors, got {type(batch).__name__}"
+        + (f" of {len(batch)}" if isinstance(batch, (tuple, list)) else "") + "."
+    )
 
 
 def as_teacher(teacher: nn.Module | Teacher) -> Teacher:

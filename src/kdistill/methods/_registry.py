@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from torch import Tensor, nn
@@ -13,7 +13,23 @@ from ..teachers import Teacher
 from ._base import Distiller, Method
 
 METHODS: Registry[type[Method]] = Registry("method")
-register_method = METHODS.register
+
+
+def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
+    """Register a :class:`Method` subclass under ``name``, which also becomes its ``name``
+    (loss keys ``loss_<name>``, error messages): one spelling, written once. A class that
+    spells a different ``name`` itself is refused."""
+    if not isinstance(name, str) or not name:
+        raise ValueError("register_method needs the method's name, e.g. @register_method('kd')")
+
+    def deco(cls: type[Method]) -> type[Method]:
+        declared = cls.__dict__.get("name")
+        if declared and declared != name:
+            raise ValueError(f"method class {cls.__name__} says name={declared!r} but is registered as {name!r}")
+        cls.name = name
+        return METHODS.register(name)(cls)
+
+    return deco
 
 
 def build_term(

@@ -14,11 +14,11 @@ elements rather than summed, so the CRD benchmark's weight 1 (Tian et al. 2020,
 RepDistiller) keeps it on the scale of the cross-entropy, and summed over stage pairs.
 
 The paper uses the loss to *initialise* the student before ordinary training: the
-:class:`PreStage` ``ab_init`` trains the student up to the deepest matched layer plus the
+:class:`FirstPhase` ``ab_init`` trains the student up to the deepest matched layer plus the
 connectors on this loss alone for ``init_epochs`` (30, RepDistiller's ``init_epochs``). As in
-the paper and the CRD benchmark code (whose main stage sets the AB loss to zero), the default
-main-stage weight is 0: the transfer happens in the first stage and the main stage trains on
-the task. ``weight: 1`` keeps the loss in the main stage too.
+the paper and the CRD benchmark code (whose main training sets the AB loss to zero), the default
+main-training weight is 0: the transfer happens in the first phase and the main training trains on
+the task. ``weight: 1`` keeps the loss in the main training too.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from ..connectors import build_connector
 from ..errors import ConfigError
-from ._base import Context, Method, PreStage
+from ._base import Context, FirstPhase, Method
 from ._pairs import (
     params_reaching,
     pre_activation,
@@ -53,7 +53,6 @@ def ab_loss(student_pre: Tensor, teacher_pre: Tensor, margin: float = 1.0) -> Te
 class AB(Method):
     """Activation-boundary transfer between pre-activation stage responses."""
 
-    name = "ab"
     default_weight = 0.0
 
     @dataclass
@@ -62,7 +61,7 @@ class AB(Method):
             student_layers / teacher_layers: paired taps (default: last k declared stages,
                 read before their ReLU where the stage is an ``nn.ReLU`` module).
             margin: m of the hinge (paper: 1.0).
-            init_epochs / init_lr: the initialisation pre-stage (RepDistiller: 30 epochs).
+            init_epochs / init_lr: the initialisation first phase (RepDistiller: 30 epochs).
         """
 
         student_layers: list[str] | None = None
@@ -98,8 +97,8 @@ class AB(Method):
             for c, s, t in zip(self.connectors, self.student_taps, self.teacher_taps, strict=True)
         )
 
-    def pre_stage(self) -> PreStage | None:
+    def first_phase(self) -> FirstPhase | None:
         if self.cfg.init_epochs <= 0:
             return None
         params = self._init_student_params + list(self.connectors.parameters())
-        return PreStage("ab_init", self.cfg.init_epochs, params, self.forward, self.cfg.init_lr)
+        return FirstPhase("ab_init", self.cfg.init_epochs, params, self.forward, self.cfg.init_lr)

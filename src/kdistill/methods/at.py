@@ -68,7 +68,6 @@ def input_gradient(model, x: Tensor, targets: Tensor, create_graph: bool) -> Ten
 class AT(Method):
     """Attention transfer between stage pairs (activation maps) or input gradients."""
 
-    name = "at"
     default_weight = 1000.0
 
     @dataclass

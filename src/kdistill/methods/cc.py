@@ -86,7 +86,6 @@ def embed_heads(method: str, student: nn.Module, teacher, s_spec: str, t_spec: s
 class CC(Method):
     """Correlation congruence (Peng et al. 2019); see the module docstring."""
 
-    name = "cc"
     default_weight = 0.02
     default_ce_weight = 1.0
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from ..losses import hard_label_ce
+from ..losses import hard_label_ce, soft_target_ce
 from ._base import Context, Method
 from ._registry import register_method
 
@@ -15,7 +15,6 @@ from ._registry import register_method
 class CrossEntropy(Method):
     """Cross-entropy with the dataset's labels (unlabelled transfer samples, label -1, skipped)."""
 
-    name = "ce"
     needs_teacher = False
 
     @dataclass
@@ -23,4 +22,7 @@ class CrossEntropy(Method):
         label_smoothing: float = 0.0
 
     def forward(self, ctx: Context) -> Tensor:
+        soft = ctx.batch.get("y_soft")  # mixed (Mixup/CutMix) or smoothed labels from data.recipe
+        if soft is not None:
+            return soft_target_ce(ctx.student_logits, soft)
         return hard_label_ce(ctx.student_logits, ctx.labels, self.cfg.label_smoothing)

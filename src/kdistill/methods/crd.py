@@ -63,7 +63,6 @@ def nce_loss(scores: Tensor, num_data: int, eps: float = 1e-7) -> Tensor:
 class CRD(Method):
     """Contrastive representation distillation (Tian et al. 2020); see the module docstring."""
 
-    name = "crd"
     default_weight = 0.8
     default_ce_weight = 1.0
 

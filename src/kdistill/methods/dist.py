@@ -54,7 +54,6 @@ def dist_loss(student_logits: Tensor, teacher_logits: Tensor, beta: float = 1.0,
 class DIST(Method):
     """DIST (Huang et al. 2022); see the module docstring."""
 
-    name = "dist"
     default_weight = 1.0
     default_ce_weight = 1.0
 

@@ -64,7 +64,6 @@ def dkd_parts(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, te
 class DKD(Method):
     """Decoupled knowledge distillation (Zhao et al. 2022); see the module docstring."""
 
-    name = "dkd"
     default_weight = 1.0
     default_ce_weight = 1.0
 

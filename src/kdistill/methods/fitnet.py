@@ -7,12 +7,12 @@ layer, and the hint loss is the squared error between them (averaged here).
 
 * Default layers: the middle declared stage of each network (the paper's hint is the
   teacher's middle layer; the CRD benchmark guides the middle residual group).
-* Stage 1 (hint-based training) is a :class:`PreStage`, ``fitnet_hint``: ``hint_epochs`` passes that
+* Stage 1 (hint-based training) is a :class:`FirstPhase`, ``fitnet_hint``: ``hint_epochs`` passes that
   train only the student up to the guided layer (every parameter the guided feature depends
   on) and the regressor, on the hint loss alone.
-* The main stage adds ``weight * hint loss`` to the other terms. The defaults are the CRD
+* The main training adds ``weight * hint loss`` to the other terms. The defaults are the CRD
   benchmark's (Tian et al. 2020, RepDistiller): weight 100, trained jointly with CE, no
-  separate stage 1 (``hint_epochs: 0``). The paper's two-stage recipe is
+  separate first phase (``hint_epochs: 0``). The paper's two-phase recipe is
   ``[{name: fitnet, weight: 0, hint_epochs: N}, {name: kd}, {name: ce, weight: 0.1}]``.
 """
 
@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..connectors import build_connector
 from ..errors import ConfigError
-from ._base import Context, Method, PreStage
+from ._base import Context, FirstPhase, Method
 from ._pairs import declared, params_reaching, probe_shapes, require_example, teacher_network
 from ._registry import register_method
 
@@ -44,15 +44,14 @@ def hint_loss(regressed: Tensor, hint: Tensor) -> Tensor:
 class FitNet(Method):
     """Hint loss between guided student layer(s) and teacher hint layer(s)."""
 
-    name = "fitnet"
     default_weight = 100.0
 
     @dataclass
     class Config:
         """Attributes:
             student_layers / teacher_layers: guided and hint taps (default: middle stages).
-            hint_epochs: epochs of stage 1 (0: none, the CRD benchmark's joint training).
-            hint_lr: stage 1 learning rate (default: the run's).
+            hint_epochs: epochs of the first (hint) phase (0: none, the CRD benchmark's joint training).
+            hint_lr: the hint phase's learning rate (default: the run's).
         """
 
         student_layers: list[str] | None = None
@@ -79,7 +78,7 @@ class FitNet(Method):
         )
         self.student_taps, self.teacher_taps = s_specs, t_specs
         # plain list: these parameters belong to the student, not to this term
-        self._stage1_student_params = params_reaching(student, s_specs, example) if cfg.hint_epochs else []
+        self._hint_phase_student_params = params_reaching(student, s_specs, example) if cfg.hint_epochs else []
 
     def forward(self, ctx: Context) -> Tensor:
         return sum(
@@ -87,8 +86,8 @@ class FitNet(Method):
             for r, s, t in zip(self.regressors, self.student_taps, self.teacher_taps, strict=True)
         )
 
-    def pre_stage(self) -> PreStage | None:
+    def first_phase(self) -> FirstPhase | None:
         if self.cfg.hint_epochs <= 0:
             return None
-        params = self._stage1_student_params + list(self.regressors.parameters())
-        return PreStage("fitnet_hint", self.cfg.hint_epochs, params, self.forward, self.cfg.hint_lr)
+        params = self._hint_phase_student_params + list(self.regressors.parameters())
+        return FirstPhase("fitnet_hint", self.cfg.hint_epochs, params, self.forward, self.cfg.hint_lr)

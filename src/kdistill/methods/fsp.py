@@ -12,12 +12,12 @@ over pairs). Within a pair the larger map is average-pooled to the smaller. Wher
 student stage's channel count differs from the teacher's, a 1x1 conv + BN connector maps it
 to the teacher's width first.
 
-The paper trains in two stages: first the student minimises the FSP loss alone, then it
+The paper trains in two phases: first the student minimises the FSP loss alone, then it
 trains on the task; the CRD benchmark code (Tian et al. 2020, RepDistiller) does the same
-(30 initialisation epochs, FSP loss zero in the main stage). So the defaults are
-``init_epochs: 30`` (the :class:`PreStage` ``fsp_init``: student up to the deepest matched
-stage, plus the connectors) and main-stage weight 0; ``weight: 50`` (the CRD command line's
-beta) keeps the loss in the main stage as a joint objective.
+(30 initialisation epochs, FSP loss zero in the main training). So the defaults are
+``init_epochs: 30`` (the :class:`FirstPhase` ``fsp_init``: student up to the deepest matched
+stage, plus the connectors) and main-training weight 0; ``weight: 50`` (the CRD command line's
+beta) keeps the loss in the main training as a joint objective.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from ..connectors import build_connector
 from ..errors import ConfigError
-from ._base import Context, Method, PreStage
+from ._base import Context, FirstPhase, Method
 from ._pairs import match_spatial, params_reaching, probe_shapes, require_example, require_maps, stage_pairs
 from ._registry import register_method
 
@@ -55,7 +55,6 @@ def fsp_loss(student_feats: list[Tensor], teacher_feats: list[Tensor]) -> Tensor
 class FSP(Method):
     """FSP matrices between consecutive stages, student against teacher."""
 
-    name = "fsp"
     default_weight = 0.0
 
     @dataclass
@@ -63,7 +62,7 @@ class FSP(Method):
         """Attributes:
             student_layers / teacher_layers: stage taps, shallow to deep (default: last k
                 declared stages); FSP matrices relate each one to the next.
-            init_epochs / init_lr: the optional first stage on the FSP loss alone.
+            init_epochs / init_lr: the optional first phase on the FSP loss alone.
         """
 
         student_layers: list[str] | None = None
@@ -99,8 +98,8 @@ class FSP(Method):
         t = [ctx.teacher.features[k] for k in self.teacher_taps]
         return fsp_loss(s, t)
 
-    def pre_stage(self) -> PreStage | None:
+    def first_phase(self) -> FirstPhase | None:
         if self.cfg.init_epochs <= 0:
             return None
         params = self._init_student_params + list(self.connectors.parameters())
-        return PreStage("fsp_init", self.cfg.init_epochs, params, self.forward, self.cfg.init_lr)
+        return FirstPhase("fsp_init", self.cfg.init_epochs, params, self.forward, self.cfg.init_lr)

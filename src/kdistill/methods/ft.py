@@ -7,7 +7,7 @@ Transfer", arXiv:1802.04977.
   map: three 3x3 convolutions down to ``round(k * C_t)`` channels (the teacher factor) and
   three 3x3 transposed convolutions back, spatial size kept; rate ``k = 0.5``, the paper's
   CIFAR setting. It is trained alone to reconstruct the teacher's feature (L2 loss) in the
-  :class:`PreStage` ``ft_paraphraser``, then frozen (eval mode, no gradient).
+  :class:`FirstPhase` ``ft_paraphraser``, then frozen (eval mode, no gradient).
 * The *translator*, three 3x3 convolutions on the student's last-stage map
   to the same factor width, trains with the student.
 * Loss: ``|| F_T/||F_T||_2 - F_S/||F_S||_2 ||_p`` with ``p = 1``, factors flattened per
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError, ShapeError
-from ._base import Context, Method, PreStage
+from ._base import Context, FirstPhase, Method
 from ._pairs import match_spatial, probe_shapes, require_example, require_maps, stage_pairs
 from ._registry import register_method
 
@@ -76,7 +76,6 @@ class Translator(nn.Sequential):
 class FT(Method):
     """Factor transfer on the last stages: paraphraser (teacher) vs translator (student)."""
 
-    name = "ft"
     default_weight = 200.0
 
     @dataclass
@@ -85,7 +84,7 @@ class FT(Method):
             student_layers / teacher_layers: one tap each (default: the last declared stages).
             rate: paraphraser rate k, factor channels = k * teacher channels (paper: 0.5).
             p: norm of the factor distance (paper: 1).
-            init_epochs / init_lr: the paraphraser's pre-stage (RepDistiller: 30 epochs).
+            init_epochs / init_lr: the paraphraser's first phase (RepDistiller: 30 epochs).
         """
 
         student_layers: list[str] | None = None
@@ -136,8 +135,8 @@ class FT(Method):
         feat = ctx.teacher.features[self.teacher_taps[0]].detach()
         return F.mse_loss(self.paraphraser(feat)[1].float(), feat.float())
 
-    def pre_stage(self) -> PreStage | None:
+    def first_phase(self) -> FirstPhase | None:
         if self.cfg.init_epochs <= 0:
             return None
-        return PreStage("ft_paraphraser", self.cfg.init_epochs, list(self.paraphraser.parameters()),
+        return FirstPhase("ft_paraphraser", self.cfg.init_epochs, list(self.paraphraser.parameters()),
                         self.reconstruction_loss, self.cfg.init_lr)

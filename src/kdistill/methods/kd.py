@@ -21,7 +21,6 @@ from ._registry import register_method
 
 @register_method("kd")
 class KD(Method):
-    name = "kd"
     default_weight = 0.9
     default_ce_weight = 0.1
 

@@ -48,7 +48,6 @@ def nst_loss(student_feat: Tensor, teacher_feat: Tensor, degree: int = 2, c: flo
 class NST(Method):
     """MMD of neuron selectivity patterns between stage pairs."""
 
-    name = "nst"
     default_weight = 50.0
 
     @dataclass

@@ -43,7 +43,6 @@ def pkt_loss(student_features: Tensor, teacher_features: Tensor, eps: float = 1e
 class PKT(Method):
     """Probabilistic knowledge transfer (Passalis & Tefas 2018); see the module docstring."""
 
-    name = "pkt"
     default_weight = 30000.0
     default_ce_weight = 1.0
 

@@ -85,7 +85,6 @@ class ABF(nn.Module):
 class ReviewKD(Method):
     """Knowledge review (Chen et al. 2021); see the module docstring."""
 
-    name = "reviewkd"
     default_weight = 1.0
     default_ce_weight = 1.0
 

@@ -70,7 +70,6 @@ def rkd_angle_loss(student_emb: Tensor, teacher_emb: Tensor) -> Tensor:
 class RKD(Method):
     """Distance-wise and angle-wise relational losses on the embeddings."""
 
-    name = "rkd"
     default_weight = 1.0
 
     @dataclass

@@ -43,7 +43,6 @@ def sp_loss(student_features: Tensor, teacher_features: Tensor) -> Tensor:
 class SP(Method):
     """Similarity-preserving KD (Tung & Mori 2019); see the module docstring."""
 
-    name = "sp"
     default_weight = 3000.0
     default_ce_weight = 1.0
 

@@ -78,7 +78,6 @@ class VIDRegressor(nn.Module):
 class VID(Method):
     """Variational information distillation (Ahn et al. 2019); see the module docstring."""
 
-    name = "vid"
     default_weight = 1.0
     default_ce_weight = 1.0
 

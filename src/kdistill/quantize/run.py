@@ -65,7 +65,8 @@ def _teacher_fn(run_dir: Path, cfg, data, source: str, student: nn.Module) -> tu
         return (lambda x: model(x)), "run teacher"
     if cfg.teacher is not None:
         try:
-            t = teacher_from_checkpoints(cfg.teacher, data)
+            t = teacher_from_checkpoints(cfg.teacher, data, trust_code=False,
+                                         source=f"{run_dir / 'config.yaml'}")
         except ConfigError:
             t = None
         if t is not None:

@@ -28,13 +28,14 @@ from typing import Any
 from ..config import load_config
 from ..engine.checkpoint import atomic_write_json, atomic_write_text
 from ..errors import ConfigError
+from ..runs import named_models
 from ..runs.grid import Cell, cell_name, parse_grid, parse_seeds, plan_configs, plan_methods, plan_sweep, run_cells
 from .tables import aggregate, collect_runs
 
 __all__ = ["compare", "parse_seeds", "run_grid", "sweep", "write_summary"]
 
 
-def _record_teacher_latency(cell_dir: Path, log: Callable[[str], None]) -> None:
+def _record_teacher_latency(cell_dir: Path, log: Callable[[str], None], own: frozenset[str] = frozenset()) -> None:
     """Measure the teacher's CPU latency once, beside the cell that holds or first used it."""
     from . import recompute
     from .tables import load_run
@@ -46,7 +47,7 @@ def _record_teacher_latency(cell_dir: Path, log: Callable[[str], None]) -> None:
         run = load_run(cell_dir)
         if not run.teacher.get("model") or run.teacher_latency() is not None:
             return
-        model = recompute.teacher_model(run)
+        model = recompute.teacher_model(run, own)
         atomic_write_json(f, recompute.measure_latency(model, run.teacher["input_shape"]))
     except (recompute.RecomputeError, KeyError) as e:
         log(f"Teacher latency not measured for {cell_dir.name}: {e}")
@@ -65,7 +66,9 @@ def run_grid(
     """Run every unfinished cell into ``out/<cell>``, then aggregate into ``compare.json`` and
     ``compare.md``. Returns the aggregate."""
     out = Path(out)
-    ran = run_cells(cells, out, teacher, log, trust, on_teacher=lambda d: _record_teacher_latency(d, log))
+    # the model names of the grid's configs are the user's own: its records may name them
+    own = frozenset().union(*(named_models(c.cfg) for c in cells))
+    ran = run_cells(cells, out, teacher, log, trust, on_teacher=lambda d: _record_teacher_latency(d, log, own))
     failed, done, ran_n = ran["failed"], ran["skipped_finished"], ran["ran"]
     failed_names = {f["run"] for f in failed}
     records, skipped = collect_runs([out / c.name for c in cells if c.name not in failed_names])
@@ -83,7 +86,7 @@ def run_grid(
         "skipped_finished": done,
     }
     write_summary(out, agg, plan)
-    return agg | {"plan": plan, "out": str(out)}
+    return agg | {"plan": plan, "out": str(out), "own_models": sorted(own)}
 
 
 

@@ -193,7 +193,8 @@ def _axis(key: str) -> str:
     return key
 
 
-def _calibration(records: list[RunRecord], out: Path, log: Callable[[str], None]) -> list[tuple[str, str]]:
+def _calibration(records: list[RunRecord], out: Path, log: Callable[[str], None],
+                 trust_code: Any = False) -> list[tuple[str, str]]:
     """Reliability diagram and per-class accuracy for the teacher, the scratch student and each
     method, all on one seed (the smallest seed every group has)."""
     from . import recompute
@@ -214,13 +215,13 @@ def _calibration(records: list[RunRecord], out: Path, log: Callable[[str], None]
             labels = test.labels()
             if not teacher_done and r.teacher.get("model"):
                 try:
-                    t_logits = recompute.logits_of(recompute.teacher_model(r), test)
+                    t_logits = recompute.logits_of(recompute.teacher_model(r, trust_code), test)
                     rel.append(plots.reliability_bins(t_logits, labels, f"teacher {r.teacher.get('model')}"))
                     pcs.append((rel[-1].label, plots.per_class_accuracy(t_logits, labels, test.num_classes)))
                     teacher_done = True
                 except recompute.RecomputeError as e:
                     problems.append(str(e))
-            s_logits = recompute.logits_of(recompute.student_model(r), test)
+            s_logits = recompute.logits_of(recompute.student_model(r, trust_code), test)
             label = f"{r.group} s{r.seed}" if len(records) > 1 else f"student {r.results['student'].get('model')}"
             rel.append(plots.reliability_bins(s_logits, labels, label))
             pcs.append((label, plots.per_class_accuracy(s_logits, labels, test.num_classes)))
@@ -238,7 +239,7 @@ def _calibration(records: list[RunRecord], out: Path, log: Callable[[str], None]
                 "bin; bars under the diagonal are over-confident.",
             )
         )
-        plots.per_class_plot(pcs, out / "plots" / "per_class.png")
+        plots.per_class_plot(pcs, out / "plots" / "per_class.png", class_names=getattr(test, "class_names", None))
         made.append(("plots/per_class.png", "Test accuracy per true class."))
     return made
 
@@ -259,13 +260,17 @@ def _cost_points(agg: dict[str, Any], key: str) -> list[dict[str, Any]]:
     return pts
 
 
-def build_report(path: str | Path, log: Callable[[str], None] = print, calibration: bool = True) -> dict[str, Any]:
+def build_report(path: str | Path, log: Callable[[str], None] = print, calibration: bool = True,
+                 trust_code: Any = False) -> dict[str, Any]:
     """Write ``report.md``, ``report.html`` and ``plots/*.png`` into ``path``.
 
     Args:
         path: a finished run folder or a compare/sweep folder of run folders.
         log: prints one line (skipped folders, plots that could not be made).
         calibration: rebuild networks and data for the reliability and per-class plots.
+        trust_code: ``True``, or the model names the user gave (a grid's configs), to allow
+            run records that name an importable model factory (see
+            :func:`kdistill.models.require_trusted`); refused otherwise.
 
     Returns:
         ``{"markdown", "html", "plots", "aggregate"}`` (paths and the aggregate).
@@ -333,7 +338,7 @@ def build_report(path: str | Path, log: Callable[[str], None] = print, calibrati
     if hm:
         figs.append(hm)
     if calibration:
-        figs += _calibration(records, root, log)
+        figs += _calibration(records, root, log, trust_code)
 
     blocks = summary_blocks(agg, title)
     if figs:

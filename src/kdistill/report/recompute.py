@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ..config import validate_config
 from ..data import Dataset
-from ..errors import KdistillError
+from ..errors import KdistillError, UntrustedCodeError
 from ..metrics import predict_logits
 from ..runs import prepare_data, rebuild
 from ..runs.experiment import cpu_latency
@@ -29,27 +29,33 @@ class RecomputeError(Exception):
     """What cannot be rebuilt, in words for the report."""
 
 
-def build_saved_model(record: dict[str, Any], weights: Path) -> nn.Module:
-    """A zoo model from its ``model.json``-style record, with weights loaded (no pickle)."""
+def build_saved_model(record: dict[str, Any], weights: Path, trust_code: Any = False, source: Any = None) -> nn.Module:
+    """A zoo model from its ``model.json``-style record, with weights loaded (no pickle).
+    A record naming an importable factory needs ``trust_code`` (the refusal is raised, not
+    turned into a missing plot: the user must see it)."""
     if not all(k in record for k in ("model", "num_classes", "input_shape")):
         raise RecomputeError("model record incomplete (it lacks model, num_classes or input_shape)")
     try:
-        return rebuild(record, weights, record["model"])
+        return rebuild(record, weights, record["model"], trust_code=trust_code, source=source)
+    except UntrustedCodeError:
+        raise
     except KdistillError as e:
         raise RecomputeError(str(e)) from None
 
 
-def student_model(run: RunRecord) -> nn.Module:
+def student_model(run: RunRecord, trust_code: Any = False) -> nn.Module:
     weights = run.path / "model.safetensors"
     if not weights.is_file():
         raise RecomputeError(f"{run.name}: no model.safetensors")
     record = run.results["student"]
+    source = run.path / "results.json"
     if (run.path / "model.json").is_file():
+        source = run.path / "model.json"
         try:
             record = json.loads((run.path / "model.json").read_text())
         except ValueError:
             pass
-    return build_saved_model(record, weights)
+    return build_saved_model(record, weights, trust_code, source)
 
 
 def teacher_weights(run: RunRecord) -> Path | None:
@@ -67,14 +73,14 @@ def teacher_weights(run: RunRecord) -> Path | None:
     return None
 
 
-def teacher_model(run: RunRecord) -> nn.Module:
+def teacher_model(run: RunRecord, trust_code: Any = False) -> nn.Module:
     t = run.teacher
     if not t.get("model"):
         raise RecomputeError(f"{run.name}: the teacher is not a single saved model (ensemble or cache)")
     weights = teacher_weights(run)
     if weights is None:
         raise RecomputeError(f"{run.name}: the teacher's weights were not found")
-    return build_saved_model(t, weights)
+    return build_saved_model(t, weights, trust_code, run.path / "results.json")
 
 
 def test_data(run: RunRecord):

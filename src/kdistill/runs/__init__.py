@@ -7,19 +7,23 @@ from .build import (
     check_model,
     load_transfer,
     model_record,
+    named_models,
     prepare_data,
     teacher_from_checkpoints,
     with_num_data,
 )
 from .caching import cache_from_config
-from .experiment import cpu_latency, ensure_teacher, run_experiment, teacher_logits_for, train_model
-from .folder import is_main_process, open_run_dir, run_dir_for, save_model, sync_processes, write_json
+from .experiment import TeacherContext, cpu_latency, ensure_teacher, run_experiment, teacher_logits_for, train_model
+from .folder import check_resumable, is_main_process, open_run_dir, run_dir_for, save_model, sync_processes, write_json
+from .preflight import Preflight, preflight
 from .saved import load_saved, model_from_record, read_model_record, rebuild
 
 __all__ = [
+    "TeacherContext",
     "build_model",
     "cache_from_config",
     "check_model",
+    "check_resumable",
     "cpu_latency",
     "ensure_teacher",
     "is_main_process",
@@ -27,7 +31,10 @@ __all__ = [
     "load_transfer",
     "model_from_record",
     "model_record",
+    "named_models",
     "open_run_dir",
+    "Preflight",
+    "preflight",
     "prepare_data",
     "read_model_record",
     "rebuild",
@@ -39,4 +46,5 @@ __all__ = [
     "teacher_logits_for",
     "train_model",
     "with_num_data",
+    "write_json",
 ]

@@ -17,7 +17,8 @@ from ..engine.checkpoint import load_into, load_weights
 from ..errors import ConfigError, DataError, ShapeError
 from ..measure import count_params, param_bytes
 from ..methods import METHODS
-from ..models import create_model
+from ..models import TrustCode, create_model, require_trusted
+from ..teacher_input import Adapter, InputSpec
 from ..teachers import EnsembleTeacher, ModuleTeacher, Teacher
 
 
@@ -25,7 +26,8 @@ from ..teachers import EnsembleTeacher, ModuleTeacher, Teacher
 def prepare_data(cfg: RunConfig) -> DataSplits:
     """Load, subset, split and validate the run's data (the transfer set is separate)."""
     d = cfg.data
-    splits = load_dataset(d.name, root=d.root, **d.options)
+    splits = load_dataset(d.name, root=d.root, resident=d.resident, workers=d.workers,
+                          resident_budget_mb=d.resident_budget_mb, **d.options)
     train = splits.train
     if d.subset:
         train = train.subset(d.subset, seed=cfg.train.seed)
@@ -68,15 +70,51 @@ def load_transfer(cfg: RunConfig, data: DataSplits) -> ArrayDataset | None:
 
 # -- models --------------------------------------------------------------------------------
 def build_model(name: str, kwargs: dict, data: DataSplits, checkpoint: str | None = None,
-                trust: bool = False, what: str = "model") -> nn.Module:
+                trust: bool = False, what: str = "model", trust_code: TrustCode = True,
+                source: str | None = None, log=None, adapt=None) -> nn.Module:
     """A zoo model for ``data`` (its classes and input shape), with ``checkpoint``'s weights
-    when given, checked by one probe forward."""
+    when given, checked by one probe forward.
+
+    ``trust_code``: ``True`` for a config the user gave (their names are theirs to run);
+    ``False`` for a config read from a run folder (``source``), where an importable factory
+    is refused (see :func:`kdistill.models.require_trusted`). ``log`` gets one line saying
+    what was loaded; ``adapt`` (a module wrapper, see :mod:`kdistill.teacher_input`) is
+    applied before the probe.
+    """
+    require_trusted(name, kwargs, trust_code, source or f"The {what}'s config")
     kw = dict(kwargs)  # an explicit num_classes / input_shape wins; check_model then reports a mismatch
-    model = create_model(name, kw.pop("num_classes", data.num_classes), tuple(kw.pop("input_shape", data.input_shape)), **kw)
+    shape = adapt.input_shape(data.input_shape) if adapt is not None else data.input_shape
+    model = create_model(name, kw.pop("num_classes", data.num_classes), tuple(kw.pop("input_shape", shape)),
+                         trust_code=trust_code, **kw)
     if checkpoint:
-        load_into(model, load_weights(checkpoint, trust=trust), what)
+        info = load_into(model, load_weights(checkpoint, trust=trust), what)
+        if log is not None:
+            how = f"; key prefixes mapped: {' '.join(info['mapped'])}" if info["mapped"] else ""
+            log(f"Loaded the {what} {name} from {checkpoint} ({info['tensors']} tensors{how}).")
+    if adapt is not None:
+        model = adapt(model)
     check_model(model, data, what)
     return model
+
+
+def named_models(cfg: RunConfig) -> frozenset[str]:
+    """Every model name a config gives (student, teacher, ensemble members, a scheme's
+    models): the names a user who passed this config asked to run, wherever the run's own
+    files name them again (``trust_code`` of :func:`kdistill.runs.load_saved`)."""
+    found: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k == "model" and isinstance(v, str):
+                    found.add(v)
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(cfg.model_dump(mode="json"))
+    return frozenset(found)
 
 
 def check_model(model: nn.Module, data: DataSplits, what: str) -> None:
@@ -123,8 +161,19 @@ def with_num_data(method: Any, num_data: int) -> Any:
     return [fill(t) for t in method] if isinstance(method, list) else fill(method)
 
 
-def teacher_from_checkpoints(t: TeacherConfig, data: DataSplits, trust: bool = False) -> Teacher:
-    """The teacher of a config whose model (or every ensemble member) has a checkpoint."""
+def teacher_adapter(t: TeacherConfig | None):
+    """A wrapper that gives the teacher's network its own input format (``teacher.input``),
+    or ``None`` when the teacher takes the data as it is."""
+    if t is None or t.input is None:
+        return None
+    return Adapter(InputSpec.make(**t.input.model_dump()))
+
+
+def teacher_from_checkpoints(t: TeacherConfig, data: DataSplits, trust: bool = False, trust_code: TrustCode = True,
+                             source: str | None = None) -> Teacher:
+    """The teacher of a config whose model (or every ensemble member) has a checkpoint.
+    ``trust_code`` and ``source``: as for :func:`build_model` (``False`` for a config read
+    from a run folder)."""
     members = t.ensemble or [t]
     missing = [i for i, m in enumerate(members) if not m.checkpoint]
     if t.cache is not None or missing:
@@ -133,8 +182,8 @@ def teacher_from_checkpoints(t: TeacherConfig, data: DataSplits, trust: bool = F
             "runs/<run>/teacher/model.safetensors from an earlier `kdistill train`."
         )
     many = len(members) > 1
-    modules = [build_model(m.model, m.kwargs, data, m.checkpoint, trust, f"teacher member {i}" if many else "teacher")
-               for i, m in enumerate(members)]
+    modules = [build_model(m.model, m.kwargs, data, m.checkpoint, trust, f"teacher member {i}" if many else "teacher",
+                           trust_code, source, adapt=teacher_adapter(t)) for i, m in enumerate(members)]
     if not many:
         return ModuleTeacher(modules[0], data.num_classes)
     return EnsembleTeacher(modules, t.combine)

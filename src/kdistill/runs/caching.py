@@ -8,7 +8,7 @@ from typing import Any
 
 from ..cache import cache_teacher
 from ..config import RunConfig
-from ..data import Augment
+from ..data import Augment, views_augment
 from ..devices import resolve_device
 from ..errors import ConfigError
 from .build import prepare_data, teacher_from_checkpoints
@@ -37,6 +37,8 @@ def cache_from_config(
     data = prepare_data(cfg)
     teacher = teacher_from_checkpoints(t, data, trust)
     a = cfg.data.augment
+    # a recipe's replayable part (RandomResizedCrop + flip) are the views (FKD); else shift/flip
+    aug = views_augment(cfg.data.recipe, data.input_shape) if cfg.data.recipe is not None else Augment(a.shift, a.flip)
     evals = {"test": data.test} | ({"val": data.val} if data.val is not None else {})
     return cache_teacher(
         teacher,
@@ -46,7 +48,7 @@ def cache_from_config(
         topk=topk,
         dtype=dtype,
         views=views,
-        augment=Augment(a.shift, a.flip),
+        augment=aug,
         seed=cfg.train.seed,
         eval_sets=evals,
         batch_size=batch_size or cfg.data.eval_batch_size,

@@ -49,7 +49,7 @@ def save_model(run_dir: Path, model: nn.Module, record: dict[str, Any]) -> None:
     if not is_main_process():
         return
     run_dir = Path(run_dir)
-    tmp = run_dir / ".model.safetensors.tmp"
+    tmp = run_dir / f".model.safetensors.{os.getpid()}.tmp"
     save_file(state_dict_tensors(model), str(tmp))
     tmp.replace(run_dir / "model.safetensors")
     atomic_write_json(run_dir / "model.json", record)
@@ -63,6 +63,19 @@ def run_dir_for(cfg: RunConfig, run_dir: str | Path | None, label: str | None = 
     what = label or "+".join(cfg.method_names())
     name = cfg.output.name or f"{time.strftime('%Y%m%d-%H%M%S')}-{what}-{cfg.student.model.replace(':', '_')}"
     return Path(cfg.output.dir) / name
+
+
+def check_resumable(cfg: RunConfig, run_dir: str | Path | None = None) -> Path:
+    """The folder ``--resume`` would continue, or a :class:`ConfigError` when there is none
+    (a misspelt folder would otherwise start a fresh run silently)."""
+    label = (cfg.scheme or {}).get("name") if cfg.scheme else None
+    path = run_dir_for(cfg, run_dir, label)
+    if not path.is_dir():
+        hint = "" if run_dir is not None or cfg.output.name else (
+            " Without output.name each run gets a new time-stamped folder: pass the folder with --run-dir.")
+        raise ConfigError(f"--resume: {path} does not exist, so there is nothing to resume.{hint} "
+                          "Drop --resume to start a new run.")
+    return path
 
 
 def open_run_dir(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = False,

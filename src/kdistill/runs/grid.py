@@ -185,7 +185,7 @@ def plan_sweep(cfg: RunConfig, grid: dict[str, list[Any]], seeds: list[int]) -> 
 def teacher_key(cell: Cell, mode: str) -> str | None:
     """Cells with the same key share one trained teacher; ``None``: nothing to train."""
     t = cell.cfg.teacher
-    if t is None or t.cache is not None:
+    if t is None or t.kind != "default" or t.cache is not None:  # a registered kind makes its own
         return None
     if (t.model is not None and t.checkpoint) or (t.ensemble and all(m.checkpoint for m in t.ensemble)):
         return None

@@ -1,8 +1,8 @@
-"""Distillation schemes: multi-stage or multi-network training (``scheme:`` in a config).
+"""Distillation schemes: multi-step or multi-network training (``scheme:`` in a config).
 
 ``run_scheme(cfg)`` dispatches on ``cfg.scheme["name"]``; ``kdistill list schemes`` prints
-the registry. Each scheme writes one run folder with a subfolder per stage or model (each
-with its ``results.json``) and a top-level ``results.json`` reporting every stage.
+the registry. Each scheme writes one run folder with a subfolder per step or model (each
+with its ``results.json``) and a top-level ``results.json`` reporting every step.
 
 * ``ensemble`` - N teachers differing only in initialisation, combined, distilled (Hinton et al. 2015)
 * ``takd`` - teacher -> assistant(s) -> student (Mirzadeh et al. 2019)
@@ -15,15 +15,21 @@ with its ``results.json``) and a top-level ``results.json`` reporting every stag
 """
 
 from . import ban, byot, dml, ensemble, one, specialists, takd, transfer  # noqa: F401  (register)
-from ._common import SchemeContext
-from ._registry import SCHEMES, Scheme, SchemeConfig, parse_settings, register_scheme, run_scheme
+from ._common import ModelSpec, SchemeContext, as_model, deployable, model_path, summary
+from ._registry import SCHEMES, Scheme, SchemeConfig, check_run, parse_settings, register_scheme, run_scheme
 
 __all__ = [
     "SCHEMES",
+    "ModelSpec",
     "Scheme",
     "SchemeConfig",
     "SchemeContext",
+    "as_model",
+    "check_run",
+    "deployable",
+    "model_path",
     "parse_settings",
     "register_scheme",
     "run_scheme",
+    "summary",
 ]

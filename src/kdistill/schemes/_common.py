@@ -1,4 +1,8 @@
-"""What every scheme shares: its context, stages run as normal runs, and model folders."""
+"""What every scheme shares: its context, steps run as normal runs, and model folders.
+
+A scheme's *step* is one of its trainings (a generation, a teacher in a chain, a member);
+its results.json keeps the historical key ``stages`` for them, and ``stage`` elsewhere means
+a network's depth stage."""
 
 from __future__ import annotations
 
@@ -50,7 +54,7 @@ class SchemeContext:
 
     @property
     def data(self) -> DataSplits:
-        """The run's data (loaded once, as every stage's run loads it)."""
+        """The run's data (loaded once, as every step's run loads it)."""
         if self._data is None:
             self._data = prepare_data(self.cfg)
         return self._data
@@ -60,7 +64,7 @@ class SchemeContext:
         return self.cfg.teacher_train() if self.cfg.teacher is not None else self.cfg.train
 
     def finished(self, name: str) -> dict[str, Any] | None:
-        """A stage's results when ``--resume`` finds it finished, else None."""
+        """A step's results when ``--resume`` finds it finished, else None."""
         path = self.run_dir / name / "results.json"
         if self.resume and path.is_file():
             try:
@@ -71,7 +75,7 @@ class SchemeContext:
             return out | {"run_dir": str(path.parent)}
         return None
 
-    def run_stage(
+    def run_step(
         self,
         name: str,
         student: ModelConfig,
@@ -80,9 +84,9 @@ class SchemeContext:
         train: TrainConfig | None = None,
         transfer: dict | None = None,
     ) -> dict[str, Any]:
-        """Run one stage as a normal run (``run_experiment``) in ``run_dir/name``.
+        """Run one step as a normal run (``run_experiment``) in ``run_dir/name``.
 
-        Without a teacher the stage trains ``student`` from scratch with cross-entropy.
+        Without a teacher the step trains ``student`` from scratch with cross-entropy.
         """
         done = self.finished(name)
         if done is not None:
@@ -161,6 +165,7 @@ class SchemeContext:
             aug,
             None,
             self.log,
+            role=name,
         )
         return trainer.fit(resume=self.resume)
 
@@ -206,7 +211,7 @@ def teacher_label(t: TeacherConfig) -> str:
 
 
 def model_path(stage: dict[str, Any]) -> str:
-    """The deployable weights of a finished stage."""
+    """The deployable weights of a finished step."""
     path = Path(stage["run_dir"]) / "model.safetensors"
     if not path.is_file():
         raise ConfigError(
@@ -216,7 +221,7 @@ def model_path(stage: dict[str, Any]) -> str:
 
 
 def summary(stage: dict[str, Any]) -> dict[str, Any]:
-    """One line of the top-level report for a stage: where it is and its test accuracy."""
+    """One line of the top-level report for a step: where it is and its test accuracy."""
     fin = stage.get("final", {}).get("test", {})
     best = stage.get("best", {}).get("test", {})
     s = stage.get("student", {})
@@ -231,7 +236,7 @@ def summary(stage: dict[str, Any]) -> dict[str, Any]:
 
 
 def deployable(stage: dict[str, Any]) -> dict[str, Any]:
-    """The keys of the deployed stage that ``kdistill train`` prints (student, teacher, final)."""
+    """The keys of the deployed step that ``kdistill train`` prints (student, teacher, final)."""
     return {k: stage[k] for k in ("student", "teacher", "final", "best") if k in stage}
 
 

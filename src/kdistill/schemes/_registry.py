@@ -1,12 +1,13 @@
-"""The scheme registry and :func:`run_scheme`, the one entry point of multi-stage training.
+"""The scheme registry and :func:`run_scheme`, the one entry point of multi-step training.
 
 A *scheme* trains more than one network for one result: a chain of teachers (TAKD), a
 line of generations (born-again networks), peers trained together (DML, ONE), a network
 with early exits (BYOT), specialists beside a generalist, or a student on a transfer set.
 Each is a class registered here with a typed ``Config`` (pydantic, unknown keys refused
 with the closest valid one) and a ``run(ctx, settings)`` that writes one run folder: a
-subfolder per stage or model (each a normal run folder with ``results.json``) and a
-top-level ``results.json`` that reports every stage.
+subfolder per step or model (each a normal run folder with ``results.json``) and a
+top-level ``results.json`` that reports every step (under the key ``stages``, kept for
+existing run folders).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from .._registry import Registry
 from ..config import ModelConfig, RunConfig
 from ..errors import ConfigError, did_you_mean
-from ..runs import open_run_dir, write_json
+from ..runs import open_run_dir, preflight, write_json
 from ._common import SchemeContext
 
 
@@ -39,7 +40,7 @@ class Scheme(ABC):
 
     @abstractmethod
     def run(self, ctx: SchemeContext, settings: Any) -> dict[str, Any]:
-        """Run every stage and return the top-level results."""
+        """Run every step and return the top-level results."""
 
 
 SCHEMES: Registry[type[Scheme]] = Registry("scheme")
@@ -91,6 +92,47 @@ def parse_settings(name: str, raw: dict[str, Any]) -> Any:
         raise ConfigError("Invalid scheme settings:\n  " + "\n  ".join(lines)) from None
 
 
+def scheme_models(settings: BaseModel) -> list[tuple[str, ModelConfig]]:
+    """Every model a scheme's settings name (fields typed with :class:`ModelConfig`, given
+    as a zoo name or a mapping), labelled ``scheme.<field>[i]``, for the preflight check."""
+    out: list[tuple[str, ModelConfig]] = []
+    for key, info in type(settings).model_fields.items():
+        if "ModelConfig" not in str(info.annotation):
+            continue
+        value = getattr(settings, key)
+        values = value if isinstance(value, list) else [value]
+        for i, v in enumerate(values):
+            if v is None:
+                continue
+            label = f"scheme.{key}" + (f"[{i}]" if isinstance(value, list) else "")
+            out.append((label, ModelConfig(model=v) if isinstance(v, str) else v))
+    return out
+
+
+def scheme_settings(cfg: RunConfig) -> tuple[str, Any]:
+    """The scheme's name and typed settings from ``cfg.scheme``, or a :class:`ConfigError`."""
+    raw = dict(cfg.scheme or {})
+    if "name" not in raw:
+        raise ConfigError(f"The scheme section needs a 'name'; known schemes: {', '.join(SCHEMES.names())}.")
+    name = raw.pop("name")
+    if name not in SCHEMES:
+        raise ConfigError(
+            f"Unknown scheme {name!r}.{did_you_mean(str(name), SCHEMES.names())} "
+            f"Known schemes: {', '.join(SCHEMES.names())}."
+        )
+    settings = parse_settings(name, raw)
+    return name, settings
+
+
+def check_run(cfg: RunConfig, trust: bool = False, log: Callable[[str], None] | None = None):
+    """``kdistill train --check``: the preflight check of a plain run, or of a scheme (its
+    typed settings and every model it names), training nothing."""
+    if not cfg.scheme:
+        return preflight(cfg, trust, log)
+    _, settings = scheme_settings(cfg)
+    return preflight(cfg, trust, log, extra_models=scheme_models(settings), scheme=True)
+
+
 def run_scheme(
     cfg: RunConfig,
     run_dir: str | Path | None = None,
@@ -103,20 +145,12 @@ def run_scheme(
     Args:
         cfg: the run's config; ``cfg.scheme`` holds ``name`` and the scheme's settings.
         run_dir: the run folder (default ``output.dir/output.name``).
-        resume: reuse finished stages and continue an unfinished one from its checkpoint.
+        resume: reuse finished steps and continue an unfinished one from its checkpoint.
         log: prints one line.
         trust: allow checkpoints that need pickle.
     """
-    raw = dict(cfg.scheme or {})
-    if "name" not in raw:
-        raise ConfigError(f"The scheme section needs a 'name'; known schemes: {', '.join(SCHEMES.names())}.")
-    name = raw.pop("name")
-    if name not in SCHEMES:
-        raise ConfigError(
-            f"Unknown scheme {name!r}.{did_you_mean(str(name), SCHEMES.names())} "
-            f"Known schemes: {', '.join(SCHEMES.names())}."
-        )
-    settings = parse_settings(name, raw)
+    name, settings = scheme_settings(cfg)
+    preflight(cfg, trust, log, extra_models=scheme_models(settings), scheme=True)
     run_dir = open_run_dir(cfg, run_dir, resume, name)
     ctx = SchemeContext(cfg, run_dir, resume, log, trust)
     result = SCHEMES.get(name)().run(ctx, settings)

@@ -42,10 +42,10 @@ class BornAgain(Scheme):
         for k in range(s.generations + 1):
             init = ctx.init_checkpoint(spec, ctx.cfg.train.seed + 1000 * k, f"gen{k}")
             if k == 0:
-                res = ctx.run_stage("gen0", init, train=ctx.scratch_train())
+                res = ctx.run_step("gen0", init, train=ctx.scratch_train())
             else:
                 teacher = TeacherConfig(model=spec.model, kwargs=spec.kwargs, checkpoint=model_path(gens[-1]))
-                res = ctx.run_stage(f"gen{k}", init, teacher)
+                res = ctx.run_step(f"gen{k}", init, teacher)
             gens.append(res)
             stages[f"gen{k}"] = summary(res)
 

@@ -35,8 +35,7 @@ from ..data import DataSplits
 from ..engine.checkpoint import load_into, load_weights
 from ..errors import ConfigError
 from ..losses import hard_label_ce, kl_to_targets
-from ..methods import Distiller
-from ..methods._base import Context, Method
+from ..methods import Context, Distiller, Method
 from ..models import default_taps
 from ..runs import build_model, model_record, save_model, write_json
 from ..runs.saved import model_from_record, read_model_record
@@ -205,12 +204,13 @@ class ExitModel(nn.Module):
         raise ConfigError(f"Exit tap {self.tap!r} never ran in the forward pass.")
 
 
-def load_exit(folder: str | Path, trust: bool = False) -> nn.Module:
-    """Rebuild an exported exit from its folder (``model.json`` + ``model.safetensors``)."""
+def load_exit(folder: str | Path, trust: bool = False, trust_code: bool = False) -> nn.Module:
+    """Rebuild an exported exit from its folder (``model.json`` + ``model.safetensors``);
+    ``trust_code`` allows a ``model.json`` naming an importable model factory."""
     folder = Path(folder)
     meta = read_model_record(folder, "BYOT exit")
     shape, k = tuple(meta["input_shape"]), meta["num_classes"]
-    base = model_from_record(meta)
+    base = model_from_record(meta, trust_code, folder / "model.json")
     if meta.get("exit_tap") is None:
         model = base
     else:

@@ -26,8 +26,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..losses import hard_label_ce
-from ..methods import Distiller
-from ..methods._base import Context, Method
+from ..methods import Context, Distiller, Method
 from ..runs import build_model
 from ._common import ModelSpec, SchemeContext, as_model, safe_name, save_members
 from ._registry import Scheme, SchemeConfig, register_scheme

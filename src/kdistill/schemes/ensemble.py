@@ -47,7 +47,7 @@ class EnsembleScheme(Scheme):
         stages, members = {}, []
         for i in range(s.members):
             init = ctx.init_checkpoint(spec, ctx.cfg.train.seed + s.seed_stride * (i + 1), f"member{i}")
-            res = ctx.run_stage(f"member{i}", init, train=ctx.scratch_train())
+            res = ctx.run_step(f"member{i}", init, train=ctx.scratch_train())
             stages[f"member{i}"] = summary(res)
             members.append(spec.model_copy(update={"checkpoint": model_path(res)}))
         teacher = TeacherConfig(ensemble=members, combine=s.combine)
@@ -56,7 +56,7 @@ class EnsembleScheme(Scheme):
         stages["ensemble"] = evaluate_ensemble(ctx, models, s.combine, [m.checkpoint for m in members],
                                                f"{s.members} x {spec.model}")
 
-        student = ctx.run_stage("student", ctx.cfg.student, teacher)
+        student = ctx.run_step("student", ctx.cfg.student, teacher)
         stages["student"] = summary(student)
         return {"stages": stages, **deployable(student)}
 

@@ -38,8 +38,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..losses import hard_label_ce, kl_to_targets
-from ..methods import Distiller
-from ..methods._base import Context, Method
+from ..methods import Context, Distiller, Method
 from ..models import default_taps
 from ..runs import build_model, save_model
 from ..taps import resolve, split_tap

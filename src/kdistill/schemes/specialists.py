@@ -203,7 +203,7 @@ class Specialists(Scheme):
         else:
             spec = cfg.student
         if spec.checkpoint is None:
-            gen_res = ctx.run_stage("generalist", spec, train=ctx.scratch_train())
+            gen_res = ctx.run_step("generalist", spec, train=ctx.scratch_train())
             spec = spec.model_copy(update={"checkpoint": model_path(gen_res)})
             gen_summary = summary(gen_res)
         else:

@@ -41,11 +41,11 @@ def run_chain(ctx: SchemeContext, chain: list[ModelConfig], prefix: str = "") ->
             if spec.checkpoint is not None:
                 results.append(_given(ctx, name, spec))
                 continue
-            res = ctx.run_stage(name, spec, train=ctx.scratch_train())
+            res = ctx.run_step(name, spec, train=ctx.scratch_train())
         else:
             prev = chain[i - 1]
             teacher = TeacherConfig(model=prev.model, kwargs=prev.kwargs, checkpoint=model_path(results[-1]))
-            res = ctx.run_stage(name, spec, teacher)
+            res = ctx.run_step(name, spec, teacher)
         results.append(res)
     return results
 
@@ -118,9 +118,9 @@ def run_study(
     rows = []
     for t in teachers:
         t_spec = ModelConfig(model=t)
-        teacher = ctx.run_stage(f"teacher-{t}", t_spec, train=ctx.scratch_train())
+        teacher = ctx.run_step(f"teacher-{t}", t_spec, train=ctx.scratch_train())
         t_cfg = TeacherConfig(model=t, checkpoint=model_path(teacher))
-        direct = ctx.run_stage(f"direct-{t}", s_spec, t_cfg)
+        direct = ctx.run_step(f"direct-{t}", s_spec, t_cfg)
         row = {
             "teacher": t,
             "teacher_params": teacher["student"]["params"],
@@ -131,8 +131,8 @@ def run_study(
             "student_via_assistant_acc": None,
         }
         if teacher["student"]["params"] > _params(ctx, a_spec) and t != assistant:
-            ta = ctx.run_stage(f"ta-{t}", a_spec, t_cfg)
-            via = ctx.run_stage(
+            ta = ctx.run_step(f"ta-{t}", a_spec, t_cfg)
+            via = ctx.run_step(
                 f"via-ta-{t}", s_spec, TeacherConfig(model=assistant, checkpoint=model_path(ta))
             )
             row.update(

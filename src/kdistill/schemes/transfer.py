@@ -117,7 +117,7 @@ class TransferSet(Scheme):
         if teacher.model is not None and teacher.checkpoint is None:
             from ..config import ModelConfig
 
-            res = ctx.run_stage(
+            res = ctx.run_step(
                 "teacher", ModelConfig(model=teacher.model, kwargs=teacher.kwargs), train=ctx.scratch_train()
             )
             teacher = teacher.model_copy(update={"checkpoint": model_path(res)})
@@ -148,7 +148,7 @@ class TransferSet(Scheme):
             # one could read the file while another was rewriting it)
             sync_processes()
             transfer = {"source": "npz", "path": str(path), "size": size}
-        student = ctx.run_stage("student", cfg.student, teacher, transfer=transfer)
+        student = ctx.run_step("student", cfg.student, teacher, transfer=transfer)
         stages["student"] = summary(student)
         return {
             "stages": stages,

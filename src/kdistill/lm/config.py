@@ -1,0 +1,180 @@
+"""The configuration of a causal-LM run (``task: causal-lm``), separate from the image one.
+
+It reuses the ``train`` and ``output`` sections and the method check of
+:mod:`kdistill.config`; ``data``, ``teacher``, ``student`` and ``lm`` are its own::
+
+    task: causal-lm
+    data: {train: corpus.txt, val_split: 0.1, block_size: 64, batch_size: 16}
+    tokenizer: byte                       # or hf:PATH; default: the student's hf: folder
+    teacher: {model: hf:teacher_folder}   # or hf-config + kwargs (trained first, in the run)
+    student: {model: hf-config, kwargs: {model_type: llama, hidden_size: 64, num_hidden_layers: 1}}
+    method: {name: gkd, beta: 0.5}
+    lm: {regime: supervised}              # or sequence, on_policy (lmbda, max_new_tokens...)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from ..config import OutputConfig, Strict, TrainConfig, _format_errors, _set, check_method, parse_override
+from ..errors import ConfigError
+
+TASK = "causal-lm"
+
+
+class LMDataConfig(Strict):
+    """Text from local files.
+
+    ``train`` / ``val``: a ``.txt`` file (or a folder of them), packed into blocks of
+    ``block_size`` tokens, or a ``.jsonl`` file of ``{"prompt", "completion"}`` (loss on the
+    completion only) or ``{"text"}`` records. ``separator``: a line that splits a text file
+    into documents (``"%"`` for fortune files), each ended by the end-of-text token.
+    """
+
+    train: str
+    val: str | None = None
+    val_split: Annotated[float, Field(ge=0.0, le=0.9)] = 0.1
+    block_size: Annotated[int, Field(ge=4, le=1 << 16)] = 128
+    batch_size: Annotated[int, Field(ge=1, le=1 << 16)] = 16
+    eval_batch_size: Annotated[int, Field(ge=1, le=1 << 16)] = 64
+    max_blocks: Annotated[int, Field(ge=1)] | None = None
+    separator: str | None = None
+    split_seed: int = 0
+
+
+class LMModelConfig(Strict):
+    """``model``: ``hf:PATH`` (a local Hugging Face folder: config, weights, tokenizer),
+    ``hf-config`` with ``kwargs`` (a config built in the process: ``model_type`` plus its
+    settings; ``vocab_size`` defaults to the tokenizer's), or ``hf-config:{json}``."""
+
+    model: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("model")
+    @classmethod
+    def _kind(cls, v: str) -> str:
+        if not (v.startswith("hf:") or v == "hf-config" or v.startswith("hf-config:")):
+            raise ValueError(f"an LM model is 'hf:PATH', 'hf-config' (with kwargs) or 'hf-config:{{json}}'; got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _train(self):
+        TrainConfig(**self.train)
+        return self
+
+
+class LMConfig(Strict):
+    """How the student learns from the teacher.
+
+    * ``supervised``: token-level KD on the dataset's text (off-policy).
+    * ``sequence``: the teacher writes completions for every training prompt once (Kim &
+      Rush 2016), stored in the run folder as a transfer set; the student trains on them.
+    * ``on_policy``: each batch, with probability ``lmbda``, is replaced by the student's
+      own samples from the batch's prompts, scored by the teacher (GKD, Agarwal et al. 2024).
+
+    Prompts: a JSONL record's prompt; for packed text the first ``prompt_tokens`` tokens of
+    each block. Completions fill the block (``block_size - prompt length`` tokens) unless
+    ``max_new_tokens`` is smaller. Defaults as TRL's GKDConfig: lmbda 0.5, sampling
+    temperature 0.9.
+    """
+
+    regime: Literal["supervised", "sequence", "on_policy"] = "supervised"
+    lmbda: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    prompt_tokens: Annotated[int, Field(ge=1)] = 16
+    max_new_tokens: Annotated[int, Field(ge=1)] | None = None
+    gen_temperature: Annotated[float, Field(ge=0.0, le=100.0)] = 0.9
+    #: sequence-level KD: greedy teacher completions (Kim & Rush's beam of 1) or sampled
+    greedy: bool = True
+    #: supervised regime: train from a top-k cache of the teacher's next-token
+    #: log-probabilities (k per token) instead of the live teacher (see kdistill.lm.cache)
+    cache_k: Annotated[int, Field(ge=1)] | None = None
+    #: where the cache is written, or reused when it matches (default: <run>/teacher_cache)
+    cache_dir: str | None = None
+    #: fixed prompts whose student completions the results show
+    sample_prompts: list[str] = Field(default_factory=list)
+
+
+class LMRunConfig(Strict):
+    task: Literal["causal-lm"] = TASK
+    data: LMDataConfig
+    tokenizer: str | None = None
+    teacher: LMModelConfig | None = None
+    student: LMModelConfig
+    method: dict[str, Any] | list[dict[str, Any]] = Field(default_factory=lambda: {"name": "forward_kl"})
+    lm: LMConfig = Field(default_factory=LMConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @field_validator("method")
+    @classmethod
+    def _methods(cls, v):
+        check_method(v)
+        return v
+
+    @model_validator(mode="after")
+    def _cache_regime(self):
+        if self.lm.cache_k is not None and self.lm.regime != "supervised":
+            raise ValueError("lm.cache_k (a teacher cache) needs lm.regime: supervised; sequence-level and "
+                             "on-policy runs score new text with the live teacher")
+        return self
+
+    @field_validator("tokenizer")
+    @classmethod
+    def _tok(cls, v):
+        if v is not None and v != "byte" and not v.startswith("hf:"):
+            raise ValueError(f"tokenizer is 'byte' or 'hf:PATH' (a local folder); got {v!r}")
+        return v
+
+    def method_terms(self) -> list[dict[str, Any]]:
+        m = self.method
+        return [dict(m)] if isinstance(m, dict) else [dict(t) for t in m]
+
+    def teacher_train(self) -> TrainConfig:
+        base = self.train.model_dump()
+        base.update(self.teacher.train if self.teacher else {})
+        return TrainConfig(**base)
+
+
+def is_lm_config(path: str | Path | None, overrides=()) -> bool:
+    """Whether a config file (with overrides) asks for ``task: causal-lm``."""
+    task = None
+    if path is not None and Path(path).is_file():
+        try:
+            raw = yaml.safe_load(Path(path).read_text())
+        except (yaml.YAMLError, UnicodeDecodeError):
+            return False
+        task = raw.get("task") if isinstance(raw, dict) else None
+    for text in overrides:
+        key, value = parse_override(text)
+        if key == "task":
+            task = value
+    return task == TASK
+
+
+def load_lm_config(path: str | Path | None = None, overrides=(), base: dict | None = None) -> LMRunConfig:
+    """Read, override and validate a causal-LM run config (errors as for image runs)."""
+    raw: Any = dict(base or {})
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"Config file {str(p)!r} not found.")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{p} is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"A config must be a mapping of sections, got {type(raw).__name__}.")
+    for text in overrides:
+        key, value = parse_override(text)
+        _set(raw, key, value)
+    try:
+        return LMRunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, LMRunConfig)) from None
+    except (TypeError, ValueError, OverflowError, RecursionError) as e:
+        raise ConfigError(f"Invalid configuration: {e}") from None

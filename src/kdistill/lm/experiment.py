@@ -1,0 +1,269 @@
+"""One causal-LM run (``task: causal-lm``): tokenizer, text data, teacher (loaded from a
+local folder, or trained first in the run), the regime (supervised / sequence-level /
+on-policy), the student trained by the same Distiller and Trainer as image runs, and the
+run folder (``config.yaml``, ``metrics.jsonl``, ``results.json``, ``student/`` and
+``teacher/`` as Hugging Face folders usable as ``hf:PATH``)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from ..engine.checkpoint import atomic_write_json, atomic_write_text
+from ..engine.trainer import Trainer
+from ..errors import ConfigError
+from ..methods import Distiller, build_term, create
+from .config import LMRunConfig
+from .data import TokenDataset, load_text_dataset, records_dataset
+from .generate import complete_rows, sample
+from .metrics import lm_metrics
+from .models import CausalLM, build_causal_lm, check_same_tokenizer, folder_tokenizer, load_tokenizer
+from .onpolicy import OnPolicyDistiller
+
+
+def run_dir_for(cfg: LMRunConfig, run_dir: str | Path | None) -> Path:
+    if run_dir is not None:
+        return Path(run_dir)
+    what = "+".join(t.get("name", "?") for t in cfg.method_terms())
+    name = cfg.output.name or f"{time.strftime('%Y%m%d-%H%M%S')}-lm-{cfg.lm.regime}-{what}"
+    return Path(cfg.output.dir) / name
+
+
+def resolve_tokenizer(cfg: LMRunConfig):
+    """The run's tokenizer: ``tokenizer``, else the student's folder's, else the teacher's."""
+    if cfg.tokenizer is not None:
+        return load_tokenizer(cfg.tokenizer)
+    for m in (cfg.student, cfg.teacher):
+        tok = folder_tokenizer(m.model) if m is not None else None
+        if tok is not None:
+            return tok
+    raise ConfigError("No tokenizer: set 'tokenizer: byte' (built in) or 'tokenizer: hf:PATH', or give a model "
+                      "folder (hf:PATH) that holds one.")
+
+
+def load_data(cfg: LMRunConfig, tok) -> tuple[TokenDataset, TokenDataset]:
+    d = cfg.data
+    args = dict(block_size=d.block_size, prompt_tokens=cfg.lm.prompt_tokens, separator=d.separator)
+    train = load_text_dataset(d.train, tok, max_blocks=d.max_blocks, **args)
+    if d.val is not None:
+        return train, load_text_dataset(d.val, tok, **args)
+    if d.val_split <= 0:
+        raise ConfigError("A causal-LM run needs validation text: set data.val or data.val_split > 0.")
+    return train.split(d.val_split, d.split_seed)
+
+
+def train_lm(model: CausalLM, distiller: Distiller, train: TokenDataset, val: TokenDataset, cfg_train, cfg: LMRunConfig,
+             run_dir: Path, resume: bool, log, teacher: CausalLM | None) -> dict[str, Any]:
+    ebs = cfg.data.eval_batch_size
+
+    def metrics_fn(student, ds):
+        device = next(student.parameters()).device
+        return lm_metrics(student, ds, ebs, device, teacher)
+
+    trainer = Trainer(distiller, train, {"val": val}, cfg_train, run_dir, cfg.data.batch_size, ebs, None, None, log,
+                      cfg.model_dump(mode="json"), metrics_fn=metrics_fn)
+    return trainer.fit(resume=resume)
+
+
+def prepare_teacher(cfg: LMRunConfig, tok, train: TokenDataset, val: TokenDataset, run_dir: Path, resume: bool,
+                    log) -> tuple[CausalLM | None, dict[str, Any]]:
+    """The teacher network (frozen by the distiller), trained first with cross-entropy when it
+    is an ``hf-config`` model; saved as ``run_dir/teacher/model`` (reused on ``--resume``)."""
+    t = cfg.teacher
+    if t is None:
+        return None, {}
+    t_tok = folder_tokenizer(t.model) or tok
+    check_same_tokenizer(t_tok, tok, cfg.lm.regime)
+    saved = run_dir / "teacher" / "model"
+    if t.model.startswith("hf:"):
+        net, record = build_causal_lm(t.model, {}, t_tok.vocab_size)
+        net.tokenizer = t_tok
+    elif resume and (saved / "config.json").is_file():
+        net, record = build_causal_lm(f"hf:{saved}", {}, tok.vocab_size)
+        record["trained_in_run"] = True
+    else:
+        tcfg = cfg.teacher_train()
+        net, record = build_causal_lm(t.model, t.kwargs, tok.vocab_size, seed=tcfg.seed, eos_id=tok.eos_id)
+        log(f"Training the teacher ({record['params']:,} parameters) for {tcfg.epochs} epochs.")
+        res = train_lm(net, create("ce", net), train, val, tcfg, cfg, run_dir / "teacher", resume, log, None)
+        net.save(saved, tok)
+        record |= {"trained_in_run": True, "train_time_s": res["train_time_s"]}
+    if t_tok.identity() == tok.identity():  # the same vocabulary: the teacher's perplexity compares
+        record["val"] = lm_metrics(net, val, cfg.data.eval_batch_size, next(net.parameters()).device)
+    return net, record
+
+
+def sequence_transfer(teacher: CausalLM, train: TokenDataset, tok, cfg: LMRunConfig, run_dir: Path, log) -> TokenDataset:
+    """Sequence-level KD (Kim & Rush 2016): the teacher completes every training prompt once
+    (greedy, or sampled at ``lm.gen_temperature``); the completions, stored in
+    ``run_dir/transfer.jsonl`` as token ids, are the student's training set (targets on the
+    completions only). An existing transfer set of the same data is reused."""
+    path = run_dir / "transfer.jsonl"
+    meta_path = run_dir / "transfer.json"
+    fp = train.fingerprint()
+    if path.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()).get("data") == fp:
+        log(f"Reusing the teacher's completions in {path}.")
+    else:
+        g = torch.Generator().manual_seed(cfg.train.seed)
+        temp = 0.0 if cfg.lm.greedy else cfg.lm.gen_temperature
+        t0 = time.perf_counter()
+        lines = []
+        t_tok = getattr(teacher, "tokenizer", tok)
+        if t_tok.identity() != tok.identity():
+            lines = _completions_through_text(teacher, t_tok, train, tok, cfg, temp, g)
+        for b in ([] if lines else train.batches(cfg.data.eval_batch_size)):
+            plen = train.prompt_len[b["index"]]
+            x, y = complete_rows(teacher, b["x"], plen, cfg.lm.max_new_tokens, temp, g, eos_id=tok.eos_id)
+            for row_x, row_y, p in zip(x.tolist(), y.tolist(), plen.tolist()):
+                p = max(int(p), 1)
+                completion = [row_x[t + 1] for t in range(len(row_y)) if row_y[t] != -100]
+                lines.append(json.dumps({"prompt_ids": row_x[:p], "completion_ids": completion}))
+        atomic_write_text(path, "\n".join(lines) + "\n")
+        atomic_write_json(meta_path, {"data": fp, "rows": len(lines), "greedy": cfg.lm.greedy,
+                                      "seconds": round(time.perf_counter() - t0, 2)})
+        log(f"Teacher completions for {len(lines)} prompts written to {path}.")
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return records_dataset(records, tok, train.input_shape[0], "transfer")
+
+
+def _completions_through_text(teacher, t_tok, train: TokenDataset, tok, cfg: LMRunConfig, temp: float, g) -> list[str]:
+    """Teacher completions when its tokenizer differs from the student's: each prompt is
+    decoded to text, encoded with the teacher's tokenizer, completed (one row at a time),
+    and the completion's text encoded with the student's tokenizer."""
+    lines = []
+    device = next(teacher.parameters()).device
+    for i in range(len(train)):
+        p = max(int(train.prompt_len[i]), 1)
+        row = train.take(torch.tensor([i]))["x"][0]
+        prompt_ids = row[:p].tolist()
+        t_ids = t_tok.encode(tok.decode(prompt_ids)) or [t_tok.eos_id]
+        new = cfg.lm.max_new_tokens or (train.input_shape[0] - p)
+        full = sample(teacher, torch.tensor([t_ids], device=device), new, temp, g)[0, len(t_ids):].tolist()
+        if t_tok.eos_id in full:
+            full = full[: full.index(t_tok.eos_id)]
+        completion = tok.encode(t_tok.decode(full))[: train.input_shape[0] - p]
+        lines.append(json.dumps({"prompt_ids": prompt_ids, "completion_ids": completion}))
+    return lines
+
+
+def build_distiller(cfg: LMRunConfig, student: CausalLM, teacher: CausalLM | None, train: TokenDataset, tok) -> Distiller:
+    terms_cfg = cfg.method_terms()
+    if len(terms_cfg) == 1 and cfg.lm.regime != "on_policy":
+        m = dict(terms_cfg[0])
+        return create(m.pop("name"), student, teacher if _needs_teacher(terms_cfg) else None, **m)
+    terms = []
+    for spec in terms_cfg:
+        spec = dict(spec)
+        terms.append(build_term(spec.pop("name"), student, teacher, None, **spec))
+    if cfg.lm.regime == "on_policy":
+        return OnPolicyDistiller(student, teacher, terms, train.prompt_len, cfg.lm.lmbda, cfg.lm.max_new_tokens,
+                                 cfg.lm.gen_temperature, cfg.train.seed, tok.eos_id)
+    return Distiller(student, teacher if _needs_teacher(terms_cfg) else None, terms)
+
+
+def _needs_teacher(terms_cfg) -> bool:
+    from ..methods import METHODS
+
+    return any(METHODS.get(t.get("name")).needs_teacher for t in terms_cfg)
+
+
+def student_samples(student: CausalLM, tok, prompts: list[str], new_tokens: int) -> list[dict[str, str]]:
+    """Greedy completions of fixed prompts (shown in results.json)."""
+    out = []
+    device = next(student.parameters()).device
+    for p in prompts:
+        ids = tok.encode(p) or [tok.eos_id]
+        full = sample(student, torch.tensor([ids], device=device), new_tokens, temperature=0.0)
+        out.append({"prompt": p, "completion": tok.decode(full[0, len(ids):].tolist())})
+    return out
+
+
+def run_lm(cfg: LMRunConfig, run_dir: str | Path | None = None, resume: bool = False,
+           log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train one causal-LM run and return its results (also written to ``results.json``)."""
+    path = run_dir_for(cfg, run_dir)
+    if (path / "results.json").exists() and not resume:
+        raise ConfigError(f"Run folder {path} already holds a finished run; pick another output.name or pass --resume.")
+    path.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    tok = resolve_tokenizer(cfg)
+    check_same_tokenizer(folder_tokenizer(cfg.student.model), tok, "supervised")
+    train, val = load_data(cfg, tok)
+    log(f"Text: {len(train)} training rows ({train.targets():,} target tokens), {len(val)} validation rows.")
+    needs_teacher = _needs_teacher(cfg.method_terms()) or cfg.lm.regime != "supervised"
+    if needs_teacher and cfg.teacher is None:
+        raise ConfigError(f"lm.regime {cfg.lm.regime!r} with method(s) "
+                          f"{[t.get('name') for t in cfg.method_terms()]} needs a teacher section.")
+    teacher, t_record = prepare_teacher(cfg, tok, train, val, path, resume, log) if needs_teacher else (None, {})
+    same_vocab = teacher is not None and getattr(teacher, "tokenizer", tok).identity() == tok.identity()
+    if teacher is not None and not same_vocab and _needs_teacher(cfg.method_terms()):
+        raise ConfigError(
+            "The teacher's tokenizer differs from the student's: sequence-level KD can pass text between them, "
+            "but the token-level method(s) "
+            f"{[t.get('name') for t in cfg.method_terms()]} compare next-token distributions over one vocabulary. "
+            "Use method: {name: ce} (training on the teacher's completions), or one shared tokenizer."
+        )
+    if cfg.lm.regime == "sequence":
+        train = sequence_transfer(teacher, train, tok, cfg, path, log)
+    dist_teacher = teacher
+    if cfg.lm.cache_k is not None:
+        from .cache import LMCachedTeacher, write_lm_cache
+
+        folder = Path(cfg.lm.cache_dir) if cfg.lm.cache_dir else path / "teacher_cache"
+        t_record["cache"] = write_lm_cache(teacher, train, tok, cfg.lm.cache_k, folder, cfg.data.eval_batch_size, log)
+        dist_teacher = LMCachedTeacher(folder, train)
+    student, s_record = build_causal_lm(cfg.student.model, cfg.student.kwargs, tok.vocab_size, seed=cfg.train.seed,
+                                        eos_id=tok.eos_id)
+    distiller = build_distiller(cfg, student, dist_teacher, train, tok)
+    res = train_lm(student, distiller, train, val, cfg.train, cfg, path, resume, log, teacher if same_vocab else None)
+    student.save(path / "student", tok)
+    new = cfg.lm.max_new_tokens or 48
+    result = {
+        "task": "causal-lm",
+        "run_dir": str(path),
+        "regime": cfg.lm.regime,
+        "method": cfg.method_terms(),
+        "tokenizer": tok.kind,
+        "data": {"train_rows": len(train), "val_rows": len(val), "train_tokens": train.targets(),
+                 "val_tokens": val.targets(), "block_size": cfg.data.block_size},
+        "teacher": t_record,
+        "student": s_record,
+        **res,
+        "tokens_per_s": round(res["epochs"] * train.targets() / max(res["train_time_s"], 1e-9), 1),
+        "samples": student_samples(student, tok, cfg.lm.sample_prompts, new) if cfg.lm.sample_prompts else [],
+    }
+    if isinstance(distiller, OnPolicyDistiller):
+        result["on_policy_draws"] = int(distiller.draws)
+    atomic_write_json(path / "results.json", result)
+    return result
+
+
+def evaluate_lm_run(run_dir: str | Path) -> dict[str, Any]:
+    """Re-evaluate a finished causal-LM run's student (and its teacher, when one is at hand
+    with the same tokenizer) on the run's validation text (``kdistill eval``)."""
+    from .config import load_lm_config
+
+    path = Path(run_dir)
+    if not (path / "student" / "config.json").is_file():
+        raise ConfigError(f"{path} holds no finished causal-LM run (no student/ folder).")
+    cfg = load_lm_config(path / "config.yaml")
+    tok = load_tokenizer(f"hf:{path / 'student'}")
+    _, val = load_data(cfg, tok)
+    student, _ = build_causal_lm(f"hf:{path / 'student'}", {}, tok.vocab_size)
+    teacher = None
+    if cfg.teacher is not None:
+        src = cfg.teacher.model if cfg.teacher.model.startswith("hf:") else f"hf:{path / 'teacher' / 'model'}"
+        t_tok = folder_tokenizer(src)
+        if t_tok is not None and t_tok.identity() == tok.identity():
+            teacher, _ = build_causal_lm(src, {}, tok.vocab_size)
+            teacher.eval()
+    out = {"val": lm_metrics(student, val, cfg.data.eval_batch_size, "cpu", teacher)}
+    if teacher is not None:
+        out["teacher_val"] = lm_metrics(teacher, val, cfg.data.eval_batch_size, "cpu")
+    return out
