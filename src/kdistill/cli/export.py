@@ -22,17 +22,18 @@ def export_cmd(
     exporter: Annotated[str, typer.Option(help="ONNX exporter: auto (torch.export, then legacy), dynamo or legacy.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the export.json entry.")] = False,
     trust_code: TrustCodeOpt = False,
-    int8: Annotated[Optional[str], typer.Option("--int8", help="Export the int8 student of `kdistill quantize --method M` (ptq, qat or qad) as ONNX.")] = None,
+    int8: Annotated[bool, typer.Option("--int8", help="Export the run's int8 student (from `kdistill quantize`) as ONNX instead.")] = False,
+    int8_method: Annotated[Optional[str], typer.Option(help="With --int8: which one, ptq, qat or qad (default: qad, else qat, else ptq, whichever exists).")] = None,
 ) -> None:
     """Export the run's student and check it against PyTorch on the test set (writes export.json)."""
-    if int8 is not None:
+    if int8 or int8_method is not None:
         from ..quantize import export_int8
 
-        entry = export_int8(run_dir, int8, format=format, out=out, trust_code=trust_code)
+        entry = export_int8(run_dir, int8_method, format=format, out=out, trust_code=trust_code)
         if as_json:
             print(json.dumps(entry, indent=2))
             return
-        console.print(f"int8 {int8} ONNX: {entry['path']} ({entry['file_bytes']:,} bytes); agreement with int8 "
+        console.print(f"int8 {entry['int8']} ONNX: {entry['path']} ({entry['file_bytes']:,} bytes); agreement with int8 "
                       f"PyTorch {entry['parity']['top1_agreement']:.2%}, with the float student "
                       f"{entry['parity_float']['top1_agreement']:.2%}", highlight=False)
         return

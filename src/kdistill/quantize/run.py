@@ -299,15 +299,21 @@ def load_int8(run_dir: str | Path, method: str = "ptq", trust_code: bool = False
     return Quantized(method, int8, prepared, info), info
 
 
-def export_int8(run_dir: str | Path, method: str = "ptq", format: str = "onnx", out: str | Path | None = None,
-                trust_code: bool = False) -> dict[str, Any]:
+def export_int8(run_dir: str | Path, method: str | None = None, format: str = "onnx",
+                out: str | Path | None = None, trust_code: bool = False) -> dict[str, Any]:
     """Export a run's int8 student as ONNX, with parity against the int8 PyTorch model
     (refused below :data:`MIN_INT8_AGREEMENT`) and the float student (recorded); merges an
-    ``onnx-int8-<method>`` entry into ``RUN/export.json``."""
+    ``onnx-int8-<method>`` entry into ``RUN/export.json``. ``method=None`` takes the QAD
+    student if there is one, else QAT, else PTQ."""
     if format != "onnx":
         raise QuantizeError(f"{FORMAT_HINT}; {format!r} cannot hold PT2E's quantize/dequantize graph "
                             "(TorchScript is deprecated upstream and has no int8 path for it).")
     run_dir = Path(run_dir)
+    if method is None:
+        done = [m for m in ("qad", "qat", "ptq") if (int8_dir(run_dir, m) / "quantize.json").is_file()]
+        if not done:
+            raise QuantizeError(f"{run_dir} has no int8 student; run `kdistill quantize {run_dir} --method ptq` first.")
+        method = done[0]
     q, info = load_int8(run_dir, method, trust_code)
     student, record = load_saved(run_dir, "student", trust_code)
     cfg = _config(run_dir)
