@@ -102,6 +102,9 @@ def main() -> None:
             row[method] = res["test"]["acc_int8"]
             row[f"{method}_agree_teacher"] = res["test"].get("agreement_int8_teacher")
             row[f"{method}_agree_float"] = res["test"]["agreement_int8_float"]
+            row[f"{method}_kd_teacher"] = res["test"].get("kd_int8_teacher")
+            row["float_kd_teacher"] = res["test"].get("kd_float_teacher")
+            row["float_agree_teacher"] = res["test"].get("agreement_float_teacher")
             row[f"{method}_s"] = time.time() - t0
             if "onnx" in res:
                 row[f"{method}_onnx"] = {k: res["onnx"][k] for k in ("bytes", "float_onnx_bytes", "size_ratio",
@@ -109,8 +112,8 @@ def main() -> None:
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if not k.endswith("_onnx")}), flush=True)
 
-    def ms(key):
-        vals = [100 * r[key] for r in rows if r.get(key) is not None]
+    def ms(key, scale=100):
+        vals = [scale * r[key] for r in rows if r.get(key) is not None]
         if not vals:
             return "-"
         return f"{statistics.mean(vals):.2f} ± {statistics.stdev(vals):.2f}" if len(vals) > 1 else f"{vals[0]:.2f}"
@@ -128,7 +131,10 @@ def main() -> None:
     print(f"| dataset | teacher | float student | int8 PTQ | int8 QAT (CE) | int8 QAD (KD) |")
     print("|---|---|---|---|---|---|")
     print(f"| {args.dataset} | {ms('teacher')} | {ms('float')} | {ms('ptq')} | {ms('qat')} | {ms('qad')} |")
-    print(f"agreement with teacher: PTQ {ms('ptq_agree_teacher')}, QAT {ms('qat_agree_teacher')}, QAD {ms('qad_agree_teacher')}")
+    print(f"| agreement with teacher (%) | - | {ms('float_agree_teacher')} | {ms('ptq_agree_teacher')} | "
+          f"{ms('qat_agree_teacher')} | {ms('qad_agree_teacher')} |")
+    print(f"| KD loss to teacher (T=4) | - | {ms('float_kd_teacher', 1)} | {ms('ptq_kd_teacher', 1)} | "
+          f"{ms('qat_kd_teacher', 1)} | {ms('qad_kd_teacher', 1)} |")
     o = rows[0].get("ptq_onnx")
     if o:
         lat = o["latency_ms"]

@@ -30,7 +30,7 @@ CFG = {
 
 
 def _files(run):
-    rows = [{k: v for k, v in json.loads(line).items() if k != "epoch_time_s"}
+    rows = [{k: v for k, v in json.loads(line).items() if k not in ("epoch_time_s", "data_wait_fraction")}
             for line in (run / "metrics.jsonl").read_text().splitlines()]
     return (run / "model.safetensors").read_bytes(), rows
 
@@ -147,3 +147,15 @@ def test_remove_litter_keeps_fresh_old_style_names(tmp_path):
     assert ck.remove_litter(tmp_path) == []
     os.utime(tmp_path / ".last-000000001.abcdefgh", (0, 0))
     assert ck.remove_litter(tmp_path) == [".last-000000001.abcdefgh"]
+
+
+def test_loading_weights_from_a_folder_skips_a_damaged_checkpoint(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    for kind, step, value in (("last", 4, 4.0), ("best", 3, 3.0)):
+        with torch.no_grad():
+            model.weight.fill_(value)
+        ck.save_checkpoint(tmp_path / "checkpoints", kind, step, model, {"epoch": 1, "batch": 0, "step": step})
+    assert float(ck.load_weights(tmp_path)["weight"][0, 0]) == 3.0  # the best one first
+    _corrupt_weights(tmp_path / "checkpoints" / "best-000000003")
+    with pytest.warns(UserWarning, match="Skipping damaged checkpoint.*best-000000003"):
+        assert float(ck.load_weights(tmp_path)["weight"][0, 0]) == 4.0

@@ -330,3 +330,15 @@ def test_cached_crop_views_replay_the_teachers_outputs(folder, tmp_path):
     assert len({v for _, v in seen}) == 3  # every stored view is shown
     with pytest.raises(ConfigError, match="mixup/cutmix"):
         views_augment(RecipeConfig(random_resized_crop=True, mixup=0.2))
+
+
+def test_recipe_on_arrays_undoes_their_normalisation_or_refuses():
+    x = torch.rand(8, 1, 10, 10)
+    m, s = torch.tensor([0.3]), torch.tensor([0.2])
+    arrays = ArrayDataset((x - m) / s, torch.arange(8) % 2, 2, normalization=(m, s))
+    cfg = RecipeConfig(color_jitter={"brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.0})
+    got = next(DeviceLoader(arrays, 8, shuffle=False, augment=cfg).iterate(0))["x"]
+    assert torch.allclose(got, (x - m) / s, atol=1e-5)  # identity jitter: back to the same inputs
+    plain = ArrayDataset(torch.randn(8, 1, 10, 10) * 3, torch.arange(8) % 2, 2)
+    with pytest.raises(DataError, match=r"images in \[0, 1\]"):
+        next(DeviceLoader(plain, 8, augment=RecipeConfig(color_jitter=True)).iterate(0))

@@ -52,7 +52,7 @@ def _weights(run):
 
 def _rows(run):
     """metrics.jsonl without wall-clock timings: a resumed run's record must equal a straight one's."""
-    return [{k: v for k, v in json.loads(line).items() if k != "epoch_time_s"}
+    return [{k: v for k, v in json.loads(line).items() if k not in ("epoch_time_s", "data_wait_fraction")}
             for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 

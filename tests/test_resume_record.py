@@ -27,7 +27,7 @@ CFG = {
     "method": {"name": "kd", "temperature": 4.0, "alpha": 0.9},
     "train": {"epochs": 2, "lr": 0.01, "deterministic": True, "progress": False, "checkpoint_every": 2},
 }
-TIMINGS = {"epoch_time_s", "train_time_s", "latency_ms_cpu_b1", "peak_memory_bytes"}
+TIMINGS = {"epoch_time_s", "train_time_s", "latency_ms_cpu_b1", "peak_memory_bytes", "data_wait_fraction"}
 
 
 def _strip(obj):

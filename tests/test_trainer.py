@@ -95,9 +95,9 @@ class NanEveryThird(Method):
     calls = 0
 
     def forward(self, ctx):
-        type(self).calls += 1
+        self.calls += 1  # per instance: the preflight check runs its own copy once
         loss = torch.nn.functional.cross_entropy(ctx.student_logits, ctx.labels)
-        return loss * float("nan") if type(self).calls % 3 == 0 else loss
+        return loss * float("nan") if self.calls % 3 == 0 else loss
 
 
 def test_non_finite_loss_stops_with_step_and_checkpoint(tiny_cfg, tmp_path):
@@ -150,8 +150,8 @@ def test_lr_schedules(schedule):
         assert set(f[10:]) == {1.0}
 
 
-def test_first_stage_is_capped_at_the_main_training(tiny_cfg, tmp_path):
-    # AB's initialisation stage defaults to 30 epochs; a 2-epoch run runs 2 of them
+def test_first_phase_is_capped_at_the_main_training(tiny_cfg, tmp_path):
+    # AB's initialisation phase defaults to 30 epochs; a 2-epoch run runs 2 of them
     cfg = tiny_cfg(train={"epochs": 2}, method={"name": "ab"},
                    teacher={"model": "mlp", "kwargs": {"hidden": [64]}, "train": {"epochs": 2}},
                    student={"model": "mlp", "kwargs": {"hidden": [8]}})
@@ -160,26 +160,26 @@ def test_first_stage_is_capped_at_the_main_training(tiny_cfg, tmp_path):
     except ShapeError:
         pytest.skip("ab needs maps on this pair")
     rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
-    stage_rows = [r for r in rows if "phase" in r]
-    assert len(stage_rows) == 2 and [r["phase_epoch"] for r in stage_rows] == [0, 1]
+    phase_rows = [r for r in rows if "phase" in r]
+    assert len(phase_rows) == 2 and [r["phase_epoch"] for r in phase_rows] == [0, 1]
 
 
-def test_first_stage_uses_the_runs_optimizer_at_the_stage_learning_rate(tiny_cfg, tmp_path, monkeypatch):
-    """RepDistiller's init stage is an SGD with the main run's momentum and weight decay; an
+def test_first_phase_uses_the_runs_optimizer_at_the_phase_learning_rate(tiny_cfg, tmp_path, monkeypatch):
+    """RepDistiller's init stage (our first phase) is an SGD with the main run's momentum and weight decay; an
     Adam at an SGD-sized learning rate wrecked AB's initialised layers (a resnet8 student at
-    75.8% against 90.4% alone, CPU run of the methods study). The stage must build the run's
+    75.8% against 90.4% alone, CPU run of the methods study). The phase must build the run's
     optimizer, with its settings, at ``init_lr`` or else the run's learning rate."""
-    from kdistill.engine import stages
+    from kdistill.engine import phases
 
     made = []
-    real = stages.make_optimizer
+    real = phases.make_optimizer
 
     def spy(params, cfg, device):
         opt = real(params, cfg, device)
         made.append(opt)
         return opt
 
-    monkeypatch.setattr(stages, "make_optimizer", spy)
+    monkeypatch.setattr(phases, "make_optimizer", spy)
     train = {"epochs": 1, "optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4}
     cfg = tiny_cfg(train=train, method={"name": "fitnet", "hint_epochs": 1, "hint_lr": 0.02},
                    teacher={"model": "mlp", "kwargs": {"hidden": [64]}, "train": {"epochs": 1}},

@@ -132,6 +132,9 @@ def test_the_one_check():
     # foreign zoos are fine, unless told to read a file (timm's checkpoint_path is torch.load)
     assert not runs_code("timm:resnet18", {"drop_rate": 0.1})
     assert runs_code("timm:resnet18", {"checkpoint_path": "evil.pth"})
+    # a saved Hugging Face folder builds a known architecture, unless told to run its own Python
+    assert not runs_code("hf:some/folder", {"new_head": True})
+    assert runs_code("hf:some/folder", {"trust_remote_code": True})
     with pytest.raises(UntrustedCodeError, match="checkpoint_path"):
         require_trusted("timm:resnet18", {"checkpoint_path": "evil.pth"}, False, "x/model.json")
     with pytest.raises(UntrustedCodeError, match="x/model.json names the model factory 'os:system'"):

@@ -43,7 +43,8 @@ def _quiet(_line: str) -> None:
 def _pairs(data: DataLike, what: str) -> tuple[Tensor, Tensor]:
     """``(x, y)`` tensors from any of the accepted data forms."""
     if isinstance(data, ArrayDataset):
-        return data.x, data.y
+        every = data.take(torch.arange(len(data)))  # through the dataset protocol
+        return every["x"], every["y"]
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
         return data[0], data[1]
     if isinstance(data, torch.utils.data.DataLoader):

@@ -323,7 +323,7 @@ def run_bench(
             for path in paths:
                 say(f"bench: {path}: {warmup} warm-up + {steps} timed steps"
                     + (f" (round {rnd + 1}/{repeat})" if repeat > 1 else ""))
-                trainer = opt = None
+                trainer = opt = train_step = None
                 if path == "teacher":
                     model = live_teacher(True, alone=True)
                     batches = _forever(data.loader(batch_size, shuffle=True, seed=seed, device=dev, augment=aug),
@@ -366,7 +366,7 @@ def run_bench(
                         f"{path:10s} {r['images_per_s']:10.1f} img/s  {1e3 * seconds / steps:8.2f} ms/step  "
                         f"peak {r['peak_memory_bytes'] / 2**20:8.1f} MiB" + (f"  (round {rnd + 1}/{repeat})" if repeat > 1 else "")
                     )
-                del model, opt, batches, trainer, step
+                del model, opt, batches, trainer, step, train_step
     finally:
         torch.backends.cudnn.benchmark = cudnn_benchmark
         tmp.cleanup()

@@ -13,6 +13,7 @@ Each limit, when hit, is named in a :class:`ConfigError`.
 
 from __future__ import annotations
 
+import datetime
 import math
 import re
 from pathlib import Path
@@ -369,7 +370,7 @@ def check_structure(doc: Any, where: str = "The config") -> None:
             if len(node) > MAX_STRING:
                 raise ConfigError(f"{where} holds a string of {len(node):,} characters{at}; at most {MAX_STRING:,}.")
             continue
-        if isinstance(node, (dict, list)):
+        if isinstance(node, (dict, list, tuple)):
             if id(node) in ancestors:
                 raise ConfigError(f"{where} refers to itself{at} (a YAML anchor used inside itself).")
             if depth >= MAX_DEPTH:
@@ -381,6 +382,8 @@ def check_structure(doc: Any, where: str = "The config") -> None:
                     raise ConfigError(f"{where} has a key that is not a plain value{at}.")
                 stack.append((v, depth + 1, inner, f"{path}.{k}" if path else str(k)))
             continue
+        if not isinstance(node, (datetime.date, bytes, bytearray, set, frozenset)):
+            continue  # a Python caller's own value (a numpy number, ...): pydantic judges it
         # dates, bytes and sets come from YAML tags; no config setting takes them
         raise ConfigError(f"{where} holds a {type(node).__name__} value{at}; a config holds numbers, "
                           "strings, booleans, lists and mappings.")

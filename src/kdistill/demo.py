@@ -46,7 +46,7 @@ LABELS = {"teacher": "CNN teacher", "scratch": "MLP alone", "kd": "MLP + KD", "k
 
 
 def demo_configs(teacher_ckpt: str, epochs: int | None, seed: int) -> dict[str, dict[str, Any]]:
-    """The three student runs' configs (the teacher is trained by the first stage)."""
+    """The three student runs' configs (the teacher is trained first, by the first run)."""
     data = {"name": "mnist1d", "batch_size": 128}
     train = TRAIN | {"epochs": epochs or STUDENT_EPOCHS, "seed": seed}
     teacher = TEACHER | {"checkpoint": teacher_ckpt}

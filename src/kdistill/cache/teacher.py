@@ -212,8 +212,9 @@ def stored_views(teacher: Any, augment: Augment | None):
         def say(a):
             return ", ".join(f"{k}={v}" for k, v in a.items() if k != "kind") if a else "none"
 
+        key = "data.recipe" if (want or {}).get("kind") else "data.augment"
         raise ConfigError(
-            f"{'data.recipe' if (want or {}).get('kind') else 'data.augment'} ({say(want)}) differs from the augmentation the teacher cache was made with "
+            f"{key} ({say(want)}) differs from the augmentation the teacher cache was made with "
             f"({say(have)}): the student would see inputs the teacher never saw. Set data.augment to match, "
             "or re-create the cache with `kdistill cache-teacher` under this config."
         )

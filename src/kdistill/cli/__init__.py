@@ -7,6 +7,8 @@ paragraph, exit code non-zero, no traceback.
 
 from __future__ import annotations
 
+import warnings
+
 import typer
 
 from ..errors import KdistillError
@@ -26,6 +28,14 @@ from .app import app, err_console
 __all__ = ["app", "main"]
 
 
+def _format_warning(message, category, filename, lineno, line=None, _default=warnings.formatwarning):
+    """kdistill's own warnings (a skipped damaged checkpoint, ...) as one line saying what
+    happened; other libraries' keep their usual form, with where they come from."""
+    if "kdistill" in str(filename):
+        return f"warning: {message}\n"
+    return _default(message, category, filename, lineno, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning user errors into one message and an exit code.
 
@@ -36,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
+    warnings.formatwarning = _format_warning
     try:
         app(args=argv, standalone_mode=False)
     except KdistillError as e:

@@ -25,6 +25,9 @@ register_dataset = DATASETS.register
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 # mean and std of the Fashion-MNIST training pixels in [0, 1]
 FASHION_MEAN, FASHION_STD = 0.2860, 0.3530
+#: Fashion-MNIST's labels 0..9 (Xiao et al. 2017, the dataset's README)
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]
 
 
 def load_dataset(name: str, root: str | None = None, resident: bool | str = "auto",
@@ -109,7 +112,7 @@ def fashion_mnist(root: str | None = None, normalize: bool = True, pad_to: int |
             fill = -FASHION_MEAN / FASHION_STD if normalize else 0.0
             x = torch.nn.functional.pad(x, (p, pad_to - x.shape[-1] - p) * 2, value=fill)
         norm = (torch.tensor([FASHION_MEAN]), torch.tensor([FASHION_STD])) if normalize else None
-        return ArrayDataset(x, y, 10, name, normalization=norm)
+        return ArrayDataset(x, y, 10, name, names=FASHION_CLASSES, normalization=norm)
 
     return DataSplits(
         part("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "fashion-mnist"),

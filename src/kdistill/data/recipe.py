@@ -41,7 +41,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 
 Frac = Annotated[float, Field(ge=0.0, le=1.0)]
 
@@ -132,6 +132,12 @@ class Recipe:
         if self.crop is not None or cfg.auto_augment != "none" or (self.jitter is not None and self.jitter.hue > 0):
             need_kornia()  # at the start, not in the middle of an epoch
 
+    _range_checked = False
+
+    @property
+    def needs_unit_range(self) -> bool:
+        return self.jitter is not None or self.cfg.auto_augment != "none"
+
     @property
     def mixes(self) -> bool:
         return self.cfg.mixup > 0 or self.cfg.cutmix > 0
@@ -157,6 +163,14 @@ class Recipe:
         norm = self._norm(x)
         if normalized_input and norm is not None:
             x = x * norm[1] + norm[0]
+        elif normalized_input and not self._range_checked and self.needs_unit_range:
+            lo, hi = float(x.min()), float(x.max())  # once: a host sync
+            self._range_checked = True
+            if lo < -1e-3 or hi > 1 + 1e-3:
+                raise DataError(
+                    f"data.recipe's colour and auto-augment steps work on images in [0, 1], but this dataset's "
+                    f"inputs range over [{lo:.3g}, {hi:.3g}] and it does not say how they were normalised. "
+                    "Use an image source (which normalises after the recipe) or drop those steps.")
         if x.dim() == 4:
             size = size or (x.shape[-2], x.shape[-1])
             if self.crop is not None:

@@ -272,10 +272,13 @@ def load_weights(path: str | Path, trust: bool = False) -> dict[str, Tensor]:
         if (path / "model.safetensors").is_file():
             return load_weights(path / "model.safetensors")
         ckpts = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-        found = find_checkpoint(ckpts, "best") or find_checkpoint(ckpts, "last")
-        if not found:
-            raise CheckpointError(f"{path}: no model.safetensors and no intact checkpoint inside.")
-        return load_weights(found[0] / "model.safetensors")
+        # the best checkpoint, else the newest; one damaged despite its checksums is skipped
+        for ckpt, _ in intact_checkpoints(ckpts, "best") + intact_checkpoints(ckpts, "last"):
+            try:
+                return load_weights(ckpt / "model.safetensors")
+            except CheckpointError as e:
+                warnings.warn(f"Skipping damaged checkpoint: {e}", stacklevel=2)
+        raise CheckpointError(f"{path}: no model.safetensors and no intact checkpoint inside.")
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {str(path)!r} not found.")
     if path.suffix == ".safetensors":

@@ -1,6 +1,6 @@
-"""Progress you can watch: a heading line per phase and a Rich progress bar per epoch.
+"""Progress you can watch: a heading line per training and a Rich progress bar per epoch.
 
-The bar shows the phase (teacher, a scheme's stage, student), the epoch, optimizer steps
+The bar shows what is trained (its role: teacher, a scheme's step, student), the epoch, optimizer steps
 done of the epoch's, images per second, the time left in the epoch and the running mean of
 the training loss. It is drawn on stderr and only on a terminal (Rich draws nothing live
 into a file or a pipe, so logs keep their one line per epoch), by the main process only,
@@ -21,17 +21,17 @@ from torch import Tensor
 REFRESH_S = 0.25
 
 
-def heading(phase: str, what: str, epochs: int, steps: int, device) -> str:
-    """The line that opens a phase: ``── teacher: convnet4 · 10 epochs × 422 steps · cpu ──``."""
-    return f"── {phase}: {what} · {epochs} epoch{'s' if epochs != 1 else ''} × {steps} steps · {device} ──"
+def heading(role: str, what: str, epochs: int, steps: int, device) -> str:
+    """The line that opens a training of ``role``: ``── teacher: convnet4 · 10 epochs × 422 steps · cpu ──``."""
+    return f"── {role}: {what} · {epochs} epoch{'s' if epochs != 1 else ''} × {steps} steps · {device} ──"
 
 
 class EpochProgress:
     """A transient Rich bar for the steps of one epoch (a no-op when disabled)."""
 
-    def __init__(self, enabled: bool, phase: str, steps_per_epoch: int, epochs: int):
+    def __init__(self, enabled: bool, role: str, steps_per_epoch: int, epochs: int):
         self.enabled = bool(enabled) and sys.stderr.isatty()
-        self.phase, self.steps, self.epochs = phase, steps_per_epoch, epochs
+        self.role, self.steps, self.epochs = role, steps_per_epoch, epochs
         self._bar = None
         self._task = None
 
@@ -52,7 +52,7 @@ class EpochProgress:
             transient=True,
         )
         self._bar.start()
-        self._task = self._bar.add_task(f"{self.phase} {epoch + 1}/{self.epochs}", total=self.steps,
+        self._task = self._bar.add_task(f"{self.role} {epoch + 1}/{self.epochs}", total=self.steps,
                                         completed=done_steps, rate="-", loss="-")
         self._t0, self._images, self._last = time.perf_counter(), 0, 0.0
         self._loss_sum, self._loss_n, self._pending = 0.0, 0, 0

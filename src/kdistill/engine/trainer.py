@@ -118,7 +118,7 @@ class Trainer:
         teacher_logits: teacher logits for each eval set (agreement and KL metrics).
         log: a function that prints one line.
         hparams: the run's config, logged to experiment trackers as hyperparameters.
-        phase: what is trained (``teacher``, ``student``, a scheme's stage): names the
+        role: what is trained (``teacher``, ``student``, a scheme's step): names the
             heading line and the progress bar.
         metrics_fn: ``metrics_fn(student, dataset) -> dict`` replaces the classification
             metrics (a causal LM's perplexity and token accuracy); the dict must hold ``acc``,
@@ -138,11 +138,11 @@ class Trainer:
         teacher_logits: dict[str, Tensor] | None = None,
         log: Callable[[str], None] = print,
         hparams: dict[str, Any] | None = None,
-        phase: str | None = None,
+        role: str | None = None,
         metrics_fn: Callable[[torch.nn.Module, Dataset], dict[str, float]] | None = None,
     ):
         self.distiller = distiller
-        self.phase = phase
+        self.role = role
         self.metrics_fn = metrics_fn
         self.hparams = hparams
         self.cfg = cfg
@@ -289,7 +289,7 @@ class Trainer:
             try:
                 weights, ts = read_resume_point(path, meta)
             except CheckpointError as e:
-                problems.append(str(e))
+                problems.append(str(e).rstrip("."))
                 warnings.warn(f"Skipping damaged checkpoint: {e}", stacklevel=2)
                 continue
             return path, meta, weights, ts
@@ -446,11 +446,11 @@ class Trainer:
         saved_handlers = self._install_signals()
         t_start = time.perf_counter()
         last_good = None
-        phase = self.phase or "training"
+        role = self.role or "training"
         student = type(self.accelerator.unwrap_model(self.model).student).__name__
         terms = " + ".join(m.name for m in distiller.terms)
-        self.log(heading(phase, f"{student} with {terms}", cfg.epochs, steps_per_epoch, self.device))
-        bar = EpochProgress(cfg.progress and self.accelerator.is_main_process, phase, steps_per_epoch, cfg.epochs)
+        self.log(heading(role, f"{student} with {terms}", cfg.epochs, steps_per_epoch, self.device))
+        bar = EpochProgress(cfg.progress and self.accelerator.is_main_process, role, steps_per_epoch, cfg.epochs)
         try:
             while epoch < cfg.epochs:
                 distiller.set_epoch(epoch, cfg.epochs)

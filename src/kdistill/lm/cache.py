@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from ..engine.checkpoint import atomic_write_json
 from ..errors import ConfigError, DataError
-from ..methods._token import TokenTopK
+from ..methods import TokenTopK
 from .data import TokenDataset
 
 FORMAT = "kdistill-lm-topk/1"
@@ -49,7 +49,7 @@ def tokenizer_fingerprint(tok) -> str:
 
 def cache_meta(teacher: torch.nn.Module, data: TokenDataset, tok, k: int) -> dict[str, Any]:
     k = min(int(k), tok.vocab_size)
-    return {"format": FORMAT, "k": k, "vocab": tok.vocab_size, "rows": len(data), "block": int(data.x.shape[1]),
+    return {"format": FORMAT, "k": k, "vocab": tok.vocab_size, "rows": len(data), "block": int(data.input_shape[0]),
             "teacher": module_fingerprint(teacher), "tokenizer": tokenizer_fingerprint(tok), "data": data.fingerprint(),
             "value_dtype": "float16", "index_dtype": "int16" if tok.vocab_size <= 32767 else "int32"}
 

@@ -129,7 +129,7 @@ def sequence_transfer(teacher: CausalLM, train: TokenDataset, tok, cfg: LMRunCon
                                       "seconds": round(time.perf_counter() - t0, 2)})
         log(f"Teacher completions for {len(lines)} prompts written to {path}.")
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return records_dataset(records, tok, train.x.shape[1], "transfer")
+    return records_dataset(records, tok, train.input_shape[0], "transfer")
 
 
 def _completions_through_text(teacher, t_tok, train: TokenDataset, tok, cfg: LMRunConfig, temp: float, g) -> list[str]:
@@ -140,13 +140,14 @@ def _completions_through_text(teacher, t_tok, train: TokenDataset, tok, cfg: LMR
     device = next(teacher.parameters()).device
     for i in range(len(train)):
         p = max(int(train.prompt_len[i]), 1)
-        prompt_ids = train.x[i, :p].tolist()
+        row = train.take(torch.tensor([i]))["x"][0]
+        prompt_ids = row[:p].tolist()
         t_ids = t_tok.encode(tok.decode(prompt_ids)) or [t_tok.eos_id]
-        new = cfg.lm.max_new_tokens or (train.x.shape[1] - p)
+        new = cfg.lm.max_new_tokens or (train.input_shape[0] - p)
         full = sample(teacher, torch.tensor([t_ids], device=device), new, temp, g)[0, len(t_ids):].tolist()
         if t_tok.eos_id in full:
             full = full[: full.index(t_tok.eos_id)]
-        completion = tok.encode(t_tok.decode(full))[: train.x.shape[1] - p]
+        completion = tok.encode(t_tok.decode(full))[: train.input_shape[0] - p]
         lines.append(json.dumps({"prompt_ids": prompt_ids, "completion_ids": completion}))
     return lines
 

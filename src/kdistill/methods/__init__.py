@@ -3,6 +3,7 @@
 from . import ab, at, cc, ce, crd, dist, dkd, fitnet, fsp, ft, kd, nst, pkt, reviewkd, rkd, sp, vid  # noqa: F401  (register)
 from ._base import Context, Distiller, FirstPhase, Method, as_teacher
 from ._registry import METHODS, build_term, create, register_method
+from ._token import TokenTopK
 from .forward_kl import ForwardKL  # noqa: F401  (register the token-level methods)
 from .gkd import GKD  # noqa: F401
 from .reverse_kl import ReverseKL  # noqa: F401
@@ -10,4 +11,4 @@ from .skew_kl import SkewKL  # noqa: F401
 from .skew_reverse_kl import SkewReverseKL  # noqa: F401
 from .tvd import TotalVariation  # noqa: F401
 
-__all__ = ["METHODS", "Context", "Distiller", "FirstPhase", "Method", "as_teacher", "build_term", "create", "register_method"]
+__all__ = ["METHODS", "Context", "Distiller", "FirstPhase", "Method", "as_teacher", "build_term", "create", "register_method", "TokenTopK"]

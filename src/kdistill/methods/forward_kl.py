@@ -16,7 +16,6 @@ from ._token_method import TokenDivergence
 
 @register_method("forward_kl")
 class ForwardKL(TokenDivergence):
-    name = "forward_kl"
     kind = "forward_kl"
 
     @dataclass

@@ -20,7 +20,6 @@ from ._token_method import TokenDivergence
 
 @register_method("gkd")
 class GKD(TokenDivergence):
-    name = "gkd"
     kind = "jsd"
     coef_name = "beta"
 

@@ -16,7 +16,6 @@ from ._token_method import TokenDivergence
 
 @register_method("reverse_kl")
 class ReverseKL(TokenDivergence):
-    name = "reverse_kl"
     kind = "reverse_kl"
 
     @dataclass

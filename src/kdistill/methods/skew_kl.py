@@ -16,7 +16,6 @@ from ._token_method import TokenDivergence
 
 @register_method("skew_kl")
 class SkewKL(TokenDivergence):
-    name = "skew_kl"
     kind = "skew_kl"
     coef_name = "alpha"
 

@@ -14,7 +14,6 @@ from ._token_method import TokenDivergence
 
 @register_method("skew_reverse_kl")
 class SkewReverseKL(TokenDivergence):
-    name = "skew_reverse_kl"
     kind = "skew_reverse_kl"
     coef_name = "alpha"
 

@@ -15,7 +15,6 @@ from ._token_method import TokenDivergence
 
 @register_method("tvd")
 class TotalVariation(TokenDivergence):
-    name = "tvd"
     kind = "tvd"
 
     @dataclass

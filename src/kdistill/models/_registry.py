@@ -39,10 +39,14 @@ MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 register_model = MODELS.register
 
 
-# keyword arguments of timm / torchvision factories that read files (a pickle through
-# torch.load) or fetch weights: refused, like an importable factory, from an untrusted record
+# keyword arguments of timm / torchvision / transformers loaders that read files (a pickle
+# through torch.load), fetch weights or run a model folder's own Python (trust_remote_code):
+# refused, like an importable factory, from an untrusted record
 _LOADING_KWARGS = ("checkpoint_path", "pretrained", "pretrained_cfg", "pretrained_cfg_overlay",
-                   "weights", "weights_backbone", "pretrained_strict", "cache_dir")
+                   "weights", "weights_backbone", "pretrained_strict", "cache_dir",
+                   "trust_remote_code", "code_revision")
+# names built by a foreign zoo's own registry (no import of the user's choosing)
+_FOREIGN = ("timm:", "torchvision:", "hf:")
 
 TrustCode = bool | Collection[str]
 
@@ -50,7 +54,7 @@ TrustCode = bool | Collection[str]
 def runs_code(name: str, kwargs: dict[str, Any] | None = None) -> bool:
     """Whether building ``name`` with ``kwargs`` would import and call code from outside the
     zoo (a ``package.module:factory``) or let a foreign factory read files."""
-    if name.startswith(("timm:", "torchvision:")):
+    if name.startswith(_FOREIGN):
         return any(k in _LOADING_KWARGS for k in (kwargs or {}))
     return ":" in name
 
@@ -70,7 +74,7 @@ def require_trusted(name: str, kwargs: dict[str, Any] | None, trust_code: TrustC
     """
     if trust_code is True or not runs_code(name, kwargs):
         return
-    factory = not name.startswith(("timm:", "torchvision:"))
+    factory = not name.startswith(_FOREIGN)
     if factory and not isinstance(trust_code, bool) and name in trust_code:
         return
     if factory:

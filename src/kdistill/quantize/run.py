@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from ..config import load_config
 from ..engine.checkpoint import atomic_write_json, state_dict_tensors
 from ..errors import CheckpointError, ConfigError
+from ..losses import kd_loss
 from ..measure import summarize_times
 from ..metrics import accuracy, agreement
 from ..runs import load_saved, prepare_data, teacher_from_checkpoints
@@ -226,14 +227,19 @@ def quantize_run(run_dir: str | Path, method: str = "ptq", *, teacher: str = "te
         "float_param_bytes": sum(t.numel() * t.element_size() for t in student.state_dict().values()),
         "torch": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    if method == "qad" or (run_dir / "teacher" / "model.safetensors").is_file():
-        try:
-            tf, _ = _teacher_fn(run_dir, cfg, data, "teacher", student)
-            t_logits = _logits(tf, test, ebs)
-            result["test"].update({"acc_teacher": accuracy(t_logits, labels),
-                                   "agreement_int8_teacher": agreement(q_logits, t_logits)})
-        except QuantizeError:
-            pass
+    try:
+        tf, _ = _teacher_fn(run_dir, cfg, data, "teacher", student)
+    except QuantizeError:  # a run without a teacher: no teacher columns
+        tf = None
+    if tf is not None:
+        t_logits = _logits(tf, test, ebs)
+        result["test"].update({
+            "acc_teacher": accuracy(t_logits, labels), "agreement_int8_teacher": agreement(q_logits, t_logits),
+            "agreement_float_teacher": agreement(f_logits, t_logits),
+            # the distillation loss QAD lowers, at its temperature, for the float and the int8 student
+            "kd_float_teacher": float(kd_loss(f_logits, t_logits, temperature)),
+            "kd_int8_teacher": float(kd_loss(q_logits, t_logits, temperature)),
+        })
     atomic_write_json(out / "quantize.json", result)  # kept whatever the ONNX step does
     if onnx:
         result["onnx"] = _write_onnx(run_dir, out, student, q.int8, shape, test, ebs, q_logits)

@@ -98,7 +98,7 @@ def finetune(prepared: nn.Module, train: Dataset, teacher: Callable[[Tensor], Te
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * x.shape[0]
+            total += float(loss.detach()) * x.shape[0]
             n += x.shape[0]
             step += 1
         history.append({"epoch": epoch + 1, "loss": total / max(n, 1)})

@@ -239,7 +239,7 @@ def _calibration(records: list[RunRecord], out: Path, log: Callable[[str], None]
                 "bin; bars under the diagonal are over-confident.",
             )
         )
-        plots.per_class_plot(pcs, out / "plots" / "per_class.png")
+        plots.per_class_plot(pcs, out / "plots" / "per_class.png", class_names=getattr(test, "class_names", None))
         made.append(("plots/per_class.png", "Test accuracy per true class."))
     return made
 

@@ -99,10 +99,13 @@ def learning_curves(curves: list[Curve], path: Path) -> Path:
             ax_loss.plot(xs, mean, ":", color=color, lw=1)
     ax_loss.set(xlabel="epoch", ylabel="loss (nats)", title="training objective (solid/dashed), test NLL (dotted)")
     ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy per epoch")
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+    if ax_acc.get_legend_handles_labels()[0]:  # one legend, beside the plots, off the data
+        ax_acc.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     return _save(fig, path)
 
 
@@ -159,15 +162,22 @@ def accuracy_vs_cost(points: list[dict[str, Any]], xlabel: str, path: Path, titl
 
     # plain numbers (0.015, 8000) read better than 1.5x10^-2 on a cost axis; minor ticks are
     # labelled only when the data span less than a factor 3 (else they crowd the axis)
-    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    plain = FuncFormatter(lambda v, _: f"{v:.3g}")
     ax.xaxis.set_major_formatter(plain)
     xs = [p["x"] for p in pts]
     narrow = bool(xs) and max(xs) / min(xs) < 3
+    if narrow:  # label a few minor ticks (2 and 5 of each decade), not all eight: they overlap
+        from matplotlib.ticker import LogLocator
+
+        ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
     ax.xaxis.set_minor_formatter(plain if narrow else NullFormatter())
+    ax.tick_params(axis="x", which="both", labelrotation=30, labelsize=8)
+    if not any(p.get("yerr") is not None for p in pts):  # an interval needs two seeds or more
+        title = title.replace(", 95% CI", "").replace(" (95% CI)", "")
     ax.set(xlabel=xlabel, ylabel="test accuracy (%)", title=title)
     ax.grid(alpha=0.3, which="both")
     if pts:
-        ax.legend(fontsize=8, loc="best")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     return _save(fig, path)
 
 
@@ -276,7 +286,7 @@ def reliability_diagram(items: list[Reliability], path: Path) -> Path:
         title=f"reliability diagram ({N_BINS} equal-width bins, test set)",
     )
     axc.set(xlabel="confidence: max softmax probability", ylabel="samples (count)")
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)  # off the bars
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
@@ -307,8 +317,9 @@ def per_class_plot(
             color=_color(i, _role(label)),
             label=label,
         )
-    ax.set_xticks(range(k), class_names or [str(c) for c in range(k)])
+    names = [f"{c}: {class_names[c]}" if class_names and c < len(class_names) else str(c) for c in range(k)]
+    ax.set_xticks(range(k), names, rotation=30 if class_names else 0, ha="right" if class_names else "center")
     ax.set(xlabel="true class", ylabel="test accuracy (%)", ylim=(0, 105), title="accuracy per class")
-    ax.legend(fontsize=8, ncols=min(4, max(1, len(items))))
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     ax.grid(alpha=0.3, axis="y")
     return _save(fig, path)

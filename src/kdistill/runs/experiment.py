@@ -24,7 +24,7 @@ from ..methods import Distiller, create
 from ..metrics import classification_metrics
 from ..teacher_input import unwrap
 from ..teachers import TEACHER_KINDS, EnsembleTeacher, ModuleTeacher, Teacher, register_teacher_kind
-from .build import build_model, model_record, teacher_adapter, with_num_data
+from .build import build_model, load_transfer, model_record, teacher_adapter, with_num_data
 from .folder import is_main_process, open_run_dir, save_model, sync_processes, write_json
 from .preflight import preflight
 
@@ -47,7 +47,7 @@ def teacher_logits_for(teacher: Teacher, data: Dataset | Tensor, batch_size: int
 def train_model(cfg_train: TrainConfig, model: nn.Module, data: DataSplits, train: Dataset,
                 run_dir: Path, cfg: RunConfig, resume: bool, log, teacher: Teacher | None = None,
                 method: Any = None, teacher_logits: dict | None = None, augment=None,
-                phase: str | None = None) -> dict:
+                role: str | None = None) -> dict:
     """Train ``model`` on ``train`` with ``method`` (cross-entropy when ``None``) and
     return the Trainer's results plus the ``distiller``."""
     eval_sets = {"test": data.test} | ({"val": data.val} if data.val is not None else {})
@@ -65,7 +65,7 @@ def train_model(cfg_train: TrainConfig, model: nn.Module, data: DataSplits, trai
     aug = cfg.data.recipe if augment is None and cfg.data.recipe is not None else Augment(a.shift, a.flip)
     trainer = Trainer(distiller, train, eval_sets, cfg_train, run_dir, cfg.data.batch_size,
                       cfg.data.eval_batch_size, aug, teacher_logits, log,
-                      hparams=cfg.model_dump(mode="json"), phase=phase)
+                      hparams=cfg.model_dump(mode="json"), role=role)
     return trainer.fit(resume=resume) | {"distiller": distiller}
 
 
@@ -151,7 +151,7 @@ def default_teacher(options: dict, ctx: TeacherContext) -> tuple[Teacher, dict]:
             sub.mkdir(parents=True, exist_ok=True)
             write_teacher_config(sub, cfg, m, tcfg)
             res = train_model(tcfg, model, data, data.train, sub, cfg, resume, log, augment=t.augment,
-                              phase=what)
+                              role=what)
             res.pop("distiller")
             save_model(sub, unwrap(model), record)
             write_json(sub / "results.json", {"role": what, "name": sub.name, "student": record, **record, **res})
@@ -191,7 +191,8 @@ def run_experiment(cfg: RunConfig, run_dir: str | Path | None = None, resume: bo
     checked = preflight(cfg, trust)
     run_dir = open_run_dir(cfg, run_dir, resume)
     torch.manual_seed(cfg.train.seed)
-    data, transfer = checked.data, checked.transfer
+    data = checked.data
+    transfer = checked.transfer if checked.transfer is not None else load_transfer(cfg, data)
     device = resolve_device(cfg.train.device)
     teacher, teacher_record = ensure_teacher(cfg, data, run_dir, resume, log, trust)
     if transfer is not None and teacher is None:
@@ -216,7 +217,7 @@ def run_experiment(cfg: RunConfig, run_dir: str | Path | None = None, resume: bo
     train = data.train.concat(transfer) if transfer is not None else data.train
     method = cfg.method if isinstance(cfg.method, list) else dict(cfg.method)
     res = train_model(cfg.train, student, data, train, run_dir, cfg, resume, log,
-                      teacher=teacher, method=method, teacher_logits=teacher_logits, phase="student")
+                      teacher=teacher, method=method, teacher_logits=teacher_logits, role="student")
     distiller: Distiller = res.pop("distiller")
     record["latency_ms_cpu_b1"] = cpu_latency(student, data.input_shape)
     save_model(run_dir, student.cpu(), record)

@@ -51,7 +51,7 @@ def check_epochs(cfg: RunConfig) -> None:
             "Set train.epochs to 1 or more (kdistill eval evaluates a finished run without training)."
         )
     t = cfg.teacher
-    if t is not None and t.cache is None and cfg.teacher_train().epochs == 0:
+    if t is not None and t.kind == "default" and t.cache is None and cfg.teacher_train().epochs == 0:
         untrained = [m for m in (t.ensemble or [t]) if not m.checkpoint]
         if untrained:
             raise ConfigError(
@@ -134,6 +134,9 @@ def _teacher(cfg: RunConfig, data: DataSplits, trust: bool, lines: list[str]):
     t = cfg.teacher
     if t is None:
         return None, []
+    if t.kind != "default":  # a registered kind makes (and may train) its teacher when the run starts
+        lines.append(f"teacher: kind {t.kind!r}, made when the run starts")
+        return None, []
     if t.cache is not None:
         from ..cache import CachedTeacher
 
@@ -166,13 +169,14 @@ def check_method(method: Any, student: nn.Module, teacher: Any, train: Dataset, 
     else:
         distiller = create(method, student, teacher, example=example)
     batch = train.take(torch.arange(n))
+    if getattr(teacher, "views", None) is not None:  # a cache of augmented views: the first view of each
+        batch["view"] = torch.zeros(n, dtype=torch.int64)
     if (batch["y"] < 0).any():  # a transfer row in the example: give the probe a label
         batch["y"] = batch["y"].clamp(min=0)
     try:
         out = distiller(batch)
         for term in distiller.terms:
-            stage = term.pre_stage()
-            del stage
+            term.first_phase()  # builds a first phase's parts (params, loss) without running it
     except KdistillError:
         raise
     except (RuntimeError, ValueError, IndexError, TypeError, KeyError) as e:
@@ -206,13 +210,18 @@ def preflight(
         check_names(cfg, extra_models)  # before the data loads: a misspelt name fails in a second
         data = prepare_data(cfg)
         check_splits(data)
-        transfer = load_transfer(cfg, data)
+        # a generated MNIST-1D transfer set fits by construction and takes minutes to make:
+        # the run makes it; a file is read (and checked) now
+        t = cfg.data.transfer
+        transfer = None if t is not None and t.source == "mnist1d" else load_transfer(cfg, data)
         if transfer is not None and cfg.teacher is None and not scheme:
             raise ConfigError("A transfer set (data.transfer) is labelled by the teacher; configure a teacher.")
         lines.append(f"data: {cfg.data.name}, {len(data.train)} train / {len(data.test)} test"
                      + (f" / {len(data.val)} val" if data.val is not None else "")
                      + f", inputs {tuple(data.input_shape)}, {data.num_classes} classes"
-                     + (f", transfer set {len(transfer)}" if transfer is not None else ""))
+                     + (f", transfer set {len(transfer)}" if transfer is not None else "")
+                     + (f", transfer set of {t.size} generated when the run starts" if t is not None and transfer is None
+                        else ""))
         teacher, _ = _teacher(cfg, data, trust, lines)
         s = cfg.student
         student = _build(s, data, trust, "student")
@@ -223,19 +232,21 @@ def preflight(
             lines.append(f"{what}: {spec.model} ({count_params(extra[-1]):,} params)")
         train = data.train.concat(transfer) if transfer is not None else data.train
         method = cfg.method if isinstance(cfg.method, list) else dict(cfg.method)
-        if not scheme:
+        if not scheme and teacher is None and cfg.teacher is not None:
+            lines.append("method: checked when the run starts (its teacher comes from the teacher kind)")
+        elif not scheme:
             terms = check_method(method, student, teacher, train)
             lines.append("method: " + " + ".join(terms) + " (ran once on an example batch)")
         else:
-            # a scheme's stages distil from the run's teacher or from its own models: try the
-            # method against each of them as the teacher (a stand-in; each stage checks again)
+            # a scheme's steps distil from the run's teacher or from its own models: try the
+            # method against each of them as the teacher (a stand-in; each step checks again)
             from ..teachers import ModuleTeacher
 
             cands = ([teacher] if teacher is not None else []) + [ModuleTeacher(m, data.num_classes) for m in extra]
             terms = []
             for cand in cands:
                 terms = check_method(method, _build(s, data, trust, "student"), cand, train)
-            lines.append("method: " + (" + ".join(terms) if terms else "checked when each stage starts"))
+            lines.append("method: " + (" + ".join(terms) if terms else "checked when each step starts"))
     finally:
         torch.set_rng_state(rng)
     report = Preflight(data, transfer, lines, time.perf_counter() - t0)

@@ -165,7 +165,7 @@ class SchemeContext:
             aug,
             None,
             self.log,
-            phase=name,
+            role=name,
         )
         return trainer.fit(resume=self.resume)
 
