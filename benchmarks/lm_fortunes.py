@@ -35,6 +35,7 @@ METHODS = {
     "reverse_kl (cache)": ({"name": "reverse_kl"}, True),
     "gkd (jsd, beta 0.5, cache)": ({"name": "gkd", "beta": 0.5}, True),
     "forward_kl (live)": ({"name": "forward_kl"}, False),
+    "reverse_kl (live)": ({"name": "reverse_kl"}, False),
 }
 
 
