@@ -21,6 +21,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,7 @@ def train_once(folder: str, resident: str, workers: int, size: int) -> dict:
     over = ["data.name=imagefolder", f"data.root={folder}", f"data.resident={resident}", f"data.workers={workers}",
             f"data.options={{size: {size}, resize: {size}, mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25]}}",
             "data.batch_size=128", "data.eval_batch_size=256", "method={name: ce}", "train.epochs=1",
-            "train.progress=false", "train.device=cpu", "output.dir=/tmp/kd_stream_mem_runs"]
+            "train.progress=false", "train.device=cpu", f"output.dir={tempfile.mkdtemp(prefix='kd_stream_mem_')}"]
     cfg = load_config(None, over, base={"student": {"model": "convnet2"}})
     t = time.perf_counter()
     res = run_experiment(cfg, log=lambda s: None)
