@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdistill.runs import with_num_data
 from kdistill.errors import ConfigError, DataError, ShapeError
 from kdistill.losses import kd_loss
 from kdistill.methods import create
@@ -24,6 +23,7 @@ from kdistill.methods.reviewkd import hcl_loss
 from kdistill.methods.sp import sp_loss
 from kdistill.methods.vid import VIDRegressor, gaussian_nll
 from kdistill.models import create_model
+from kdistill.runs import with_num_data
 
 
 class Conv(nn.Module):

@@ -13,7 +13,6 @@ from safetensors.torch import save_file
 from kdistill.cli import main
 from kdistill.config import validate_config
 from kdistill.engine.checkpoint import state_dict_tensors
-from kdistill.runs import run_experiment
 from kdistill.errors import ConfigError
 from kdistill.models import create_model
 from kdistill.profile import (
@@ -26,6 +25,7 @@ from kdistill.profile import (
     profile_run,
     safetensors_bytes,
 )
+from kdistill.runs import run_experiment
 
 HAS_ORT = True
 try:
