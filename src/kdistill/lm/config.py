@@ -17,10 +17,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from ..config import OutputConfig, Strict, TrainConfig, _format_errors, _set, check_method, parse_override
+from ..config import (
+    OutputConfig,
+    Strict,
+    TrainConfig,
+    _format_errors,
+    _set,
+    check_method,
+    check_structure,
+    parse_override,
+    parse_yaml,
+)
 from ..errors import ConfigError
 
 TASK = "causal-lm"
@@ -144,9 +153,9 @@ def is_lm_config(path: str | Path | None, overrides=()) -> bool:
     """Whether a config file (with overrides) asks for ``task: causal-lm``."""
     task = None
     if path is not None and Path(path).is_file():
-        try:
-            raw = yaml.safe_load(Path(path).read_text())
-        except (yaml.YAMLError, UnicodeDecodeError):
+        try:  # within the config limits; a refused file is reported by the config loader
+            raw = parse_yaml(Path(path).read_text(), str(path))
+        except (ConfigError, UnicodeDecodeError, OSError):
             return False
         task = raw.get("task") if isinstance(raw, dict) else None
     for text in overrides:
@@ -164,14 +173,15 @@ def load_lm_config(path: str | Path | None = None, overrides=(), base: dict | No
         if not p.is_file():
             raise ConfigError(f"Config file {str(p)!r} not found.")
         try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{p} is not valid YAML: {e}") from None
+            raw = parse_yaml(p.read_text(), str(p)) or {}  # the limits of kdistill.config
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{p} is not valid YAML (not UTF-8 text: {e}).") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"A config must be a mapping of sections, got {type(raw).__name__}.")
     for text in overrides:
         key, value = parse_override(text)
         _set(raw, key, value)
+    check_structure(raw)
     try:
         return LMRunConfig.model_validate(raw)
     except ValidationError as e:
