@@ -23,8 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ..config import parse_yaml
 from ..errors import ConfigError
 from ..runs.grid import SCRATCH
 
@@ -231,9 +230,9 @@ def load_run(path: str | Path) -> RunRecord:
     if not (path / "metrics.jsonl").is_file():
         notes.append("no metrics.jsonl (no learning curve)")
     config: dict[str, Any] = {}
-    try:
-        config = yaml.safe_load((path / "config.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
+    try:  # within the config limits: a run folder's config.yaml may be anyone's
+        config = parse_yaml((path / "config.yaml").read_text(), "config.yaml") or {}
+    except (OSError, UnicodeDecodeError, ConfigError):
         notes.append("config.yaml missing or damaged")
     m = _CELL.match(path.name)
     seed = results.get("seed", int(m.group("seed")) if m else 0)

@@ -13,9 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..config import RunConfig, dump_config, validate_config
+from ..config import RunConfig, dump_config, parse_yaml, validate_config
 from ..errors import ConfigError, Interrupted, KdistillError
 from .experiment import run_experiment
 
@@ -143,8 +141,9 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
             raise ConfigError(f"--grid {item!r} must look like section.key=v1,v2,...")
         try:
             # a YAML list allows values that contain commas: student.kwargs.hidden=[[16],[32,32]]
-            values = yaml.safe_load(text) if text.startswith("[") else [yaml.safe_load(v) for v in text.split(",")]
-        except yaml.YAMLError as e:
+            values = (parse_yaml(text, f"--grid {key}") if text.startswith("[")
+                      else [parse_yaml(v, f"--grid {key}") for v in text.split(",")])
+        except ConfigError as e:
             raise ConfigError(f"--grid {item!r}: values are not valid YAML ({e}).") from None
         if not isinstance(values, list) or not values:
             raise ConfigError(f"--grid {item!r} must look like section.key=v1,v2,...")
@@ -231,8 +230,8 @@ def _check_cell_config(cell_dir: Path, cfg: RunConfig) -> None:
     if old == text:
         return
     try:
-        diff = _first_difference(yaml.safe_load(old) or {}, yaml.safe_load(text) or {})
-    except yaml.YAMLError:
+        diff = _first_difference(parse_yaml(old, "config.yaml") or {}, parse_yaml(text, "config.yaml") or {})
+    except ConfigError:
         diff = "config.yaml is damaged"
     raise ConfigError(
         f"Cell folder {cell_dir} was started with a different config ({diff or 'formatting'}). Delete that "
