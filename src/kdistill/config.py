@@ -452,18 +452,15 @@ def read_config_file(path: str | Path) -> Any:
     return parse_yaml(text, str(p)) or {}
 
 
-def set_dotted(tree: dict, dotted: str, value: Any) -> None:
-    """``tree[a][b][c] = value`` for ``dotted == "a.b.c"`` (a ``--set`` override)."""
-    _set(tree, dotted, value)
-
-
 def format_errors(err: ValidationError, model: type[BaseModel]) -> str:
     """A pydantic validation error as kdistill's one-paragraph message."""
     return _format_errors(err, model)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), base: dict | None = None) -> RunConfig:
-    """Read, override and validate a run config."""
+def read_raw_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                    base: dict | None = None) -> dict:
+    """A config's document (from ``base``, or the file at ``path``) with ``overrides``
+    applied, not yet validated; every kind of run config is read through here."""
     raw: Any = dict(base or {})
     if path is not None:
         raw = read_config_file(path)
@@ -472,7 +469,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     for text in overrides:
         key, value = parse_override(text)
         _set(raw, key, value)
-    return validate_config(raw)
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), base: dict | None = None) -> RunConfig:
+    """Read, override and validate a run config."""
+    return validate_config(read_raw_config(path, overrides, base))
 
 
 def dump_config(cfg: RunConfig) -> str:

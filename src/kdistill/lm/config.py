@@ -28,7 +28,7 @@ from ..config import (
     format_errors,
     parse_override,
     read_config_file,
-    set_dotted,
+    read_raw_config,
 )
 from ..errors import ConfigError
 
@@ -167,14 +167,7 @@ def is_lm_config(path: str | Path | None, overrides=()) -> bool:
 
 def load_lm_config(path: str | Path | None = None, overrides=(), base: dict | None = None) -> LMRunConfig:
     """Read, override and validate a causal-LM run config (errors as for image runs)."""
-    raw: Any = dict(base or {})
-    if path is not None:
-        raw = read_config_file(path)
-    if not isinstance(raw, dict):
-        raise ConfigError(f"A config must be a mapping of sections, got {type(raw).__name__}.")
-    for text in overrides:
-        key, value = parse_override(text)
-        set_dotted(raw, key, value)
+    raw = read_raw_config(path, overrides, base)
     check_structure(raw)  # --set values and dicts from Python get the file's limits too
     try:
         return LMRunConfig.model_validate(raw)
