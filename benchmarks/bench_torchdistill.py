@@ -2,12 +2,12 @@
 
 How to run (torchdistill and torchvision are not kdistill dependencies; use a separate venv)::
 
-    python3 -m venv /work/tdvenv
-    /work/tdvenv/bin/pip install torch==2.14.1 torchvision==0.29.1
-    /work/tdvenv/bin/pip install torchdistill          # 1.1.5 here; it keeps torch 2.14.1
-    /work/tdvenv/bin/pip install -e /work/main         # kdistill
-    /work/tdvenv/bin/python benchmarks/bench_torchdistill.py --steps 50 --warmup 10 --repeat 3
-    /work/tdvenv/bin/python benchmarks/bench_torchdistill.py --steps 2 --warmup 1 --repeat 1 \\
+    python3 -m venv tdvenv
+    tdvenv/bin/pip install torch==2.14.1 torchvision==0.29.1
+    tdvenv/bin/pip install torchdistill          # 1.1.5 here; it keeps torch 2.14.1
+    tdvenv/bin/pip install -e .                  # kdistill
+    tdvenv/bin/python benchmarks/bench_torchdistill.py --steps 50 --warmup 10 --repeat 3
+    tdvenv/bin/python benchmarks/bench_torchdistill.py --steps 2 --warmup 1 --repeat 1 \\
         --out /tmp/td_smoke.json --check               # a quick smoke test plus sanity checks
 
 Each round times torchdistill, then kdistill (``--repeat R`` rounds, interleaved:
@@ -124,11 +124,11 @@ REPO = HERE.parent
 INSTALL_HINT = """\
 This benchmark needs torchdistill and torchvision next to kdistill. Make a separate venv:
 
-    python3 -m venv /work/tdvenv
-    /work/tdvenv/bin/pip install torch==2.14.1 torchvision==0.29.1
-    /work/tdvenv/bin/pip install torchdistill
-    /work/tdvenv/bin/pip install -e /work/main
-    /work/tdvenv/bin/python benchmarks/bench_torchdistill.py ..."""
+    python3 -m venv tdvenv
+    tdvenv/bin/pip install torch==2.14.1 torchvision==0.29.1
+    tdvenv/bin/pip install torchdistill
+    tdvenv/bin/pip install -e /work/main
+    tdvenv/bin/python benchmarks/bench_torchdistill.py ..."""
 
 TEMPERATURE = 4.0
 KD_WEIGHT, CE_WEIGHT = 0.9, 0.1
