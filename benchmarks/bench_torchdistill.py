@@ -127,7 +127,7 @@ This benchmark needs torchdistill and torchvision next to kdistill. Make a separ
     python3 -m venv tdvenv
     tdvenv/bin/pip install torch==2.14.1 torchvision==0.29.1
     tdvenv/bin/pip install torchdistill
-    tdvenv/bin/pip install -e /work/main
+    tdvenv/bin/pip install -e .
     tdvenv/bin/python benchmarks/bench_torchdistill.py ..."""
 
 TEMPERATURE = 4.0
