@@ -13,6 +13,9 @@ Arrow tables are memory-mapped, so a dataset larger than RAM is read from disk: 
 are decoded per batch in the loader's workers exactly as for ``imagefolder``, with the
 same order, resume and sharding (see :mod:`kdistill.data.images`). A dataset without a
 test split is split ``test_split`` per class.
+
+``streaming: true`` reads parquet/arrow/imagefolder files as a ``datasets.IterableDataset``
+instead (no Arrow copy in the cache): see :mod:`kdistill.data.hfstream`.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import torch
 
 from ..errors import DataError
 from .datasets import register_dataset
+from .hfstream import open_streaming
 from .images import image_splits, stratified_split
 
 
@@ -112,7 +116,7 @@ def hf(root: str | None = None, format: str | None = None, data_files=None, imag
        test_split: float = 0.2, split_seed: int = 0, size: int | None = None, resize: int | None = None,
        channels: int | None = None, mean=None, std=None, resident: bool | str = "auto",
        resident_budget_mb: float = 2048, workers: int | None = None, on_bad: str = "fail",
-       stats_samples: int = 1000):
+       stats_samples: int = 1000, streaming: bool = False, shuffle_buffer: int = 1000):
     """A local Hugging Face dataset (see the module docstring); image options as ``imagefolder``.
 
     Args:
@@ -122,11 +126,18 @@ def hf(root: str | None = None, format: str | None = None, data_files=None, imag
         image_column, label_column: the columns to read.
         train_split: the training split's name; ``test_split_name``: the test split's (default
             ``test``, else ``validation``); without one, ``test_split`` of each class is held out.
+        streaming: read parquet/arrow/imagefolder files as an ``IterableDataset`` (no Arrow
+            copy in the cache; see :mod:`kdistill.data.hfstream`); needs a test split.
+        shuffle_buffer: rows in the streamed shuffle's buffer.
     """
     datasets = _need_datasets()
     if not root or not Path(root).expanduser().exists():
         raise DataError(f"hf: data.root {root!r} does not exist; point it at a local dataset folder.")
     base = Path(root).expanduser()
+    if streaming:
+        return open_streaming(datasets, base, format, data_files, image_column, label_column, train_split,
+                              test_split_name, shuffle_buffer, size, resize, channels, mean, std, resident, workers,
+                              on_bad, stats_samples)
     dd = _open(base, format, data_files)
     if isinstance(dd, datasets.Dataset):
         dd = datasets.DatasetDict({train_split: dd})
