@@ -63,17 +63,22 @@ class StreamSource:
     Picklable state is the description (files, columns); the ``IterableDataset`` is rebuilt
     where needed."""
 
-    def __init__(self, datasets, ids, image_column: str, label_column: str, name: str, files: list[str]):
+    def __init__(self, datasets, ids, image_column: str, label_column: str, name: str, files: list[str],
+                 labels_only=None):
         self.image_column, self.label_column, self.name, self.files = image_column, label_column, name, files
         feat = ids.features[image_column] if ids.features else None
         if isinstance(feat, datasets.Image) and feat.decode:
             ids = ids.cast_column(image_column, datasets.Image(decode=False))
         ids = ids.select_columns([image_column, label_column])
+        # the label pass reads the label column alone where the format can (parquet: a
+        # stream of the same files, so of the same shards, with columns=[label])
+        if labels_only is None or labels_only.num_shards != ids.num_shards:
+            labels_only = ids.select_columns([label_column])
         self.shards, labels, starts = [], [], []
         n = 0
         for i in range(ids.num_shards):
             shard = ids.shard(num_shards=ids.num_shards, index=i)
-            ys = [row[label_column] for row in shard.select_columns([label_column])]
+            ys = [row[label_column] for row in labels_only.shard(num_shards=ids.num_shards, index=i)]
             # with_indices counts the rows of this one shard, in its order, wherever the
             # epoch's shuffle puts the shard: first row + count is the row's dataset number
             self.shards.append(shard.map(_number, with_indices=True, fn_kwargs={"first": n}))
@@ -341,10 +346,15 @@ def open_streaming(datasets, base: Path, fmt: str | None, data_files, image_colu
         got = data_files.get(split, []) if isinstance(data_files, dict) else data_files
         return [got] if isinstance(got, str) else list(got)
 
-    sources = {"train": StreamSource(datasets, train, image_column, label_column, f"{base.name}/{train_split}",
-                                     files_of(train_split)),
-               "test": StreamSource(datasets, dd[tname], image_column, label_column, f"{base.name}/{tname}",
-                                    files_of(tname))}
+    labels_only = {}
+    if fmt == "parquet":
+        try:
+            labels_only = datasets.load_dataset(fmt, data_files=data_files, columns=[label_column], **kw)
+        except (FileNotFoundError, ValueError, OSError):
+            labels_only = {}  # read the labels from the full rows
+    sources = {k: StreamSource(datasets, dd[split], image_column, label_column, f"{base.name}/{split}",
+                               files_of(split), labels_only.get(split))
+               for k, split in (("train", train_split), ("test", tname))}
     if len(sources["train"]) == 0:
         raise DataError(f"hf: the {train_split!r} split of {base} is empty.")
     labels = {k: np.asarray(s.labels, dtype=np.int64) for k, s in sources.items()}
