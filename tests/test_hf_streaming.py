@@ -146,6 +146,23 @@ def test_resume_mid_epoch_yields_the_same_remaining_batches(files):
             assert torch.equal(a["y_soft"], b["y_soft"])
 
 
+def test_a_teacher_cache_of_the_stream_replays_by_index(files, tmp_path):
+    """The cache is written in file order (``batches``) and read by ``index`` in the
+    shuffled training order: a wrong row number would replay another image's outputs."""
+    from kdistill.cache import CachedTeacher, cache_teacher
+    from kdistill.models import create_model
+
+    d = _stream(files / "pq", shuffle_buffer=5)
+    torch.manual_seed(0)
+    net = create_model("convnet2", 3, d.input_shape).eval()
+    cache_teacher(net, d.train, tmp_path / "c", views=2, augment=Augment(shift=1, flip=True), batch_size=7, seed=4)
+    cached = CachedTeacher.open(tmp_path / "c", d.train, num_classes=3)
+    for b in d.train.loader(5, seed=1, views=cached.views).iterate(1):
+        with torch.no_grad():
+            live = net(b["x"])
+        assert torch.allclose(cached(b).logits, live, atol=1e-4)
+
+
 def _weights(run_dir):
     from safetensors.torch import load_file
 
@@ -216,3 +233,18 @@ def test_bad_streamed_input_says_what_is_wrong(files, tmp_path):
         d.train.split(0.2)
     with pytest.raises(DataError, match="data.resident true"):
         _stream(files / "pq", resident=True)
+    # an undecodable image: named, or skipped and counted
+    (tmp_path / "broken").mkdir()
+    cells = _table(paths, y)
+    broken = cells.cast_column("image", datasets.Image(decode=False)).map(
+        lambda r, i: {"image": {"bytes": b"not a png" if i == 4 else r["image"]["bytes"], "path": None}},
+        with_indices=True)
+    broken.to_parquet(str(tmp_path / "broken" / "train.parquet"))
+    _table(paths, y).to_parquet(str(tmp_path / "broken" / "test.parquet"))
+    d = _stream(tmp_path / "broken")
+    with pytest.raises(DataError, match="cannot decode image row 4 of 'image'.*on_bad=skip"):
+        list(d.train.loader(3, seed=0).iterate(0))
+    d = _stream(tmp_path / "broken", on_bad="skip")
+    with pytest.warns(UserWarning, match="row 4"):
+        got = torch.cat([b["index"] for b in d.train.loader(3, seed=0).iterate(0)])
+    assert sorted(got.tolist()) == [0, 1, 2, 3, 5] and len(d.train.skipped) == 1
