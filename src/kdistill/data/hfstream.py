@@ -58,10 +58,9 @@ def _raw(v) -> Any:
 
 
 class StreamSource:
-    """One split as a stream: its shards (each numbered from its first row) and the labels.
-
-    Picklable state is the description (files, columns); the ``IterableDataset`` is rebuilt
-    where needed."""
+    """One split as a stream: its shards (each numbering its rows from the shard's first row
+    number), the labels, and the files (for the fingerprint). Streams are iterated in the
+    main process; decoding threads get ``(index, bytes)`` rows."""
 
     def __init__(self, datasets, ids, image_column: str, label_column: str, name: str, files: list[str],
                  labels_only=None):
@@ -334,10 +333,10 @@ def open_streaming(datasets, base: Path, fmt: str | None, data_files, image_colu
         if cols is not None and col not in cols:
             raise DataError(f"hf: {base} has no column {col!r}; columns are {cols}. "
                             "Set data.options.image_column / label_column.")
-    feat = train.features[label_column]
+    feat = train.features[label_column] if train.features else None
     if isinstance(feat, datasets.ClassLabel):
         names = list(feat.names)
-    elif getattr(feat, "dtype", "int64")[:3] not in ("int", "uin"):
+    elif str(getattr(feat, "dtype", "int64"))[:3] not in ("int", "uin"):
         raise DataError(f"hf: column {label_column!r} must hold integer labels, got {feat.dtype}.")
 
     def files_of(split):
