@@ -67,9 +67,16 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2, help="QAT/QAD epochs")
     ap.add_argument("--lr", type=float, default=1e-3, help="QAT/QAD SGD learning rate")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--teacher-epochs", type=int, default=None, help="override the setup's")
+    ap.add_argument("--student-epochs", type=int, default=None, help="override the setup's")
+    ap.add_argument("--student-subset", type=int, default=None,
+                    help="override the setup's student training subset (0: the teacher's data)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    setup = SETUPS[args.dataset]
+    setup = dict(SETUPS[args.dataset])
+    for key in ("teacher_epochs", "student_epochs", "student_subset"):
+        if getattr(args, key) is not None:
+            setup[key] = getattr(args, key)
     seeds = [int(s) for s in args.seeds.split(",")]
     work = Path(args.work) if args.work else Path("/tmp") / f"kdistill-int8-{args.dataset}"
     work.mkdir(parents=True, exist_ok=True)
