@@ -150,10 +150,10 @@ LM_TEACHER_LAYERS = 6
 LM_TEACHER_WIDTH = 128
 LM_STUDENT_LAYERS = 1
 LM_STUDENT_WIDTH = 64
-# Sized for about 13 minutes on a 2-core CPU (README): the 6-layer teacher takes about
-# 45 s an epoch there, a 1-layer student 6-8 s.
+# Sized for the README's CPU budget (2-core CPU): an epoch of the 6-layer teacher takes
+# 25-45 s there (idle / shared), one of a 1-layer student 1-6 s.
 LM_TEACHER_EPOCHS = 10
-LM_EPOCHS = 8
+LM_EPOCHS = 20
 LM_CACHE_K = 32
 LM_METHODS = {
     "ce": {"name": "ce"},
@@ -162,19 +162,26 @@ LM_METHODS = {
     "gkd": {"name": "gkd", "beta": 0.5},
 }
 LM_STAGES = ("teacher", *LM_METHODS)
-LM_LABELS = {"teacher": "teacher", "ce": "student alone (ce)", "forward_kl": "student + forward KL",
-             "reverse_kl": "student + reverse KL", "gkd": "student + GKD (JSD, β=0.5)"}
+LM_LABELS = {"teacher": "teacher", "ce": "student alone (ce)", "forward_kl": "student, forward KL",
+             "reverse_kl": "student, reverse KL", "gkd": "student, GKD β=0.5"}
 
 
 def run_lm_demo(out: str | Path = "runs", corpus: str | Path | None = None, teacher_layers: int = LM_TEACHER_LAYERS,
                 epochs: int | None = None, teacher_epochs: int | None = None, seed: int = 0,
                 log: Callable[[str], None] = print, teacher_width: int = LM_TEACHER_WIDTH,
                 student_layers: int = LM_STUDENT_LAYERS, student_width: int = LM_STUDENT_WIDTH,
-                block_size: int = 128, cache_k: int = LM_CACHE_K) -> dict[str, Any]:
+                block_size: int = 128, cache_k: int = LM_CACHE_K,
+                sample_prompts: list[str] | None = None) -> dict[str, Any]:
     """Train a Llama-style teacher on ``corpus`` (default: Debian's fortunes-min files, copied
     into the demo folder), then one student each alone and with forward KL, reverse KL and
     GKD, the three reading the teacher from one shared top-k cache. Writes ``results.json``
-    (and every run's folder, ``log.txt`` with their lines) into ``out/demo-lm-<time>``."""
+    (with each model's greedy completions of ``sample_prompts``), ``metrics.jsonl``, every
+    run's folder and ``log.txt`` (the runs' own lines) into ``out/demo-lm-<time>``."""
+    import os
+    import platform
+
+    import torch
+
     from .errors import DataError
     from .lm.experiment import evaluate_lm_run
     from .lm.suite import fortunes_min, llama, teacher_model, train_student, train_teacher
@@ -193,15 +200,16 @@ def run_lm_demo(out: str | Path = "runs", corpus: str | Path | None = None, teac
 
     def keep(line: str) -> None:  # the runs' own lines go to log.txt, not the console
         lines.append(line)
-        atomic_write_text(root / "log.txt", "\n".join(lines) + "\n")
+        with open(root / "log.txt", "a", encoding="utf-8") as f:
+            f.write(line + "\n")
 
     t_epochs = LM_TEACHER_EPOCHS if teacher_epochs is None else teacher_epochs
     s_epochs = LM_EPOCHS if epochs is None else epochs
     n = len(LM_STAGES)
     log(f"[1/{n}] teacher: Llama-style, {teacher_layers} layers, width {teacher_width}, {t_epochs} epochs "
         f"(cross-entropy) on {corpus_name}")
-    res = train_teacher(text, root, llama(teacher_layers, teacher_width), t_epochs, seed, log=keep,
-                        block_size=block_size)
+    opts = {"block_size": block_size, "sample_prompts": sample_prompts}
+    res = train_teacher(text, root, llama(teacher_layers, teacher_width), t_epochs, seed, log=keep, **opts)
     rows = {"teacher": _lm_row(res, res["final"]["val"], teacher_layers, t_epochs)}
     log(f"      validation perplexity {rows['teacher']['val_ppl']:.3f}")
     teacher = teacher_model(root)
@@ -210,7 +218,7 @@ def run_lm_demo(out: str | Path = "runs", corpus: str | Path | None = None, teac
         how = f", from the shared top-{cache_k} teacher cache" if cached else ""
         log(f"[{i}/{n}] {LM_LABELS[name]}: {student_layers} layer(s), width {student_width}, {s_epochs} epochs{how}")
         res = train_student(text, root, name, llama(student_layers, student_width), method, s_epochs, seed,
-                            cache_k=cache_k if cached else None, log=keep, block_size=block_size)
+                            cache_k=cache_k if cached else None, log=keep, **opts)
         val = res["final"]["val"]
         if "agreement" not in val:  # trained alone: compare with the teacher afterwards
             val = evaluate_lm_run(res["run_dir"], teacher)["val"]
@@ -225,6 +233,8 @@ def run_lm_demo(out: str | Path = "runs", corpus: str | Path | None = None, teac
                                             "written": sum(ln.startswith("Teacher cache") for ln in lines),
                                             "reused": sum(ln.startswith("Reusing the teacher cache") for ln in lines)},
         "runs": rows, "wall_time_s": round(time.perf_counter() - t0, 1), "run_dir": str(root),
+        "hardware": {"cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                     "machine": platform.machine()},
     }
     atomic_write_json(root / "results.json", result)
     metrics = []
@@ -248,8 +258,10 @@ def print_lm_demo_table(result: dict[str, Any], console) -> None:
     from rich.table import Table
 
     table = Table(title=f"kdistill demo --lm (seed {result['seed']}, {result['wall_time_s']:.0f} s)",
-                  caption=f"{result['corpus']}, byte tokens; a uniform guess has perplexity {result['uniform_ppl']:.0f}")
-    for col in ("model", "layers", "params", "val ppl", "next-token acc", "top-1 agreement w/ teacher", "train s"):
+                  caption=f"{result['corpus']}, byte tokens (a uniform guess: perplexity "
+                          f"{result['uniform_ppl']:.0f}); token acc: next-token accuracy; agreement: top-1 "
+                          "agreement with the teacher; all on the validation text")
+    for col in ("model", "layers", "params", "val ppl", "token acc", "agreement", "train s"):
         table.add_column(col, justify="right" if col != "model" else "left")
     for name in LM_STAGES:
         r = result["runs"][name]
