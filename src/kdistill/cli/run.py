@@ -15,7 +15,7 @@ from .app import SetOpt, TrustCodeOpt, app, console, list_app, log, print_names
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo's run folder.")] = Path("runs"),
-    epochs: Annotated[Optional[int], typer.Option(help="Override the student epochs (quick look).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Override the student epochs (a quick look; --lm: default 8).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of every model's initialisation and data order.")] = 0,
     lm: Annotated[bool, typer.Option("--lm", help="The causal-LM demo: a byte-level Llama-style teacher and "
                                      "1-layer students (alone, forward KL, reverse KL, GKD) on Debian's fortune files.")] = False,
