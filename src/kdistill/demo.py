@@ -150,7 +150,7 @@ LM_TEACHER_LAYERS = 6
 LM_TEACHER_WIDTH = 128
 LM_STUDENT_LAYERS = 1
 LM_STUDENT_WIDTH = 64
-# Sized for the README's CPU budget (2-core CPU, 5-15 minutes): an epoch of the 6-layer
+# Sized for the README's CPU budget (2-core CPU: 5 minutes idle, 25 busy): an epoch of the 6-layer
 # teacher takes 5 s there when idle and up to 100 s when shared, one of a 1-layer student
 # 0.7-6 s. At 8 epochs the student alone is still behind the teacher (docs/DECISIONS.md).
 LM_TEACHER_EPOCHS = 10
