@@ -4,7 +4,7 @@ A 4-layer Llama-style teacher is trained once on the corpus (cross-entropy), the
 student is trained with each objective over several seeds: alone (cross-entropy), forward
 KL with the live teacher, and forward KL, reverse KL and GKD's JSD (beta 0.5) reading the
 teacher from one shared top-k cache (``--cache-k``, tail bin for the rest), each by the
-same `kdistill.lm` runs `kdistill train` makes. Prints and writes a JSON of validation perplexities (mean ± sample std over seeds).
+same `kdistill.lm` runs `kdistill train` makes (through `kdistill.lm.suite`, as `kdistill demo --lm`). Prints and writes a JSON of validation perplexities (mean ± sample std over seeds).
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/lm_fortunes.py --out runs/lm-fortunes \
         --seeds 0,1 --epochs 10 --teacher-epochs 15
@@ -22,12 +22,10 @@ from pathlib import Path
 
 import torch
 
-from kdistill.lm import load_lm_config, run_lm
+from kdistill.lm.suite import FORTUNES, fortunes_min, llama, train_student, train_teacher
 
-TEACHER = {"model_type": "llama", "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 4,
-           "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 256}
-STUDENT = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
-           "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 256}
+TEACHER = llama(4, 128)  # 722,304 parameters with byte tokens
+STUDENT = llama(1, 64)  # 74,048
 # (method, read the teacher from the shared top-k cache?)
 METHODS = {
     "alone (ce)": ({"name": "ce"}, False),
@@ -39,29 +37,9 @@ METHODS = {
 }
 
 
-def config(corpus: str, out: Path, name: str, student: dict, method: dict, epochs: int, seed: int,
-           teacher: str | None, lr: float, cache_k: int | None = None) -> dict:
-    lm = {"sample_prompts": ["Q:\tWhat is", "A fool"], "max_new_tokens": 40}
-    if cache_k:
-        lm |= {"cache_k": cache_k, "cache_dir": str(out / f"cache-k{cache_k}")}
-    return {
-        "task": "causal-lm",
-        "data": {"train": corpus, "separator": "%", "block_size": 128, "batch_size": 16, "val_split": 0.1,
-                 "split_seed": 0},
-        "tokenizer": "byte",
-        "teacher": {"model": teacher} if teacher else None,
-        "student": {"model": "hf-config", "kwargs": student},
-        "method": method,
-        "lm": lm,
-        "train": {"epochs": epochs, "lr": lr, "optimizer": "adamw", "weight_decay": 0.01, "schedule": "cosine",
-                  "warmup_epochs": 1, "seed": seed, "device": "cpu", "progress": False, "grad_clip": 1.0},
-        "output": {"dir": str(out), "name": name},
-    }
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--corpus", default="/usr/share/games/fortunes")
+    ap.add_argument("--corpus", default=None, help="default: fortunes-min's three files, copied into OUT/corpus")
     ap.add_argument("--out", type=Path, default=Path("runs/lm-fortunes"))
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--epochs", type=int, default=12)
@@ -72,26 +50,16 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     quiet = lambda line: print(line, flush=True)
     t0 = time.perf_counter()
-    teacher_dir = args.out / "teacher"
-    if (teacher_dir / "results.json").exists():
-        t_res = json.loads((teacher_dir / "results.json").read_text())
-    else:
-        cfg = load_lm_config(base=config(args.corpus, args.out, "teacher", TEACHER, {"name": "ce"},
-                                         args.teacher_epochs, 0, None, 3e-3))
-        t_res = run_lm(cfg, resume=True, log=quiet)  # continues an interrupted invocation
-    teacher = f"hf:{teacher_dir / 'student'}"
+    # the folder may also hold the larger `fortunes` package's files: take fortunes-min's only
+    corpus = args.corpus or fortunes_min(args.out / "corpus", FORTUNES)
+    t_res = train_teacher(corpus, args.out, TEACHER, args.teacher_epochs, 0, log=quiet)  # continues an interrupted one
     rows: dict[str, list[dict]] = {}
     for name in args.methods.split(";"):
         method, cached = METHODS[name]
         for seed in seeds:
             run = f"{name.split(' ')[0]}{'-cache' if cached else ''}-s{seed}"
-            path = args.out / run / "results.json"
-            if path.exists():
-                res = json.loads(path.read_text())
-            else:
-                cfg = load_lm_config(base=config(args.corpus, args.out, run, STUDENT, method, args.epochs,
-                                                 seed, teacher, 3e-3, args.cache_k if cached else None))
-                res = run_lm(cfg, resume=True, log=quiet)
+            res = train_student(corpus, args.out, run, STUDENT, method, args.epochs, seed,
+                                args.cache_k if cached else None, log=quiet)
             rows.setdefault(name, []).append({"seed": seed, **res["final"]["val"], "train_time_s": res["train_time_s"],
                                               "samples": res["samples"], "student_params": res["student"]["params"],
                                               "cache": (res["teacher"] or {}).get("cache", {}).get("bytes_per_token")})

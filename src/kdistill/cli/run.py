@@ -15,10 +15,30 @@ from .app import SetOpt, TrustCodeOpt, app, console, list_app, log, print_names
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo's run folder.")] = Path("runs"),
-    epochs: Annotated[Optional[int], typer.Option(help="Override the student epochs (quick look).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Override the student epochs (a quick look; --lm: default 8).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of every model's initialisation and data order.")] = 0,
+    lm: Annotated[bool, typer.Option("--lm", help="The causal-LM demo: a byte-level Llama-style teacher and "
+                                     "1-layer students (alone, forward KL, reverse KL, GKD) on Debian's fortune files.")] = False,
+    corpus: Annotated[Optional[Path], typer.Option(help="--lm: a text file or folder of text files instead of "
+                                                   "fortunes-min's (/usr/share/games/fortunes).")] = None,
+    teacher_layers: Annotated[Optional[int], typer.Option(min=1, help="--lm: the teacher's layers (default 6).")] = None,
+    teacher_epochs: Annotated[Optional[int], typer.Option(min=1, help="--lm: the teacher's epochs (default 10).")] = None,
 ) -> None:
-    """Distil a CNN into an MLP on MNIST-1D (generated locally): scratch vs KD vs KD + transfer set."""
+    """Distil a CNN into an MLP on MNIST-1D (generated locally): scratch vs KD vs KD + transfer set.
+    With --lm: distil a 6-layer causal LM into 1-layer students on Debian's fortune files."""
+    if lm:
+        from ..demo import LM_TEACHER_LAYERS, print_lm_demo_table, run_lm_demo
+
+        result = run_lm_demo(out, corpus=corpus, teacher_layers=teacher_layers or LM_TEACHER_LAYERS, epochs=epochs,
+                             teacher_epochs=teacher_epochs, seed=seed, log=log)
+        print_lm_demo_table(result, console)
+        return
+    given = [flag for flag, v in (("--corpus", corpus), ("--teacher-layers", teacher_layers),
+                                  ("--teacher-epochs", teacher_epochs)) if v is not None]
+    if given:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"{', '.join(given)} belong(s) to the causal-LM demo: add --lm.")
     from ..demo import print_demo_table, run_demo
 
     result = run_demo(out, epochs=epochs, seed=seed, log=log)

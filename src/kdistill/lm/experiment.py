@@ -244,9 +244,11 @@ def run_lm(cfg: LMRunConfig, run_dir: str | Path | None = None, resume: bool = F
     return result
 
 
-def evaluate_lm_run(run_dir: str | Path) -> dict[str, Any]:
+def evaluate_lm_run(run_dir: str | Path, teacher: str | None = None) -> dict[str, Any]:
     """Re-evaluate a finished causal-LM run's student (and its teacher, when one is at hand
-    with the same tokenizer) on the run's validation text (``kdistill eval``)."""
+    with the same tokenizer) on the run's validation text (``kdistill eval``). ``teacher``
+    (``hf:PATH``): compare with this model instead of the run's own teacher (a student
+    trained alone has none)."""
     from .config import load_lm_config
 
     path = Path(run_dir)
@@ -256,9 +258,11 @@ def evaluate_lm_run(run_dir: str | Path) -> dict[str, Any]:
     tok = load_tokenizer(f"hf:{path / 'student'}")
     _, val = load_data(cfg, tok)
     student, _ = build_causal_lm(f"hf:{path / 'student'}", {}, tok.vocab_size)
-    teacher = None
-    if cfg.teacher is not None:
+    src = teacher
+    if src is None and cfg.teacher is not None:
         src = cfg.teacher.model if cfg.teacher.model.startswith("hf:") else f"hf:{path / 'teacher' / 'model'}"
+    teacher = None
+    if src is not None:
         t_tok = folder_tokenizer(src)
         if t_tok is not None and t_tok.identity() == tok.identity():
             teacher, _ = build_causal_lm(src, {}, tok.vocab_size)
