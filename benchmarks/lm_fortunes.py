@@ -24,7 +24,6 @@ import torch
 
 from kdistill.lm.suite import FORTUNES, fortunes_min, llama, train_student, train_teacher
 
-TEACHER = llama(4, 128)  # 722,304 parameters with byte tokens
 STUDENT = llama(1, 64)  # 74,048
 # (method, read the teacher from the shared top-k cache?)
 METHODS = {
@@ -46,13 +45,14 @@ def main() -> None:
     ap.add_argument("--teacher-epochs", type=int, default=20)
     ap.add_argument("--methods", default=";".join(METHODS))
     ap.add_argument("--cache-k", type=int, default=32)
+    ap.add_argument("--teacher-layers", type=int, default=4, help="the teacher's blocks (width 128)")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     quiet = lambda line: print(line, flush=True)
     t0 = time.perf_counter()
     # the folder may also hold the larger `fortunes` package's files: take fortunes-min's only
     corpus = args.corpus or fortunes_min(args.out / "corpus", FORTUNES)
-    t_res = train_teacher(corpus, args.out, TEACHER, args.teacher_epochs, 0, log=quiet)  # continues an interrupted one
+    t_res = train_teacher(corpus, args.out, llama(args.teacher_layers, 128), args.teacher_epochs, 0, log=quiet)  # continues an interrupted one
     rows: dict[str, list[dict]] = {}
     for name in args.methods.split(";"):
         method, cached = METHODS[name]
@@ -66,7 +66,7 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     summary = {
         "corpus": "Debian fortunes-min (fortunes, literature, riddles; 98,399 bytes), byte tokenizer",
-        "teacher": {"params": t_res["student"]["params"], "val": t_res["final"]["val"], "epochs": args.teacher_epochs},
+        "teacher": {"layers": args.teacher_layers, "params": t_res["student"]["params"], "val": t_res["final"]["val"], "epochs": args.teacher_epochs},
         "cache_k": args.cache_k,
         "epochs": args.epochs, "seeds": seeds, "commit": commit,
         "hardware": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
