@@ -168,7 +168,10 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True).stdout.strip()
     import torch
 
-    record = {"command": "python " + " ".join(sys.argv), "commit": commit,
+    for r in runs:
+        r.pop("run_dir", None)  # a temporary folder of this machine
+    argv = ["FOLDER" if x == a.folder else x for x in sys.argv]
+    record = {"command": "python " + " ".join(argv), "commit": commit,
               "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "hardware": f"{platform.machine()} CPU, {len(os.sched_getaffinity(0))} cores, torch {torch.__version__}",
               "decoded_dataset_mib": round(n * 3 * a.size * a.size / 2**20, 1), "runs": runs,
