@@ -37,10 +37,16 @@ def main() -> None:
     ap.add_argument("folder")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--set", action="append", default=[], dest="overrides")
+    ap.add_argument("--sources", default="imagefolder,fashion-mnist",
+                    help="which sources to run (one each in two processes fills two cores)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     seeds = [int(s) for s in a.seeds.split(",")]
-    sources = {"imagefolder": [f"data.root={a.folder}"],
-               "fashion-mnist": ["data.name=fashion-mnist", "data.options={}", "data.root=null"]}
+    every = {"imagefolder": [f"data.root={a.folder}"],
+             "fashion-mnist": ["data.name=fashion-mnist", "data.options={}", "data.root=null"]}
+    sources = {k: every[k] for k in a.sources.split(",")}
     out: dict[str, dict[int, dict]] = {k: {} for k in sources}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in seeds:
@@ -57,7 +63,8 @@ def main() -> None:
     sds = {k: {m: statistics.stdev(v[s][m] for s in seeds) if len(seeds) > 1 else 0.0
                for m in ("student_test_acc", "teacher_test_acc")} for k, v in out.items()}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True).stdout.strip()
-    record = {"command": "python " + " ".join(sys.argv), "commit": commit,
+    argv = ["FOLDER" if x == a.folder else x for x in sys.argv]
+    record = {"command": "python " + " ".join(argv), "commit": commit,
               "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "hardware": f"{platform.machine()} CPU, {len(os.sched_getaffinity(0))} cores, torch {torch.__version__}",
               "seeds": seeds, "runs": out, "mean": means, "std": sds}
