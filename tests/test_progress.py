@@ -40,3 +40,14 @@ def test_headings_name_each_phase_and_quiet_prints_none(tiny_cfg, tmp_path, caps
     assert main(["train", str(cfg), "--run-dir", str(tmp_path / "b"), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "── teacher" not in out and "epoch 1/1" not in out and "test acc" in out  # the final table only
+
+
+def test_heading_leaves_out_terms_weighted_zero(tiny_cfg, tmp_path, capsys):
+    """KD with alpha 1 keeps a CE term of weight 0, which does not train: the heading names
+    what the loss is made of, so not that term."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_cfg(train={"epochs": 1}, teacher={"model": "mlp", "train": {"epochs": 1}},
+                                           method={"name": "kd", "alpha": 1.0})))
+    assert main(["train", str(cfg), "--run-dir", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert "── student: MLP with kd ·" in out and "kd + ce" not in out

@@ -448,7 +448,8 @@ class Trainer:
         last_good = None
         role = self.role or "training"
         student = type(self.accelerator.unwrap_model(self.model).student).__name__
-        terms = " + ".join(m.name for m in distiller.terms)
+        # a term weighted 0 (a token method's default CE) does not train: not in the heading
+        terms = " + ".join(m.name for w, m in zip(distiller.weights, distiller.terms) if w) or "no weighted term"
         self.log(heading(role, f"{student} with {terms}", cfg.epochs, steps_per_epoch, self.device))
         bar = EpochProgress(cfg.progress and self.accelerator.is_main_process, role, steps_per_epoch, cfg.epochs)
         try:
