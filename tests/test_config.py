@@ -54,3 +54,12 @@ def test_bad_override_and_missing_file(tmp_path):
     bad.write_text("student: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_overrides_leave_the_callers_base_untouched():
+    from kdistill.config import read_raw_config
+
+    base = {"data": {"name": "synthetic", "options": {"n_train": 64}}, "train": {"epochs": 1}}
+    raw = read_raw_config(None, ["data.options.n_train=8", "train.epochs=3"], base=base)
+    assert raw["data"]["options"]["n_train"] == 8 and raw["train"]["epochs"] == 3
+    assert base == {"data": {"name": "synthetic", "options": {"n_train": 64}}, "train": {"epochs": 1}}

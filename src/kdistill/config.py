@@ -13,6 +13,7 @@ Each limit, when hit, is named in a :class:`ConfigError`.
 
 from __future__ import annotations
 
+import copy
 import datetime
 import math
 import re
@@ -461,7 +462,7 @@ def read_raw_config(path: str | Path | None = None, overrides: list[str] | tuple
                     base: dict | None = None) -> dict:
     """A config's document (from ``base``, or the file at ``path``) with ``overrides``
     applied, not yet validated; every kind of run config is read through here."""
-    raw: Any = dict(base or {})
+    raw: Any = copy.deepcopy(base or {})  # overrides must not write into the caller's nested dicts
     if path is not None:
         raw = read_config_file(path)
     if not isinstance(raw, dict):
