@@ -205,3 +205,27 @@ def test_cli_reports_a_bad_chat_record_in_one_line(tmp_path, capsys):
     assert main(["train", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "no assistant turn" in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_sequence_level_run_prompts_a_chat_up_to_its_last_reply(tmp_path):
+    """The teacher completes each conversation from its last assistant header: the transfer
+    set's prompts are the chat's turns before the last reply."""
+    from kdistill.lm import run_lm
+
+    recs = [{"messages": [{"role": "user", "content": f"say {w}"}, {"role": "assistant", "content": w}]}
+            for w in ("cat", "dog", "sun", "sea", "map", "pen", "cup", "hat")]
+    data = _write_jsonl(tmp_path / "chat.jsonl", recs)
+    tiny = {"model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 64}
+    cfg = load_lm_config(base={
+        "task": "causal-lm", "data": {"train": str(data), "val": str(data), "block_size": 32, "batch_size": 8},
+        "tokenizer": "byte", "teacher": {"model": "hf-config", "kwargs": tiny, "train": {"epochs": 1}},
+        "student": {"model": "hf-config", "kwargs": tiny}, "method": {"name": "ce"},
+        "lm": {"regime": "sequence", "max_new_tokens": 4},
+        "train": {"epochs": 1, "device": "cpu", "progress": False, "seed": 0},
+        "output": {"dir": str(tmp_path), "name": "run"}})
+    run_lm(cfg, log=lambda s: None)
+    tok = ByteTokenizer()
+    lines = (tmp_path / "run" / "transfer.jsonl").read_text().splitlines()
+    prompts = sorted(tok.decode(json.loads(line)["prompt_ids"]) for line in lines)
+    assert prompts == sorted(f"<|user|>\nsay {r['messages'][1]['content']}\n<|assistant|>\n" for r in recs)

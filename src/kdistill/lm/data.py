@@ -203,7 +203,7 @@ def _record_tokens(r: dict, tokenizer, where: str) -> tuple[list[int], list[bool
     elif "text" in r:
         p, c = [], tokenizer.encode(str(r["text"]))
     else:
-        raise DataError(f"{where} has none of 'messages', 'prompt' and 'completion', 'text': {sorted(r)}.")
+        raise DataError(f"{where} has neither 'messages' nor 'prompt' and 'completion' nor 'text': {sorted(r)}.")
     return p + c + [tokenizer.eos_id], [False] * len(p) + [True] * (len(c) + 1), len(p)
 
 
