@@ -39,9 +39,17 @@ class LMDataConfig(Strict):
     """Text from local files.
 
     ``train`` / ``val``: a ``.txt`` file (or a folder of them), packed into blocks of
-    ``block_size`` tokens, or a ``.jsonl`` file of ``{"prompt", "completion"}`` (loss on the
-    completion only) or ``{"text"}`` records. ``separator``: a line that splits a text file
-    into documents (``"%"`` for fortune files), each ended by the end-of-text token.
+    ``block_size`` tokens; or records, one row each: a ``.jsonl`` file or a local Hugging
+    Face dataset (a ``save_to_disk`` folder, a ``.parquet`` / ``.arrow`` file, a folder of
+    ``.parquet`` files) of ``{"prompt", "completion"}`` (loss on the completion only),
+    ``{"messages"}`` chat (loss on the assistant turns only) or ``{"text"}`` records.
+    ``separator``: a line that splits a text file into documents (``"%"`` for fortune
+    files), each ended by the end-of-text token.
+
+    ``text_column`` / ``prompt_column`` + ``completion_column`` / ``messages_column``: the
+    columns (JSONL keys) holding a record's fields when they are not named ``text`` /
+    ``prompt``, ``completion`` / ``messages``; one kind at most. Unset: a dataset's
+    ``messages`` column, else ``prompt`` and ``completion``, else ``text``.
     """
 
     train: str
@@ -53,6 +61,30 @@ class LMDataConfig(Strict):
     max_blocks: Annotated[int, Field(ge=1)] | None = None
     separator: str | None = None
     split_seed: int = 0
+    text_column: str | None = None
+    prompt_column: str | None = None
+    completion_column: str | None = None
+    messages_column: str | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        kinds = [k for k, set_ in (("data.text_column", self.text_column is not None),
+                                   ("data.prompt_column/completion_column",
+                                    self.prompt_column is not None or self.completion_column is not None),
+                                   ("data.messages_column", self.messages_column is not None)) if set_]
+        if len(kinds) > 1:
+            raise ValueError(f"{' and '.join(kinds)} name different kinds of records; set one")
+        return self
+
+    def columns(self) -> dict[str, str] | None:
+        """``{record field: column}`` from the ``*_column`` settings, or ``None`` (guess)."""
+        if self.messages_column is not None:
+            return {"messages": self.messages_column}
+        if self.prompt_column is not None or self.completion_column is not None:
+            return {"prompt": self.prompt_column or "prompt", "completion": self.completion_column or "completion"}
+        if self.text_column is not None:
+            return {"text": self.text_column}
+        return None
 
 
 class LMModelConfig(Strict):

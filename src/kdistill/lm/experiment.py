@@ -49,7 +49,8 @@ def resolve_tokenizer(cfg: LMRunConfig):
 
 def load_data(cfg: LMRunConfig, tok) -> tuple[TokenDataset, TokenDataset]:
     d = cfg.data
-    args = dict(block_size=d.block_size, prompt_tokens=cfg.lm.prompt_tokens, separator=d.separator)
+    args = dict(block_size=d.block_size, prompt_tokens=cfg.lm.prompt_tokens, separator=d.separator,
+                columns=d.columns())
     train = load_text_dataset(d.train, tok, max_blocks=d.max_blocks, **args)
     if d.val is not None:
         return train, load_text_dataset(d.val, tok, **args)

@@ -43,6 +43,8 @@ class ByteTokenizer:
     kind = "byte"
     eos_id = 256
     vocab_size = 257
+    #: none: chat records use kdistill.lm.data's built-in template
+    chat_template = None
 
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
@@ -79,6 +81,15 @@ class HFTokenizer:
 
     def decode(self, ids) -> str:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    @property
+    def chat_template(self) -> str | None:
+        """The tokenizer's chat template (Jinja), or ``None``."""
+        return getattr(self.tok, "chat_template", None) or None
+
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
+        """A conversation as text, through the chat template."""
+        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
     def identity(self) -> dict[str, Any]:
         vocab = self.tok.get_vocab()
