@@ -9,6 +9,8 @@ them only from training-mode code (evaluation may run on the main process alone)
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor, nn
 
@@ -18,6 +20,21 @@ def world_size() -> int:
     import torch.distributed as dist
 
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def is_main_process() -> bool:
+    """Whether this process writes shared files: rank 0 of a ``torchrun`` or ``accelerate
+    launch`` (both set ``RANK``), or the only process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def sync_processes() -> None:
+    """Wait until every process of a multi-process run gets here, so files the main process
+    has just written are there for the others to read (a no-op on one process)."""
+    if world_size() > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
 
 
 def sync_buffers(model: nn.Module) -> None:

@@ -68,7 +68,10 @@ def train(
             log(f"OK: {config} is a valid causal-LM config (its models are loaded when training starts).")
             return
         result = run_lm(lm_cfg, run_dir=run_dir, resume=resume, log=(lambda line: None) if quiet else log)
-        print_lm_summary(result)
+        from ..distributed import is_main_process
+
+        if is_main_process():  # several processes (torchrun) print one table
+            print_lm_summary(result)
         return
     cfg = load_config(config, [*(set_ or []), *(["train.progress=false"] if quiet else [])])
     say = (lambda line: None) if quiet else log

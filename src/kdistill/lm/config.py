@@ -138,6 +138,10 @@ class LMConfig(Strict):
     cache_dir: str | None = None
     #: fixed prompts whose student completions the results show
     sample_prompts: list[str] = Field(default_factory=list)
+    #: recompute each decoder layer's activations in the backward pass instead of keeping
+    #: them (Hugging Face's gradient_checkpointing_enable, non-reentrant): less memory, one
+    #: more forward per step, the same gradients. For every network trained in the run
+    gradient_checkpointing: bool = False
 
 
 class LMRunConfig(Strict):

@@ -7,6 +7,7 @@ run folder (``config.yaml``, ``metrics.jsonl``, ``results.json``, ``student/`` a
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,8 +16,10 @@ from typing import Any
 import torch
 import yaml
 
+from ..devices import resolve_device
+from ..distributed import is_main_process, sync_processes
 from ..engine.checkpoint import atomic_write_json, atomic_write_text
-from ..engine.trainer import Trainer
+from ..engine.trainer import Trainer, get_accelerator
 from ..errors import ConfigError
 from ..methods import Distiller, build_term, create
 from .config import LMRunConfig
@@ -91,9 +94,12 @@ def prepare_teacher(cfg: LMRunConfig, tok, train: TokenDataset, val: TokenDatase
     else:
         tcfg = cfg.teacher_train()
         net, record = build_causal_lm(t.model, t.kwargs, tok.vocab_size, seed=tcfg.seed, eos_id=tok.eos_id)
+        if cfg.lm.gradient_checkpointing:
+            net.gradient_checkpointing()
         log(f"Training the teacher ({record['params']:,} parameters) for {tcfg.epochs} epochs.")
         res = train_lm(net, create("ce", net), train, val, tcfg, cfg, run_dir / "teacher", resume, log, None)
-        net.save(saved, tok)
+        if is_main_process():  # every process holds the same trained teacher; one writes it
+            net.save(saved, tok)
         record |= {"trained_in_run": True, "train_time_s": res["train_time_s"]}
     if t_tok.identity() == tok.identity():  # the same vocabulary: the teacher's perplexity compares
         record["val"] = lm_metrics(net, val, cfg.data.eval_batch_size, next(net.parameters()).device)
@@ -108,7 +114,9 @@ def sequence_transfer(teacher: CausalLM, train: TokenDataset, tok, cfg: LMRunCon
     path = run_dir / "transfer.jsonl"
     meta_path = run_dir / "transfer.json"
     fp = train.fingerprint()
-    if path.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()).get("data") == fp:
+    if not is_main_process():  # the main process writes the transfer set; the others read it
+        sync_processes()
+    elif path.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()).get("data") == fp:
         log(f"Reusing the teacher's completions in {path}.")
     else:
         g = torch.Generator().manual_seed(cfg.train.seed)
@@ -129,6 +137,8 @@ def sequence_transfer(teacher: CausalLM, train: TokenDataset, tok, cfg: LMRunCon
         atomic_write_json(meta_path, {"data": fp, "rows": len(lines), "greedy": cfg.lm.greedy,
                                       "seconds": round(time.perf_counter() - t0, 2)})
         log(f"Teacher completions for {len(lines)} prompts written to {path}.")
+    if is_main_process():
+        sync_processes()
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return records_dataset(records, tok, train.input_shape[0], "transfer")
 
@@ -185,6 +195,16 @@ def student_samples(student: CausalLM, tok, prompts: list[str], new_tokens: int)
     return out
 
 
+def build_student(cfg: LMRunConfig, tok) -> tuple[CausalLM, dict[str, Any]]:
+    """The student network (seeded by ``train.seed``), with ``lm.gradient_checkpointing``."""
+    student, record = build_causal_lm(cfg.student.model, cfg.student.kwargs, tok.vocab_size, seed=cfg.train.seed,
+                                      eos_id=tok.eos_id)
+    if cfg.lm.gradient_checkpointing:
+        student.gradient_checkpointing()
+        record["gradient_checkpointing"] = True
+    return student, record
+
+
 def run_lm(cfg: LMRunConfig, run_dir: str | Path | None = None, resume: bool = False,
            log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train one causal-LM run and return its results (also written to ``results.json``)."""
@@ -192,7 +212,15 @@ def run_lm(cfg: LMRunConfig, run_dir: str | Path | None = None, resume: bool = F
     if (path / "results.json").exists() and not resume:
         raise ConfigError(f"Run folder {path} already holds a finished run; pick another output.name or pass --resume.")
     path.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    main = is_main_process()
+    if not main:  # several processes (torchrun): one writes the run folder and speaks
+        log = _silent
+    else:
+        atomic_write_text(path / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    # start the process group (if any) now: the main process writes transfer sets and
+    # caches before any Trainer exists, and the others wait for them
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        get_accelerator(resolve_device(cfg.train.device), cfg.train.precision, cfg.train.fsdp)
     tok = resolve_tokenizer(cfg)
     check_same_tokenizer(folder_tokenizer(cfg.student.model), tok, "supervised")
     train, val = load_data(cfg, tok)
@@ -217,13 +245,18 @@ def run_lm(cfg: LMRunConfig, run_dir: str | Path | None = None, resume: bool = F
         from .cache import LMCachedTeacher, write_lm_cache
 
         folder = Path(cfg.lm.cache_dir) if cfg.lm.cache_dir else path / "teacher_cache"
+        # the main process writes the cache; the others wait, then find it and check its fingerprints
+        if not is_main_process():
+            sync_processes()
         t_record["cache"] = write_lm_cache(teacher, train, tok, cfg.lm.cache_k, folder, cfg.data.eval_batch_size, log)
+        if is_main_process():
+            sync_processes()
         dist_teacher = LMCachedTeacher(folder, train)
-    student, s_record = build_causal_lm(cfg.student.model, cfg.student.kwargs, tok.vocab_size, seed=cfg.train.seed,
-                                        eos_id=tok.eos_id)
+    student, s_record = build_student(cfg, tok)
     distiller = build_distiller(cfg, student, dist_teacher, train, tok)
     res = train_lm(student, distiller, train, val, cfg.train, cfg, path, resume, log, teacher if same_vocab else None)
-    student.save(path / "student", tok)
+    if main:
+        student.save(path / "student", tok)
     new = cfg.lm.max_new_tokens or 48
     result = {
         "task": "causal-lm",
@@ -241,8 +274,14 @@ def run_lm(cfg: LMRunConfig, run_dir: str | Path | None = None, resume: bool = F
     }
     if isinstance(distiller, OnPolicyDistiller):
         result["on_policy_draws"] = int(distiller.draws)
-    atomic_write_json(path / "results.json", result)
+    if main:
+        atomic_write_json(path / "results.json", result)
+    sync_processes()  # the run folder is complete when any process returns
     return result
+
+
+def _silent(line: str) -> None:
+    return None
 
 
 def evaluate_lm_run(run_dir: str | Path, teacher: str | None = None) -> dict[str, Any]:

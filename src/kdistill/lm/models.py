@@ -154,7 +154,17 @@ class CausalLM(nn.Module):
 
     def forward(self, input_ids: Tensor) -> Tensor:
         out = self.hf(input_ids=input_ids.long(), use_cache=False)
-        return out.logits[..., : self.vocab_size]
+        logits = out.logits
+        # no slice (a view) unless the embedding is padded: FSDP warns about returned views
+        return logits if logits.shape[-1] == self.vocab_size else logits[..., : self.vocab_size]
+
+    def gradient_checkpointing(self) -> None:
+        """Recompute activations in the backward pass (Hugging Face's non-reentrant
+        checkpointing of each decoder layer; active in training mode only)."""
+        if not getattr(self.hf, "supports_gradient_checkpointing", False):
+            raise ConfigError(f"{type(self.hf).__name__} does not support gradient checkpointing; "
+                              "set lm.gradient_checkpointing: false.")
+        self.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def save(self, folder: Path, tokenizer) -> None:
         folder = Path(folder)

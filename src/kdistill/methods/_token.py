@@ -167,6 +167,14 @@ def token_loss(
     :class:`TokenTopK`; ``top_k`` truncates a full teacher to its top-k + tail (what a
     cache of ``k`` tokens would give).
     """
+    # autocast off: under bf16/fp16 autocast the losses still run in float32 (the logits are
+    # cast up first; a reduction over the vocabulary in bf16 can make a KL negative)
+    with torch.autocast(student_logits.device.type, enabled=False):
+        return _token_loss(kind, student_logits, teacher, labels, temperature, coef, top_k)
+
+
+def _token_loss(kind: str, student_logits: Tensor, teacher: TeacherOutput, labels: Tensor, temperature: float,
+                coef: float, top_k: int | None) -> Tensor:
     log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)
     mask = token_mask(labels, student_logits)
     topk = isinstance(teacher, TokenTopK) and teacher.topk_logprobs is not None

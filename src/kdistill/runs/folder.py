@@ -14,24 +14,9 @@ from typing import Any
 from torch import nn
 
 from ..config import RunConfig, dump_config
-from ..distributed import world_size
+from ..distributed import is_main_process, sync_processes  # noqa: F401 (re-exported by kdistill.runs)
 from ..engine.checkpoint import atomic_write_json, atomic_write_text, state_dict_tensors
 from ..errors import ConfigError
-
-
-def is_main_process() -> bool:
-    """Whether this process writes the run folder: rank 0 of a ``torchrun`` or ``accelerate
-    launch`` (both set ``RANK``), or the only process."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def sync_processes() -> None:
-    """Wait until every process of a multi-process run gets here, so files the main process
-    has just written (a finished stage's weights) are there for the others to read."""
-    if world_size() > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 def write_json(path: Path, obj: Any) -> None:
