@@ -98,7 +98,7 @@ def main() -> None:
             print(k, r, {m: round(v, 3) for m, v in rounds[k][-1].items()}, flush=True)
     med = {k: {m: statistics.median(x[m] for x in v) for m in v[0]} for k, v in rounds.items()}
     record = {
-        "command": "python " + " ".join(sys.argv), "commit": _commit(),
+        "command": "python " + " ".join("FOLDER" if x == a.folder else x for x in sys.argv), "commit": _commit(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "hardware": f"{platform.machine()} CPU, {len(os.sched_getaffinity(0))} cores usable, torch "
                     f"{torch.__version__}, {a.threads} torch thread(s)",
