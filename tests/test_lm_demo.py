@@ -50,7 +50,9 @@ def test_lm_demo_runs_five_models_from_one_cache(corpus, tmp_path):
     console = Console(record=True, width=200)
     print_lm_demo_table(res, console)
     table = console.export_text()
-    assert "student, GKD" in table and "student, reverse KL" in table and "uniform guess" in table
+    assert "student, GKD" in table and "student, reverse KL" in table
+    # the caption wraps at the table's width, which the corpus path's length changes
+    assert "uniform guess" in " ".join(table.split())
 
 
 def test_lm_demo_missing_corpus_is_one_line(tmp_path, monkeypatch, capsys):
