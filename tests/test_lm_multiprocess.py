@@ -195,3 +195,26 @@ def test_gradient_checkpointing_same_loss_and_gradients(lm_setup):
     assert grads[1].keys() == grads[0].keys() and len(grads[0]) == len(list(student.parameters()))
     for n in grads[0]:
         torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_sequence_level_on_two_processes_writes_the_teachers_transfer_set_once(lm_setup):
+    """Sequence-level KD under DDP: the main process has the teacher complete every training
+    prompt (greedy) into transfer.jsonl while the other waits, both train on that file, and
+    the file is the 1-process run's line for line. Completions of equal length (as here) give
+    the 1-process run's end; of different lengths each process averages CE over its own
+    target tokens, and the end is only near it (README)."""
+    tmp, _, raw = lm_setup
+    over = {"method": {"name": "ce"}, "lm": {**raw["lm"], "regime": "sequence"}}
+    one = _one_process(tmp, raw, "one_seq", **over)
+    cfg = tmp / "lm_seq.yaml"
+    cfg.write_text(yaml.safe_dump({**raw, **over}))
+    proc = _torchrun(cfg, tmp / "two_seq", "data.batch_size=16")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp / "two_seq" / "transfer.jsonl").read_text() == (tmp / "one_seq" / "transfer.jsonl").read_text()
+    assert not list((tmp / "two_seq").glob(".transfer*"))  # no half-written copy left
+    two = json.loads((tmp / "two_seq" / "results.json").read_text())
+    assert two["distributed"]["processes"] == 2 and two["steps"] == one["steps"]
+    assert two["data"] == one["data"]
+    for k in KEYS:  # the tiny teacher's completions all run to max_new_tokens: equal token counts
+        assert two["final"]["val"][k] == pytest.approx(one["final"]["val"][k], rel=1e-4, abs=1e-6), k
