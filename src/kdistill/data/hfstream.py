@@ -39,9 +39,8 @@ import torch
 from torch import Tensor
 
 from ..errors import DataError
-from .images import BadImage, ImageLoader, ImageSet, decode, image_splits, probe
+from .images import BadImage, ImageLoader, ImageSet, channel_stats, decode, image_splits, probe
 from .loaders import epoch_order
-from .recipe import center_crop
 
 INDEX = "__kdistill_index"
 
@@ -271,17 +270,8 @@ def _stats(ds: HFStreamSet, samples: int) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of the center crops of the stream's first ``samples`` images
     (the map-style source measures evenly spaced ones: a stream has no random access)."""
     rows = list(islice((r for chunk in ds._rows(256) for r in chunk), samples))
-    total = torch.zeros(ds.geo.channels, dtype=torch.float64)
-    sq = torch.zeros_like(total)
-    count = 0
-    for _, x in ds._decode([rows[i : i + 256] for i in range(0, len(rows), 256)], ds.workers):
-        x = center_crop(x.double() / 255.0, (ds.geo.size, ds.geo.size))
-        total += x.sum((0, 2, 3))
-        sq += (x * x).sum((0, 2, 3))
-        count += x.shape[0] * x.shape[2] * x.shape[3]
-    mean = total / count
-    std = (sq / count - mean * mean).clamp_min(1e-12).sqrt()
-    return [round(float(v), 4) for v in mean], [round(float(v), 4) for v in std.clamp_min(1e-3)]
+    chunks = [rows[i : i + 256] for i in range(0, len(rows), 256)]
+    return channel_stats((x for _, x in ds._decode(chunks, ds.workers)), ds.geo.channels, ds.geo.size)
 
 
 def open_streaming(datasets, base: Path, fmt: str | None, data_files, image_column: str, label_column: str,

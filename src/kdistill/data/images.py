@@ -464,23 +464,29 @@ def probe(raw: Any) -> tuple[int, int, int]:
         raise BadImage(str(e)) from None
 
 
-def _stats(ds: ImageSet, samples: int) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of [0, 1] pixels of the center crops of up to ``samples``
-    evenly spaced images."""
-    n = len(ds)
-    pos = np.unique(np.linspace(0, n - 1, min(n, samples)).round().astype(np.int64)).tolist()
-    total = torch.zeros(ds.geo.channels, dtype=torch.float64)
+def channel_stats(batches, channels: int, size: int) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of [0, 1] pixels of the ``size`` center crops of decoded
+    uint8 ``(N, C, H, W)`` batches (every image source's ``mean: auto``)."""
+    total = torch.zeros(channels, dtype=torch.float64)
     sq = torch.zeros_like(total)
     count = 0
-    chunks = [pos[i : i + 256] for i in range(0, len(pos), 256)]
-    for got in ds._decoded(chunks, ds.workers):
-        x = center_crop(got["x"].double() / 255.0, (ds.geo.size, ds.geo.size))
+    for x in batches:
+        x = center_crop(x.double() / 255.0, (size, size))
         total += x.sum((0, 2, 3))
         sq += (x * x).sum((0, 2, 3))
         count += x.shape[0] * x.shape[2] * x.shape[3]
     mean = total / count
     std = (sq / count - mean * mean).clamp_min(1e-12).sqrt()
     return [round(float(v), 4) for v in mean], [round(float(v), 4) for v in std.clamp_min(1e-3)]
+
+
+def _stats(ds: ImageSet, samples: int) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of [0, 1] pixels of the center crops of up to ``samples``
+    evenly spaced images."""
+    n = len(ds)
+    pos = np.unique(np.linspace(0, n - 1, min(n, samples)).round().astype(np.int64)).tolist()
+    chunks = [pos[i : i + 256] for i in range(0, len(pos), 256)]
+    return channel_stats((got["x"] for got in ds._decoded(chunks, ds.workers)), ds.geo.channels, ds.geo.size)
 
 
 def image_splits(name: str, parts: dict[str, tuple[Any, Tensor]], num_classes: int, names: list[str] | None,
