@@ -46,6 +46,15 @@ STAGES = ("teacher", "scratch", "kd", "kd_transfer")
 LABELS = {"teacher": "CNN teacher", "scratch": "MLP alone", "kd": "MLP + KD", "kd_transfer": "MLP + KD + transfer set"}
 
 
+def _merge_metrics(root: Path, stages) -> None:
+    """The stages' metrics.jsonl rows in one ``root/metrics.jsonl``, each named by its model."""
+    lines = []
+    for name in stages:
+        for line in (root / name / "metrics.jsonl").read_text().splitlines():
+            lines.append(json.dumps({"model": name} | json.loads(line)))
+    atomic_write_text(root / "metrics.jsonl", "\n".join(lines) + "\n")
+
+
 def demo_configs(teacher_ckpt: str, epochs: int | None, seed: int) -> dict[str, dict[str, Any]]:
     """The three student runs' configs (the teacher is trained first, by the first run)."""
     data = {"name": "mnist1d", "batch_size": 128}
@@ -87,11 +96,7 @@ def run_demo(out: str | Path = "runs", epochs: int | None = None, seed: int = 0,
     result = {"demo": "mnist1d cnn1d -> mlp", "seed": seed, "runs": rows,
               "wall_time_s": round(time.perf_counter() - t0, 1), "run_dir": str(root)}
     atomic_write_json(root / "results.json", result)
-    lines = []
-    for name in STAGES:
-        for line in (root / name / "metrics.jsonl").read_text().splitlines():
-            lines.append(json.dumps({"model": name} | json.loads(line)))
-    atomic_write_text(root / "metrics.jsonl", "\n".join(lines) + "\n")
+    _merge_metrics(root, STAGES)
     _bar_chart(rows, root / "plots" / "accuracy.png")
     return result
 
@@ -238,11 +243,7 @@ def run_lm_demo(out: str | Path = "runs", corpus: str | Path | None = None, teac
                      "machine": platform.machine()},
     }
     atomic_write_json(root / "results.json", result)
-    metrics = []
-    for name in LM_STAGES:
-        for line in (root / name / "metrics.jsonl").read_text().splitlines():
-            metrics.append(json.dumps({"model": name} | json.loads(line)))
-    atomic_write_text(root / "metrics.jsonl", "\n".join(metrics) + "\n")
+    _merge_metrics(root, LM_STAGES)
     return result
 
 
