@@ -30,3 +30,28 @@ def tiny_cfg(tmp_path):
         return cfg
 
     return make
+
+
+@pytest.fixture
+def crash_at_batch(monkeypatch):
+    """``crash_at_batch(n, fn)``: call ``fn()`` with the ``n``-th batch an image loader
+    finishes raising "killed" (a crash mid-epoch), then put the loader back."""
+    from kdistill.data import ImageLoader
+
+    def crash(n: int, fn) -> None:
+        finish, calls = ImageLoader.finish, {"n": 0}
+
+        def crashing(self, *a, **kw):
+            calls["n"] += 1
+            if calls["n"] == n:
+                raise RuntimeError("killed")
+            return finish(self, *a, **kw)
+
+        monkeypatch.setattr(ImageLoader, "finish", crashing)
+        try:
+            with pytest.raises(RuntimeError, match="killed"):
+                fn()
+        finally:
+            monkeypatch.setattr(ImageLoader, "finish", finish)
+
+    return crash

@@ -11,7 +11,7 @@ import torch
 from test_image_sources import _opts, make_images, write_folder
 
 from kdistill.config import load_config
-from kdistill.data import Augment, ImageLoader, RecipeConfig, load_dataset
+from kdistill.data import Augment, RecipeConfig, load_dataset
 from kdistill.errors import DataError
 
 datasets = pytest.importorskip("datasets")
@@ -169,7 +169,7 @@ def _weights(run_dir):
     return load_file(str(Path(run_dir) / "model.safetensors"))
 
 
-def test_streamed_run_resumed_after_a_crash_is_bit_identical(files, tmp_path, monkeypatch):
+def test_streamed_run_resumed_after_a_crash_is_bit_identical(files, tmp_path, crash_at_batch):
     from kdistill.runs import run_experiment
 
     over = ["data.name=hf", f"data.root={files / 'pq'}",
@@ -182,18 +182,8 @@ def test_streamed_run_resumed_after_a_crash_is_bit_identical(files, tmp_path, mo
     saved = json.loads((Path(straight["run_dir"]) / "results.json").read_text())
     assert saved["dataset"]["train"] == 18 and straight["steps"] == 8
 
-    finish, calls = ImageLoader.finish, {"n": 0}
-
-    def crash_on_the_sixth(self, *a, **kw):
-        calls["n"] += 1
-        if calls["n"] == 6:  # batch 1 of epoch 2 (4 batches an epoch): a checkpoint holds step 5
-            raise RuntimeError("killed")
-        return finish(self, *a, **kw)
-
-    monkeypatch.setattr(ImageLoader, "finish", crash_on_the_sixth)
-    with pytest.raises(RuntimeError, match="killed"):
-        run_experiment(cfg, run_dir=tmp_path / "b", log=lambda s: None)
-    monkeypatch.setattr(ImageLoader, "finish", finish)
+    # batch 1 of epoch 2 (4 batches an epoch): a checkpoint holds step 5
+    crash_at_batch(6, lambda: run_experiment(cfg, run_dir=tmp_path / "b", log=lambda s: None))
     resumed = run_experiment(cfg, run_dir=tmp_path / "b", resume=True, log=lambda s: None)
     assert resumed["steps"] == 8
     a, b = _weights(straight["run_dir"]), _weights(resumed["run_dir"])

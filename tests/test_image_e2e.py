@@ -11,7 +11,6 @@ import torch
 from test_image_sources import make_images, write_folder
 
 from kdistill.config import load_config
-from kdistill.data import ImageLoader
 from kdistill.runs import run_experiment
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -48,7 +47,7 @@ def _weights(run_dir):
     return load_file(str(Path(run_dir) / "model.safetensors"))
 
 
-def test_streamed_run_resumed_after_a_crash_is_bit_identical(photos, tmp_path, monkeypatch):
+def test_streamed_run_resumed_after_a_crash_is_bit_identical(photos, tmp_path, crash_at_batch):
     over = ["data.name=imagefolder", f"data.root={photos}", "data.options={size: 16, resize: 20, mean: imagenet}", "data.resident=false",
             "data.workers=1", "data.batch_size=6", "data.recipe={random_resized_crop: true, flip: 0.5, "
             "color_jitter: true, mixup: 0.2, cutmix: 1.0}", "method={name: ce}", "train.epochs=2",
@@ -58,18 +57,8 @@ def test_streamed_run_resumed_after_a_crash_is_bit_identical(photos, tmp_path, m
     cfg = load_config(None, over, base=base)
     straight = run_experiment(cfg, run_dir=tmp_path / "a", log=lambda s: None)
 
-    finish, calls = ImageLoader.finish, {"n": 0}
-
-    def crash_on_the_seventh(self, *a, **kw):
-        calls["n"] += 1
-        if calls["n"] == 7:  # batch 2 of epoch 2 (4 batches an epoch): a checkpoint holds step 6
-            raise RuntimeError("killed")
-        return finish(self, *a, **kw)
-
-    monkeypatch.setattr(ImageLoader, "finish", crash_on_the_seventh)
-    with pytest.raises(RuntimeError, match="killed"):
-        run_experiment(cfg, run_dir=tmp_path / "b", log=lambda s: None)
-    monkeypatch.setattr(ImageLoader, "finish", finish)
+    # batch 2 of epoch 2 (4 batches an epoch): a checkpoint holds step 6
+    crash_at_batch(7, lambda: run_experiment(cfg, run_dir=tmp_path / "b", log=lambda s: None))
     resumed = run_experiment(cfg, run_dir=tmp_path / "b", resume=True, log=lambda s: None)
     assert resumed["steps"] == straight["steps"] == 8
     a, b = _weights(straight["run_dir"]), _weights(resumed["run_dir"])
