@@ -102,7 +102,7 @@ def main() -> None:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "hardware": f"{platform.machine()} CPU, {len(os.sched_getaffinity(0))} cores usable, torch "
                     f"{torch.__version__}, {a.threads} torch thread(s)",
-        "settings": vars(a) | {"train_images": {k: len(v) for k, v in paths.items()}},
+        "settings": vars(a) | {"folder": "FOLDER", "train_images": {k: len(v) for k, v in paths.items()}},
         "load_seconds": {"memory": round(t_mem, 2), "resident_decode": round(t_res, 2)},
         "rounds": rounds, "median": med,
         "ratio_streamed_to_memory": med["streamed"]["images_per_s"] / med["memory"]["images_per_s"],

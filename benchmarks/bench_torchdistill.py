@@ -8,7 +8,7 @@ How to run (torchdistill and torchvision are not kdistill dependencies; use a se
     tdvenv/bin/pip install -e .                  # kdistill
     tdvenv/bin/python benchmarks/bench_torchdistill.py --steps 50 --warmup 10 --repeat 3
     tdvenv/bin/python benchmarks/bench_torchdistill.py --steps 2 --warmup 1 --repeat 1 \\
-        --out /tmp/td_smoke.json --check               # a quick smoke test plus sanity checks
+        --out td_smoke.json --check                    # a quick smoke test plus sanity checks
 
 Each round times torchdistill, then kdistill (``--repeat R`` rounds, interleaved:
 torchdistill, kdistill, torchdistill, kdistill, ...). In every measurement ``--warmup``
