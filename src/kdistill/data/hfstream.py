@@ -119,6 +119,12 @@ def _shuffle_args() -> frozenset[str]:
     return frozenset(inspect.signature(IterableDataset.shuffle).parameters)
 
 
+def _chunked(rows, n: int):
+    """Lists of ``n`` consecutive items of the iterator ``rows`` (the last may be shorter)."""
+    while got := list(islice(rows, n)):
+        yield got
+
+
 def _number(row, i, first):
     return {INDEX: first + i}
 
@@ -150,12 +156,8 @@ class HFStreamSet(ImageSet):
     def _rows(self, chunk: int, seed: int | None = None, epoch: int = 0):
         """Chunks of ``(index, raw)`` rows of the stream."""
         src: StreamSource = self.reader
-        it = ((int(r[INDEX]), _raw(r[src.image_column])) for r in src.stream(seed, epoch, self.buffer))
-        while True:
-            got = list(islice(it, chunk))
-            if not got:
-                return
-            yield got
+        return _chunked(((int(r[INDEX]), _raw(r[src.image_column])) for r in src.stream(seed, epoch, self.buffer)),
+                        chunk)
 
     def _decode(self, chunks, workers: int):
         """Decoded ``(pos, x)`` per chunk, in order (``workers`` threads decode ahead)."""
@@ -247,15 +249,7 @@ class StreamLoader(ImageLoader):
                 yield from [first] * (per - count)
 
         it = islice(padded(), start * bs, n_batches * bs)  # the consumed rows pass undecoded
-
-        def chunks():
-            while True:
-                got = list(islice(it, bs))
-                if not got:
-                    return
-                yield got
-
-        for b, (pos, x) in enumerate(d._decode(chunks(), d.workers), start=start):
+        for b, (pos, x) in enumerate(d._decode(_chunked(it, bs), d.workers), start=start):
             x = x.to(self.device, non_blocking=True)
             if d.on_bad == "skip":
                 keep = ~d._bad[pos]
