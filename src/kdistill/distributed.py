@@ -10,6 +10,7 @@ them only from training-mode code (evaluation may run on the main process alone)
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -35,6 +36,19 @@ def sync_processes() -> None:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+@contextmanager
+def main_process_first():
+    """Run the block on the main process first and on the others after it: what the main
+    process writes there (a cache, a transfer set) the others find when they run it (the
+    identity on one process)."""
+    main = is_main_process()
+    if not main:
+        sync_processes()
+    yield
+    if main:
+        sync_processes()
 
 
 def sync_buffers(model: nn.Module) -> None:

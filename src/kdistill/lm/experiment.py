@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from ..devices import resolve_device
-from ..distributed import is_main_process, sync_processes
+from ..distributed import is_main_process, main_process_first, sync_processes
 from ..engine.checkpoint import atomic_write_json, atomic_write_text
 from ..engine.trainer import Trainer, get_accelerator
 from ..errors import ConfigError
@@ -114,31 +114,29 @@ def sequence_transfer(teacher: CausalLM, train: TokenDataset, tok, cfg: LMRunCon
     path = run_dir / "transfer.jsonl"
     meta_path = run_dir / "transfer.json"
     fp = train.fingerprint()
-    if not is_main_process():  # the main process writes the transfer set; the others read it
-        sync_processes()
-    elif path.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()).get("data") == fp:
-        log(f"Reusing the teacher's completions in {path}.")
-    else:
-        g = torch.Generator().manual_seed(cfg.train.seed)
-        temp = 0.0 if cfg.lm.greedy else cfg.lm.gen_temperature
-        t0 = time.perf_counter()
-        lines = []
-        t_tok = getattr(teacher, "tokenizer", tok)
-        if t_tok.identity() != tok.identity():
-            lines = _completions_through_text(teacher, t_tok, train, tok, cfg, temp, g)
-        for b in ([] if lines else train.batches(cfg.data.eval_batch_size)):
-            plen = train.prompt_len[b["index"]]
-            x, y = complete_rows(teacher, b["x"], plen, cfg.lm.max_new_tokens, temp, g, eos_id=tok.eos_id)
-            for row_x, row_y, p in zip(x.tolist(), y.tolist(), plen.tolist()):
-                p = max(int(p), 1)
-                completion = [row_x[t + 1] for t in range(len(row_y)) if row_y[t] != -100]
-                lines.append(json.dumps({"prompt_ids": row_x[:p], "completion_ids": completion}))
-        atomic_write_text(path, "\n".join(lines) + "\n")
-        atomic_write_json(meta_path, {"data": fp, "rows": len(lines), "greedy": cfg.lm.greedy,
-                                      "seconds": round(time.perf_counter() - t0, 2)})
-        log(f"Teacher completions for {len(lines)} prompts written to {path}.")
-    if is_main_process():
-        sync_processes()
+    # the main process writes the transfer set; the others, after it, find it and reuse it
+    with main_process_first():
+        if path.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()).get("data") == fp:
+            log(f"Reusing the teacher's completions in {path}.")
+        else:
+            g = torch.Generator().manual_seed(cfg.train.seed)
+            temp = 0.0 if cfg.lm.greedy else cfg.lm.gen_temperature
+            t0 = time.perf_counter()
+            lines = []
+            t_tok = getattr(teacher, "tokenizer", tok)
+            if t_tok.identity() != tok.identity():
+                lines = _completions_through_text(teacher, t_tok, train, tok, cfg, temp, g)
+            for b in ([] if lines else train.batches(cfg.data.eval_batch_size)):
+                plen = train.prompt_len[b["index"]]
+                x, y = complete_rows(teacher, b["x"], plen, cfg.lm.max_new_tokens, temp, g, eos_id=tok.eos_id)
+                for row_x, row_y, p in zip(x.tolist(), y.tolist(), plen.tolist()):
+                    p = max(int(p), 1)
+                    completion = [row_x[t + 1] for t in range(len(row_y)) if row_y[t] != -100]
+                    lines.append(json.dumps({"prompt_ids": row_x[:p], "completion_ids": completion}))
+            atomic_write_text(path, "\n".join(lines) + "\n")
+            atomic_write_json(meta_path, {"data": fp, "rows": len(lines), "greedy": cfg.lm.greedy,
+                                          "seconds": round(time.perf_counter() - t0, 2)})
+            log(f"Teacher completions for {len(lines)} prompts written to {path}.")
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return records_dataset(records, tok, train.input_shape[0], "transfer")
 
@@ -245,12 +243,10 @@ def run_lm(cfg: LMRunConfig, run_dir: str | Path | None = None, resume: bool = F
         from .cache import LMCachedTeacher, write_lm_cache
 
         folder = Path(cfg.lm.cache_dir) if cfg.lm.cache_dir else path / "teacher_cache"
-        # the main process writes the cache; the others wait, then find it and check its fingerprints
-        if not is_main_process():
-            sync_processes()
-        t_record["cache"] = write_lm_cache(teacher, train, tok, cfg.lm.cache_k, folder, cfg.data.eval_batch_size, log)
-        if is_main_process():
-            sync_processes()
+        # the main process writes the cache; the others, after it, find it and check its fingerprints
+        with main_process_first():
+            t_record["cache"] = write_lm_cache(teacher, train, tok, cfg.lm.cache_k, folder, cfg.data.eval_batch_size,
+                                               log)
         dist_teacher = LMCachedTeacher(folder, train)
     student, s_record = build_student(cfg, tok)
     distiller = build_distiller(cfg, student, dist_teacher, train, tok)
