@@ -4,6 +4,7 @@ from . import ab, at, cc, ce, crd, dist, dkd, fitnet, fsp, ft, kd, nst, pkt, rev
 from ._base import Context, Distiller, FirstPhase, Method, as_teacher
 from ._registry import METHODS, build_term, create, register_method
 from ._token import TokenTopK
+from .deit import DeiT  # noqa: F401  (register)
 from .forward_kl import ForwardKL  # noqa: F401  (register the token-level methods)
 from .gkd import GKD  # noqa: F401
 from .reverse_kl import ReverseKL  # noqa: F401
