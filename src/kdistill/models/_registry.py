@@ -204,11 +204,13 @@ def create_model(name: str, num_classes: int, input_shape: tuple[int, ...], trus
         except ImportError:
             raise ConfigError(f"Model {name!r} needs timm: pip install 'kdistill[timm]'.") from None
         try:
-            return timm.create_model(
+            model = timm.create_model(
                 name[5:], pretrained=False, num_classes=num_classes, in_chans=input_shape[0], **kwargs
             )
         except (RuntimeError, ValueError, TypeError, KeyError) as e:
             raise ConfigError(f"Model {name!r}: timm cannot build it: {str(e).splitlines()[0]}") from None
+        model.default_taps = timm_taps(model)
+        return model
     if name.startswith("torchvision:"):
         try:
             import torchvision
@@ -217,9 +219,13 @@ def create_model(name: str, num_classes: int, input_shape: tuple[int, ...], trus
         except Exception as e:  # a torchvision build that does not match torch fails on import
             raise ConfigError(f"Model {name!r}: torchvision does not import here ({type(e).__name__}: {e}).") from None
         try:
-            return torchvision.models.get_model(name[12:], weights=None, num_classes=num_classes, **kwargs)
+            model = torchvision.models.get_model(name[12:], weights=None, num_classes=num_classes, **kwargs)
         except (RuntimeError, ValueError, TypeError, KeyError) as e:
             raise ConfigError(f"Model {name!r}: torchvision cannot build it: {str(e).splitlines()[0]}") from None
+        groups = [f"layer{i}" for i in range(1, 5) if hasattr(model, f"layer{i}")]
+        if len(groups) == 4:  # the ResNet family's residual groups are its stages
+            model.default_taps = {"stages": groups, "embedding": default_taps(model)["embedding"]}
+        return model
     if ":" in name:
         factory = _factory(name)
         try:
@@ -233,6 +239,27 @@ def create_model(name: str, num_classes: int, input_shape: tuple[int, ...], trus
         return _call_factory(MODELS.get(name), num_classes, input_shape, **kwargs)
     except TypeError as e:
         raise ConfigError(f"Model {name!r}: {e}.") from None
+
+
+def timm_taps(model: nn.Module) -> dict[str, Any]:
+    """A timm model's declared taps from what timm knows about it, not from probing: the
+    stages are its ``feature_info`` modules (shallow to deep, with their ``channels`` and
+    ``reduction`` kept under ``"feature_info"``), the embedding is the input of the
+    classifier its ``pretrained_cfg`` names (``fc``, ``classifier``, ``head``; the first of
+    a distilled model's two heads)."""
+    info = [f for f in (getattr(model, "feature_info", None) or []) if isinstance(f, dict) and f.get("module")]
+    head = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
+    head = head[0] if isinstance(head, (list, tuple)) and head else head
+    try:
+        embedding = f"{head}:input" if isinstance(head, str) and model.get_submodule(head) is not None else None
+    except AttributeError:
+        embedding = None
+    if embedding is None:
+        last_linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+        embedding = f"{last_linear[-1]}:input" if last_linear else None
+    return {"stages": [str(f["module"]) for f in info], "embedding": embedding,
+            "feature_info": [{"tap": str(f["module"]), "channels": int(f["num_chs"]), "reduction": int(f["reduction"])}
+                             for f in info]}
 
 
 def default_taps(model: nn.Module) -> dict[str, Any]:
