@@ -161,6 +161,11 @@ class TeacherInputConfig(Strict):
     channels: Annotated[int, Field(ge=1, le=64)] | None = None
     data_mean: list[float] = Field(default_factory=lambda: [0.0])
     data_std: list[float] = Field(default_factory=lambda: [1.0])
+    interpolation: Literal["bilinear", "bicubic", "nearest"] | None = None
+    crop_pct: Annotated[float, Field(gt=0, le=1)] | None = None
+    #: take mean, std, size, interpolation and crop from the teacher's own card (timm's
+    #: pretrained_cfg, a weights sidecar, an hf: processor config); keys given here win
+    auto: bool = False
 
 
 class TeacherConfig(Strict):
@@ -185,6 +190,11 @@ class TeacherConfig(Strict):
     augment: AugmentConfig | None = None
     #: the teacher's input normalisation/resolution/channels, converted per batch on the device
     input: TeacherInputConfig | None = None
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _input_auto(cls, v):
+        return {"auto": True} if v == "auto" else v
     #: train a teacher that has a checkpoint further (fine-tune it, with ``train``) before
     #: distilling, into ``RUN/teacher``; without it a checkpoint is used as it is
     finetune: bool = False

@@ -18,7 +18,7 @@ from ..errors import ConfigError, DataError, ShapeError
 from ..measure import count_params, param_bytes
 from ..methods import METHODS
 from ..models import TrustCode, create_model, require_trusted
-from ..teacher_input import Adapter, InputSpec
+from ..teacher_input import Adapter, InputSpec, card_spec
 from ..teachers import EnsembleTeacher, ModuleTeacher, Teacher
 
 
@@ -167,7 +167,13 @@ def teacher_adapter(t: TeacherConfig | None, data: DataSplits | None = None):
     (``data_mean``/``data_std``) defaults to what the dataset declares it applied."""
     if t is None or t.input is None:
         return None
-    spec = t.input.model_dump()
+    spec = t.input.model_dump(exclude={"auto"})
+    if t.input.auto:  # the card's values, then the keys the config gives explicitly
+        if t.ensemble:
+            raise ConfigError("teacher.input: auto reads one model's card; an ensemble's members may differ, "
+                              "so give teacher.input's mean, std and size explicitly.")
+        spec = {**card_spec(t.model, t.checkpoint, t.kwargs),
+                **{k: spec[k] for k in t.input.model_fields_set if k != "auto"}}
     norm = getattr(data.train, "normalization", None) if data is not None else None
     if norm is not None and not {"data_mean", "data_std"} & t.input.model_fields_set:
         spec["data_mean"], spec["data_std"] = (torch.as_tensor(v, dtype=torch.float64).flatten().tolist() for v in norm[:2])

@@ -129,6 +129,8 @@ def default_teacher(options: dict, ctx: TeacherContext) -> tuple[Teacher, dict]:
         return cached, {"cache": t.cache}
     members_cfg = t.ensemble or [t]
     adapt = teacher_adapter(t, data)
+    if adapt is not None:
+        log(f"Teacher input: {adapt.spec.describe()}.")
     members, records = [], []
     for i, m in enumerate(members_cfg):
         sub = run_dir / ("teacher" if len(members_cfg) == 1 else f"teacher{i}")
