@@ -203,13 +203,19 @@ def create_model(name: str, num_classes: int, input_shape: tuple[int, ...], trus
             import timm
         except ImportError:
             raise ConfigError(f"Model {name!r} needs timm: pip install 'kdistill[timm]'.") from None
+        token = kwargs.pop("distillation_token", False)  # DeiT's token on a plain ViT (models/vit_token.py)
         try:
             model = timm.create_model(
                 name[5:], pretrained=False, num_classes=num_classes, in_chans=input_shape[0], **kwargs
             )
         except (RuntimeError, ValueError, TypeError, KeyError) as e:
             raise ConfigError(f"Model {name!r}: timm cannot build it: {str(e).splitlines()[0]}") from None
-        model.default_taps = timm_taps(model)
+        taps = timm_taps(model)
+        if token:
+            from .vit_token import DistillationToken
+
+            model = DistillationToken(model)
+        model.default_taps = taps
         return model
     if name.startswith("torchvision:"):
         try:
