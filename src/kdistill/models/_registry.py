@@ -4,7 +4,9 @@ A model name is one of:
 
 * a zoo name (``mlp``, ``cnn1d``, ``convnet``, ``resnet8x4``, ...; ``kdistill list models``);
 * ``timm:NAME`` or ``torchvision:NAME`` (optional extras; never downloads weights: give
-  pretrained weights as a local ``checkpoint``);
+  pretrained weights as a local ``checkpoint``). A timm model declares its taps from its own
+  ``feature_info`` (:func:`timm_taps`); ``kwargs: {distillation_token: true}`` gives a plain
+  timm ViT DeiT's distillation token and second head (:mod:`.vit_token`);
 * ``hf:PATH`` for a Hugging Face image classifier saved in a local folder
   (``save_pretrained``; loaded with ``local_files_only=True``, never from the hub), with its
   own pretrained weights; the model gives ``(batch, classes)`` logits;
