@@ -136,3 +136,15 @@ def test_auto_without_a_card_is_refused_before_anything_runs(tmp_path):
         preflight(_cfg(tmp_path, {"model": "mlp", "checkpoint": str(tmp_path / "t.safetensors"), "input": "auto"}))
     with pytest.raises(ConfigError, match="input"):
         _cfg(tmp_path, {"model": "mlp", "input": "automatic"})
+
+
+def test_the_timm_example_configs_validate():
+    from pathlib import Path
+
+    from kdistill.config import load_config
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    teacher = load_config(examples / "timm_teacher.yaml")
+    distill = load_config(examples / "timm_distill.yaml")
+    assert teacher.student.model == "timm:resnet18" and distill.teacher.model == teacher.student.model
+    assert distill.teacher.input.auto and distill.teacher.checkpoint == "weights/model.safetensors"
