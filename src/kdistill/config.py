@@ -95,6 +95,10 @@ class ModelConfig(Strict):
 
 class TrainConfig(Strict):
     epochs: Annotated[int, Field(ge=0, le=100000)] = 10
+    #: stop after this many optimizer steps, however many epochs that takes (it replaces
+    #: ``epochs``, as transformers' ``max_steps`` does; the learning-rate schedule spans it);
+    #: 0: train ``epochs`` epochs
+    max_steps: Annotated[int, Field(ge=0, le=10**12)] = 0
     optimizer: Literal["sgd", "adamw", "adam"] = "adamw"
     lr: Annotated[float, Field(gt=0, le=100, allow_inf_nan=False)] = 1e-3
     weight_decay: NonNegFloat = 0.0

@@ -265,7 +265,6 @@ def run_lm(cfg: LMRunConfig, run_dir: str | Path | None = None, resume: bool = F
         "teacher": t_record,
         "student": s_record,
         **res,
-        "tokens_per_s": round(res["epochs"] * train.targets() / max(res["train_time_s"], 1e-9), 1),
         "samples": student_samples(student, tok, cfg.lm.sample_prompts, new) if cfg.lm.sample_prompts else [],
     }
     if isinstance(distiller, OnPolicyDistiller):

@@ -45,13 +45,14 @@ class Preflight:
 def check_epochs(cfg: RunConfig) -> None:
     """Refuse a run that would train nothing: ``train.epochs: 0`` (or a teacher to be
     trained in the run with ``teacher.train.epochs: 0``)."""
-    if cfg.train.epochs == 0:
+    if cfg.train.epochs == 0 and not cfg.train.max_steps:
         raise ConfigError(
             "train.epochs is 0: nothing would be trained and an untrained student would be saved. "
             "Set train.epochs to 1 or more (kdistill eval evaluates a finished run without training)."
         )
     t = cfg.teacher
-    if t is not None and t.kind == "default" and t.cache is None and cfg.teacher_train().epochs == 0:
+    if t is not None and t.kind == "default" and t.cache is None and cfg.teacher_train().epochs == 0 \
+            and not cfg.teacher_train().max_steps:
         untrained = [m for m in (t.ensemble or [t]) if not m.checkpoint or t.finetune]
         if untrained:
             raise ConfigError(
