@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DataError
+from .loaders import DeviceLoader
 
 UNLABELED = -1
 
@@ -70,8 +71,6 @@ class ArrayDataset:
 
     def loader(self, batch_size: int, **kwargs):
         """The device-resident loader (see :class:`~kdistill.data.DeviceLoader`)."""
-        from .loaders import DeviceLoader
-
         return DeviceLoader(self, batch_size, **kwargs)
 
     def fingerprint(self) -> str:

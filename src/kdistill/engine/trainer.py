@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from .. import distributed
+from ..atomic import atomic_write_text
 from ..cache import stored_views
 from ..config import TrainConfig
 from ..data import Augment, Dataset, Loader
@@ -323,8 +324,6 @@ class Trainer:
             # first-stage rows (no epoch) come before epoch 0 and are not redone on a resume
             if "epoch" not in row or row["epoch"] < epoch:
                 rows.append(line)
-        from .checkpoint import atomic_write_text
-
         atomic_write_text(path, "".join(r + "\n" for r in rows))
 
     # -- the loop ------------------------------------------------------------------------

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 import yaml
 
+from ..atomic import atomic_write_json, atomic_write_text
 from ..devices import resolve_device
 from ..distributed import is_main_process, main_process_first, sync_processes
-from ..engine.checkpoint import atomic_write_json, atomic_write_text
 from ..engine.trainer import Trainer, get_accelerator
 from ..errors import ConfigError
 from ..methods import Distiller, build_term, create

@@ -12,11 +12,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..atomic import atomic_write_text
 from ..cache import CachedTeacher
 from ..config import RunConfig, TrainConfig, dump_config, validate_config
 from ..data import Augment, Dataset, DataSplits
 from ..devices import resolve_device
-from ..engine.checkpoint import atomic_write_text
 from ..engine.trainer import Trainer
 from ..errors import ConfigError, ShapeError
 from ..measure import latency_ms
