@@ -262,7 +262,7 @@ class _Bench:
                  compile_mode, compile_scope, channels_last, augment, cache_views, temperature, bf16: bool,
                  device: str):
         from .config import TrainConfig
-        from .data import Augment, load_dataset
+        from .data import Augment, load_dataset, subset
         from .errors import ConfigError
 
         self.teacher_name, self.student_name, self.batch_size, self.dev, self.seed = (
@@ -272,7 +272,7 @@ class _Bench:
         say(f"bench: loading {dataset}" + (f" (up to {n_train} training samples)" if n_train else ""))
         data = load_dataset(dataset, **data_options).train
         if n_train and n_train < len(data):
-            data = data.subset(n_train, seed=seed)
+            data = subset(data, n_train, seed=seed)
         self.data = data
         images = len(data.input_shape) == 3
         self.channels_last = images if channels_last is None else channels_last

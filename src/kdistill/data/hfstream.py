@@ -212,7 +212,7 @@ class HFStreamSet(ImageSet):
                         "drop data.options.streaming to read the files map-style (memory-mapped Arrow).")
 
     def select(self, index):
-        self._no("selecting samples (specialists)")
+        self._no("selecting samples (data.subset, data.val_split, specialists)")
 
     def subset(self, n: int, seed: int = 0):
         if n >= len(self):

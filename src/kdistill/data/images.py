@@ -304,17 +304,6 @@ class ImageSet:
         new.num_classes = int(num_classes)
         return new
 
-    def subset(self, n: int, seed: int = 0) -> ImageSet:
-        if n >= len(self):
-            return self
-        idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].sort().values
-        return self._view(idx)
-
-    def split(self, fraction: float, seed: int = 0) -> tuple[ImageSet, ImageSet]:
-        n_out = int(round(len(self) * fraction))
-        perm = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
-        return self._view(perm[n_out:].sort().values), self._view(perm[:n_out].sort().values, f"{self.name}-val")
-
     def concat(self, other) -> ImageSet:
         raise DataError(f"{self.name}: transfer sets (data.transfer) work with in-memory array datasets only.")
 

@@ -169,6 +169,17 @@ class TorchDataset:
     def relabel(self, lut: Tensor, num_classes: int):
         raise DataError(f"{self.name}: a DataLoader's data cannot be relabelled here; give tensors instead.")
 
+    def validate(self, require_labels: bool = True) -> None:
+        """The first batch's labels (later batches are checked as they are read)."""
+        y = self._first["y"]
+        if require_labels and not bool((y >= 0).any()):
+            raise DataError(f"{self.name}: the first batch has no label.")
+        if bool(((y < -1) | (y >= self.num_classes)).any()):
+            raise DataError(f"{self.name}: labels must lie in [0, {self.num_classes}); found {int(y.max())}.")
+
+    def concat(self, other):
+        raise DataError(f"{self.name}: a DataLoader's data cannot be joined to another; give tensors instead.")
+
     def loader(self, batch_size: int, *, shuffle: bool = True, seed: int = 0, device: torch.device | str = "cpu",
                drop_last: bool = False, augment: Any = None, rank: int = 0, world: int = 1,
                views: Any = None) -> TorchLoader:

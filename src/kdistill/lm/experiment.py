@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from ..atomic import atomic_write_json, atomic_write_text
+from ..data import split
 from ..devices import resolve_device
 from ..distributed import is_main_process, main_process_first, sync_processes
 from ..engine.trainer import Trainer, get_accelerator
@@ -59,7 +60,7 @@ def load_data(cfg: LMRunConfig, tok) -> tuple[TokenDataset, TokenDataset]:
         return train, load_text_dataset(d.val, tok, **args)
     if d.val_split <= 0:
         raise ConfigError("A causal-LM run needs validation text: set data.val or data.val_split > 0.")
-    return train.split(d.val_split, d.split_seed)
+    return split(train, d.val_split, d.split_seed, hint="use more text, a smaller block_size, or a val file")
 
 
 def train_lm(model: CausalLM, distiller: Distiller, train: TokenDataset, val: TokenDataset, cfg_train, cfg: LMRunConfig,
