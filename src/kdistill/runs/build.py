@@ -26,8 +26,7 @@ from ..teachers import EnsembleTeacher, ModuleTeacher, Teacher
 def prepare_data(cfg: RunConfig) -> DataSplits:
     """Load, subset, split and validate the run's data (the transfer set is separate)."""
     d = cfg.data
-    splits = load_dataset(d.name, root=d.root, resident=d.resident, workers=d.workers,
-                          resident_budget_mb=d.resident_budget_mb, **d.options)
+    splits = load_dataset(d.name, root=d.root, decode=d.decode_options(), **d.options)
     train = splits.train
     if d.subset:
         train = subset(train, d.subset, seed=cfg.train.seed)
