@@ -136,3 +136,26 @@ def test_crd_needs_indices_a_given_loader_lacks(tmp_path):
     method = {"name": "crd", "student_layers": ["1"], "teacher_layers": ["1"], "embed_dim": 8}
     with pytest.raises(ConfigError, match="crd keys its memory by sample index"):
         _train(tmp_path, train_data=loader, method=method)
+
+
+class Stream(torch.utils.data.IterableDataset):
+    """Samples that can only be read in order."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __iter__(self):
+        return zip(self.x, self.y)
+
+
+class SizedStream(Stream):
+    def __len__(self):
+        return len(self.x)
+
+
+def test_an_iterable_dataset_streams_at_batch_size(tmp_path):
+    x, y = _data()
+    res = _train(tmp_path, train_data=SizedStream(x, y), batch_size=50, epochs=2)
+    assert res["steps"] == 8 and res["dataset"]["batch_size"] == 50
+    with pytest.raises(DataError, match="iterable dataset without a length; give it __len__"):
+        _train(tmp_path, train_data=Stream(x, y))

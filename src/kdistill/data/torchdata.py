@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 
 from ..errors import DataError
 
@@ -91,10 +91,17 @@ class TorchDataset:
 
     def __init__(self, data: Any, num_classes: int, name: str = "train_data", batch_size: int = 128):
         self.name, self.num_classes = name, int(num_classes)
+        if isinstance(data, IterableDataset):  # no random access: batched as it streams
+            data = DataLoader(data, batch_size=batch_size)
         self.given_loader = isinstance(data, DataLoader)
         self.source = data.dataset if self.given_loader else data
         self.data = data
+        # IterableDataset inherits a __getitem__ that raises: it has no random access
+        self.map_style = hasattr(self.source, "__getitem__") and not isinstance(self.source, IterableDataset)
         self.default_batch_size = int(data.batch_size or 1) if self.given_loader else int(batch_size)
+        if not hasattr(self.source, "__len__"):
+            raise DataError(f"{name}: an iterable dataset without a length; give it __len__ (its samples per "
+                            "epoch): the epoch's steps set the learning-rate schedule and the progress.")
         first = self.take_first()
         self._shape = tuple(first["x"].shape[1:])
         self._first = first
@@ -117,9 +124,7 @@ class TorchDataset:
         return not self.given_loader or "index" in self._first
 
     def __len__(self) -> int:
-        if hasattr(self.source, "__len__"):
-            return len(self.source)
-        return len(self.data) * self.default_batch_size  # an iterable dataset: its batches' worth
+        return len(self.source)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -140,7 +145,7 @@ class TorchDataset:
         return h.hexdigest()
 
     def take(self, index: Tensor) -> dict[str, Tensor]:
-        if not hasattr(self.source, "__getitem__"):
+        if not self.map_style:
             if self.given_loader and int(torch.as_tensor(index).max()) < self._first["x"].shape[0]:
                 return {k: v[index] for k, v in self._first.items() if k != "index"} | {"index": index}
             raise DataError(f"{self.name}: samples of an iterable dataset cannot be taken by index.")
@@ -157,7 +162,7 @@ class TorchDataset:
         return self.take(torch.arange(min(n, len(self))))["x"]
 
     def batches(self, batch_size: int) -> Iterator[dict[str, Tensor]]:
-        if not hasattr(self.source, "__getitem__"):
+        if not self.map_style:
             yield from (as_batch(b, self.name) for b in self.data)
             return
         for i in range(0, len(self), batch_size):
