@@ -40,7 +40,7 @@ def test_train_from_objects_reports_the_returned_students_accuracy(tmp_path):
     with torch.no_grad():
         acc = (s.eval()(x[200:]).argmax(1) == y[200:]).float().mean().item()
     assert res["final"]["test"]["acc"] == pytest.approx(acc)
-    assert res["dataset"] == {"train": 200, "test": 100, "num_classes": 3}
+    assert res["dataset"] == {"train": 200, "test": 100, "num_classes": 3, "batch_size": 50}  # the loader's own
     with pytest.raises(ConfigError, match="epochs is 0"):
         kd.train(student=s, teacher=t, train_data=(x, y), test_data=(x, y), epochs=0, quiet=True)
     with pytest.raises(ConfigError, match="either a config or objects"):

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from kdistill.config import RunConfig, TrainConfig, load_config, validate_config
 from kdistill.data import ArrayDataset, DataSplits, load_dataset, register_dataset
 from kdistill.engine.trainer import Trainer
-from kdistill.errors import ConfigError
+from kdistill.errors import ConfigError, DataError
 from kdistill.methods import METHODS, Method, create, register_method
 from kdistill.models import create_model
 from kdistill.runs import TeacherContext, run_experiment
@@ -90,6 +90,130 @@ def test_recipe_a_dataset_source_registered_outside_trains_one_epoch(tmp_path):
     assert res["dataset"]["train"] == 72 and res["dataset"]["test"] == 24 and res["dataset"]["num_classes"] == 2
     assert res["dataset"]["fingerprint"] == splits.train.fingerprint()  # the same samples, read through the protocol
     assert res["steps"] == 5  # ceil(72 / 16) optimizer steps in the epoch
+
+
+class StreamedParity:
+    """A streamed toy source: no arrays in memory; every sample is computed from its index
+    when read (as a stream decodes it), and it brings its own loader. It has exactly the
+    members the Dataset protocol declares, so a run that works on it needs nothing else."""
+
+    def __init__(self, n: int, bits: int, offset: int, name: str, index=None, lut=None, num_classes: int = 2):
+        self.n, self.bits, self.offset, self.name = n, bits, offset, name
+        self.rows = torch.arange(n) if index is None else index  # which generated samples, in order
+        self.lut, self.num_classes = lut, num_classes
+
+    def _make(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        index = torch.as_tensor(index, dtype=torch.int64)
+        seeds = self.rows[index] + self.offset
+        x = torch.stack([torch.randint(0, 2, (self.bits,), generator=torch.Generator().manual_seed(int(s))).float()
+                         for s in seeds]) if len(seeds) else torch.empty(0, self.bits)
+        y = (x[:, 0].long() + x[:, 1].long()) % 2
+        return {"x": x, "y": self.lut[y] if self.lut is not None else y, "index": index}
+
+    def __len__(self):
+        return len(self.rows)
+
+    @property
+    def input_shape(self):
+        return (self.bits,)
+
+    @property
+    def class_names(self):
+        return None
+
+    @property
+    def resident(self):
+        return False
+
+    def fingerprint(self):
+        return f"streamed-parity-{self.offset}-{self.rows.tolist()}"
+
+    def take(self, index):
+        return self._make(index)
+
+    def labels(self):
+        return self._make(torch.arange(len(self)))["y"]
+
+    def example(self, n=2):
+        return self._make(torch.arange(min(n, len(self))))["x"]
+
+    def batches(self, batch_size):
+        for i in range(0, len(self), batch_size):
+            yield self._make(torch.arange(i, min(i + batch_size, len(self))))
+
+    def select(self, index):
+        return StreamedParity(self.n, self.bits, self.offset, self.name, self.rows[index], self.lut, self.num_classes)
+
+    def relabel(self, lut, num_classes):
+        return StreamedParity(self.n, self.bits, self.offset, self.name, self.rows, lut, num_classes)
+
+    def validate(self, require_labels=True):
+        if len(self) == 0:
+            raise DataError(f"{self.name}: empty")
+
+    def concat(self, other):
+        raise DataError(f"{self.name}: a stream joins no transfer set")
+
+    def loader(self, batch_size, *, shuffle=True, seed=0, device="cpu", drop_last=False, augment=None, rank=0,
+               world=1, views=None):
+        return StreamedParityLoader(self, batch_size, shuffle, seed, device)
+
+
+class StreamedParityLoader:
+    def __init__(self, data, batch_size, shuffle, seed, device):
+        self.data, self.batch_size, self.shuffle, self.seed, self.device = data, batch_size, shuffle, seed, device
+        self.epochs_read: list[int] = []
+
+    def __len__(self):
+        return -(-len(self.data) // self.batch_size)
+
+    def iterate(self, epoch, start=0):
+        self.epochs_read.append(epoch)
+        g = torch.Generator().manual_seed(self.seed * 1000 + epoch)
+        order = torch.randperm(len(self.data), generator=g) if self.shuffle else torch.arange(len(self.data))
+        for b in range(start, len(self)):
+            batch = self.data.take(order[b * self.batch_size : (b + 1) * self.batch_size])
+            yield {k: v.to(self.device) for k, v in batch.items()}
+
+
+@register_dataset("toy_streamed_parity")
+def toy_streamed_parity(root: str | None = None, n: int = 96, bits: int = 6) -> DataSplits:
+    cut = n * 3 // 4
+    return DataSplits(StreamedParity(cut, bits, 0, "toy_streamed"), StreamedParity(n - cut, bits, 10_000, "toy_streamed-test"))
+
+
+def _protocol_members() -> set[str]:
+    from kdistill.data import Dataset
+
+    return {m for m in dir(Dataset) if not m.startswith("_")} | set(Dataset.__annotations__) | {"__len__"}
+
+
+def test_recipe_a_streamed_source_with_its_own_loader_trains_with_subset_and_split(tmp_path):
+    own = {m for m in vars(StreamedParity) if not m.startswith("_") or m == "__len__"} | {"name", "num_classes"}
+    assert own == _protocol_members()  # the toy has the protocol's members and no others
+    cfg = _cfg(tmp_path, data={"name": "toy_streamed_parity", "options": {"n": 96}, "batch_size": 16,
+                               "subset": 60, "val_split": 0.25},
+               teacher={"model": "mlp", "kwargs": {"hidden": [16]}, "train": {"epochs": 1}}, method={"name": "kd"})
+    res = run_experiment(cfg, log=lambda line: None)
+    # data.subset then data.val_split, through select: 60 samples, 15 of them held out
+    assert res["dataset"]["train"] == 45 and res["dataset"]["val"] == 15 and res["dataset"]["test"] == 24
+    assert res["steps"] == 3  # ceil(45 / 16) batches of its own loader
+    assert "val" in res["final"] and 0 <= res["final"]["val"]["acc"] <= 1
+
+
+def test_every_dataset_class_has_every_protocol_member():
+    from kdistill.data import ArrayDataset, ImageSet
+    from kdistill.data.tokens import TokenDataset
+    from kdistill.data.torchdata import TorchDataset
+
+    members = _protocol_members() - {"name", "num_classes"}  # instance attributes
+    assert {"validate", "concat", "select", "loader", "take"} <= members
+    for cls in (ArrayDataset, ImageSet, TokenDataset, TorchDataset):
+        missing = sorted(m for m in members if not hasattr(cls, m))
+        assert missing == [], f"{cls.__name__} lacks {missing}"
+    # subset and split are free functions over select, spelled once
+    for cls in (ArrayDataset, ImageSet, TokenDataset):
+        assert not hasattr(cls, "subset") and not hasattr(cls, "split")
 
 
 # -- recipe 3: a scheme ---------------------------------------------------------------------

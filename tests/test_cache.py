@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdistill.cache import CachedTeacher, TopKTeacherOutput, cache_teacher, read_meta
-from kdistill.data import Augment, DeviceLoader, load_dataset
+from kdistill.data import Augment, DeviceLoader, load_dataset, subset
 from kdistill.errors import ConfigError, DataError
 from kdistill.losses import kl_to_targets
 from kdistill.methods import create
@@ -71,7 +71,7 @@ def test_fp16_cache_is_close_and_half_the_size(tmp_path, data, teacher):
 def test_refuses_a_cache_for_other_data(tmp_path, data, teacher):
     cache_teacher(teacher, data.train, tmp_path / "c")
     with pytest.raises(DataError, match="holds 96 samples but the training data has 60"):
-        CachedTeacher.open(tmp_path / "c", data.train.subset(60), 6)
+        CachedTeacher.open(tmp_path / "c", subset(data.train, 60), 6)
     x = data.train.x.clone()
     x[3, 0, 0, 0] += 1.0
     with pytest.raises(DataError, match="dataset fingerprint .* differs"):

@@ -185,7 +185,11 @@ def test_run_supervised_then_teacher_folder_and_resume_exact(corpus, tmp_path):
     res = run_lm(_config(corpus, tmp_path, teacher={"train": {"epochs": 1}}), log=lambda s: None)
     val = res["final"]["val"]
     assert res["teacher"]["trained_in_run"] and val["ppl"] < 257 and 0 <= val["agreement"] <= 1
-    assert res["samples"][0]["prompt"] == "the cat" and res["tokens_per_s"] > 0
+    assert res["samples"][0]["prompt"] == "the cat" and res["train_tokens_per_s"] > 0
+    # throughput from step time: every training target of every epoch, over the steps' seconds
+    counted = res["train_tokens_per_s"] * res["train_step_time_s"]
+    assert counted == pytest.approx(res["epochs"] * res["data"]["train_tokens"], rel=0.01)
+    assert res["train_step_time_s"] <= res["train_time_s"]
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["final"]["val"]["ppl"] == val["ppl"]
     teacher_dir = tmp_path / "run" / "teacher" / "model"

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file
 from torch import nn
 
+from kdistill import atomic
 from kdistill.cli import main
 from kdistill.config import validate_config
 from kdistill.engine import checkpoint as ck
@@ -192,14 +193,14 @@ def test_cli_refuses_pickle_teacher_checkpoint(tmp_path, capsys):
 def test_disk_full_keeps_results_consistent(tmp_path, monkeypatch, capsys):
     cfg = dict(CFG, train=dict(CFG["train"], epochs=1))
     path = _write_cfg(tmp_path, cfg)
-    real = ck.atomic_write_bytes
+    real = atomic.atomic_write_bytes  # every writer's one place (kdistill.atomic)
 
     def full(p, data):
         if Path(p).name == "results.json":
             raise OSError(errno.ENOSPC, "No space left on device", str(p))
         return real(p, data)
 
-    monkeypatch.setattr(ck, "atomic_write_bytes", full)
+    monkeypatch.setattr(atomic, "atomic_write_bytes", full)
     code = main(["train", str(path), "--run-dir", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert code == 1 and "No space left on device" in err and "Traceback" not in err

@@ -27,7 +27,8 @@ CFG = {
     "method": {"name": "kd", "temperature": 4.0, "alpha": 0.9},
     "train": {"epochs": 2, "lr": 0.01, "deterministic": True, "progress": False, "checkpoint_every": 2},
 }
-TIMINGS = {"epoch_time_s", "train_time_s", "latency_ms_cpu_b1", "peak_memory_bytes", "data_wait_fraction"}
+TIMINGS = {"epoch_time_s", "train_time_s", "throughput", "train_step_time_s", "train_samples_per_s",
+           "train_tokens_per_s", "latency_ms_cpu_b1", "peak_memory_bytes", "data_wait_fraction"}
 
 
 def _strip(obj):

@@ -128,27 +128,12 @@ def _naive_batches(data, batch_size: int, augment, device: torch.device, seed: i
 
 
 def run_bench(
-    teacher: str = "resnet32x4",
-    student: str = "resnet8x4",
-    dataset: str = "fashion-mnist",
-    data_options: dict[str, Any] | None = None,
-    batch_size: int = 128,
-    steps: int | None = None,
-    warmup: int | None = None,
-    device: str = "auto",
-    precision: str = "auto",
-    compile: bool = False,
-    compile_mode: str = "default",
-    compile_scope: str = "networks",
-    channels_last: bool | None = None,
-    augment: bool = True,
-    cache_views: int = 4,
-    n_train: int | str | None = "auto",
-    temperature: float = 4.0,
-    paths: tuple[str, ...] = PATHS,
-    repeat: int = 1,
-    seed: int = 0,
-    log: Callable[[str], None] | None = None,
+    teacher: str = "resnet32x4", student: str = "resnet8x4", dataset: str = "fashion-mnist",
+    data_options: dict[str, Any] | None = None, batch_size: int = 128, steps: int | None = None,
+    warmup: int | None = None, device: str = "auto", precision: str = "auto", compile: bool = False,
+    compile_mode: str = "default", compile_scope: str = "networks", channels_last: bool | None = None,
+    augment: bool = True, cache_views: int = 4, n_train: int | str | None = "auto", temperature: float = 4.0,
+    paths: tuple[str, ...] = PATHS, repeat: int = 1, seed: int = 0, log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Time ``steps`` training steps along each path (see the module docstring).
 
@@ -188,15 +173,41 @@ def run_bench(
         "code_path"}}, "timed_step", "cache": {...}, "config": {...}, "device", "torch",
         "host", ...}``; ``timed_step`` names the training step the fast paths timed.
     """
-    from .cache import CachedTeacher, cache_teacher, describe
-    from .config import TrainConfig
-    from .data import Augment, load_dataset
     from .devices import resolve_device
-    from .engine.trainer import Trainer
+
+    _check_settings(paths, compile_scope, precision)
+    dev = resolve_device(device)
+    d_steps, d_warmup, d_n = DEFAULTS["cuda" if dev.type == "cuda" else "cpu"]
+    steps, warmup = d_steps if steps is None else steps, d_warmup if warmup is None else warmup
+    n_train = d_n if n_train == "auto" else n_train
+    _check_counts(batch_size=batch_size, steps=steps, repeat=repeat)
+    if data_options is None:
+        data_options = {"pad_to": 32} if dataset == "fashion-mnist" else {}
+    b = _Bench(teacher, student, dataset, data_options, n_train, batch_size, dev, seed, log or (lambda line: None),
+               compile, compile_mode, compile_scope, channels_last, augment, cache_views, temperature,
+               bf16=precision == "bf16" or (precision == "auto" and dev.type == "cuda"), device=device)
+    results = _summarise(b.measure(paths, warmup, steps, repeat, log), batch_size)
+    config = {"teacher": teacher, "student": student, "dataset": dataset, "data_options": data_options,
+              "n_train": len(b.data), "batch_size": batch_size, "steps": steps, "warmup": warmup,
+              "precision": "bf16" if b.bf16 else "fp32", "compile": compile,
+              "compile_mode": compile_mode if compile else None, "compile_scope": compile_scope if compile else None,
+              "channels_last": b.channels_last, "augment": b.aug is not None, "cache_views": cache_views,
+              "repeat": repeat, "seed": seed}
+    return {
+        "paths": results,
+        "timed_step": TIMED_STEP,
+        "targets": check_targets(results, dev.type),
+        "cache": b.cache_info,
+        "config": config,
+        "device": _device_name(dev),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "host": platform.node(),
+    }
+
+
+def _check_settings(paths: tuple[str, ...], compile_scope: str, precision: str) -> None:
     from .errors import ConfigError
-    from .methods import create
-    from .models import create_model
-    from .teachers import ModuleTeacher
 
     unknown = [p for p in paths if p not in PATHS]
     if unknown:
@@ -205,171 +216,19 @@ def run_bench(
         raise ConfigError(f"bench compile_scope must be networks or step, got {compile_scope!r}.")
     if precision not in ("auto", "fp32", "bf16"):
         raise ConfigError(f"bench precision must be auto, fp32 or bf16, got {precision!r}.")
-    dev = resolve_device(device)
-    d_steps, d_warmup, d_n = DEFAULTS["cuda" if dev.type == "cuda" else "cpu"]
-    steps = d_steps if steps is None else steps
-    warmup = d_warmup if warmup is None else warmup
-    n_train = d_n if n_train == "auto" else n_train
-    for name, v in (("batch_size", batch_size), ("steps", steps), ("repeat", repeat)):
+
+
+def _check_counts(**counts: int) -> None:
+    from .errors import ConfigError
+
+    for name, v in counts.items():
         if v < 1:
             raise ConfigError(f"{name} must be at least 1, got {v}.")
-    say = log or (lambda line: None)
-    if data_options is None:
-        data_options = {"pad_to": 32} if dataset == "fashion-mnist" else {}
-    say(f"bench: loading {dataset}" + (f" (up to {n_train} training samples)" if n_train else ""))
-    data = load_dataset(dataset, **data_options).train
-    if n_train and n_train < len(data):
-        data = data.subset(n_train, seed=seed)
-    images = len(data.input_shape) == 3
-    if channels_last is None:
-        channels_last = images
-    bf16 = precision == "bf16" or (precision == "auto" and dev.type == "cuda")
-    aug = Augment(4, True) if augment and images else None
-    k, shape = data.num_classes, data.input_shape
 
-    def build(name: str) -> nn.Module:
-        torch.manual_seed(seed)
-        return create_model(name, k, shape).to(dev)
 
-    def live_teacher(fast: bool, alone: bool = False) -> ModuleTeacher:
-        """The teacher; ``fast``: laid out and compiled as the Trainer's fast path would
-        (only the forward-alone path needs this here: the Trainer does it for training)."""
-        t = ModuleTeacher(build(teacher), k)
-        if fast and channels_last:
-            t.module.to(memory_format=torch.channels_last)
-        if fast and compile and (alone or compile_scope == "networks"):
-            t.module.compile(mode=compile_mode)
-        return t
-
-    def begin(batch: dict, cl: bool) -> None:
-        """What the forward-alone path does first, as the Trainer's step does: mark a
-        CUDA-graph step, lay the batch out."""
-        if compile and compile_mode in CUDAGRAPH_MODES:
-            torch.compiler.cudagraph_mark_step_begin()
-        if cl and batch["x"].dim() == 4:
-            batch["x"] = batch["x"].contiguous(memory_format=torch.channels_last)
-
-    def naive_step(model: nn.Module, opt: torch.optim.Optimizer) -> Callable[[dict], None]:
-        """The reference loop's step: fp32, NCHW, no compile, plain forward/backward/step."""
-
-        def step(batch: dict) -> None:
-            loss = model(batch)["loss"]
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
-        return step
-
-    train_cfg = TrainConfig(
-        optimizer="sgd", lr=0.01, epochs=1, seed=seed, device=device, precision="bf16" if bf16 else "fp32",
-        channels_last=channels_last, compile=compile, compile_mode=compile_mode, compile_scope=compile_scope,
-        progress=False,
-    )
-
-    def trainer_for(model: nn.Module, path: str) -> Trainer:
-        """A Trainer over the bench's data, prepared: its ``train_step`` is what is timed."""
-        trainer = Trainer(model, data, {}, train_cfg, Path(tmp.name) / path, batch_size, augment=aug,
-                          log=lambda line: None)
-        trainer.prepare()
-        trainer.model.train()
-        return trainer
-
-    def forward_step(teacher_: ModuleTeacher) -> Callable[[dict], None]:
-        amp = torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-
-        def step(batch: dict) -> None:
-            begin(batch, channels_last)
-            with amp:
-                teacher_(batch)
-
-        return step
-
-    def build_cache() -> dict[str, Any]:
-        say(f"bench: building the teacher cache ({len(data)} samples x {cache_views if aug is not None else 1} "
-            "view(s) through the teacher)")
-        t0 = time.perf_counter()
-        meta = cache_teacher(
-            live_teacher(False),
-            data,
-            Path(tmp.name) / "cache",
-            dtype="fp16",
-            views=cache_views if aug is not None else 1,
-            augment=aug,
-            seed=seed,
-            batch_size=1024,
-            device=dev,
-            overwrite=True,
-        )
-        return {
-            "build_s": round(time.perf_counter() - t0, 3),
-            "views": meta["views"],
-            "dtype": meta["dtype"],
-            "bytes": meta["bytes"],
-            "summary": describe(meta),
-        }
-
-    if len(data) < batch_size:
-        raise ConfigError(
-            f"The bench needs at least one full batch: {len(data)} samples < batch size {batch_size}."
-        )
-    results: dict[str, Any] = {}
-    rounds: dict[str, list[dict[str, float]]] = {}
-    cudnn_benchmark = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = True  # autotune convolutions in the warm-up, as airbench does
-    cache_info: dict[str, Any] = {}
-    tmp = tempfile.TemporaryDirectory(prefix="kdistill-bench-")
-    try:
-        for rnd in range(repeat):
-            for path in paths:
-                say(f"bench: {path}: {warmup} warm-up + {steps} timed steps"
-                    + (f" (round {rnd + 1}/{repeat})" if repeat > 1 else ""))
-                trainer = opt = train_step = None
-                if path == "teacher":
-                    model = live_teacher(True, alone=True)
-                    batches = _forever(data.loader(batch_size, shuffle=True, seed=seed, device=dev, augment=aug),
-                                       batch_size)
-                    step = forward_step(model)
-                elif path == "naive":
-                    model = create("kd", build(student), live_teacher(False), temperature=temperature)
-                    model.to(dev).train()
-                    opt = torch.optim.SGD(model.trainable_parameters(), lr=0.01, momentum=0.9)
-                    batches = _naive_batches(data, batch_size, aug, dev, seed)
-                    step = naive_step(model, opt)
-                else:
-                    if path == "student":
-                        model = create("ce", build(student))
-                    elif path == "kd_live":
-                        model = create("kd", build(student), live_teacher(False), temperature=temperature)
-                    else:
-                        if not cache_info:  # built once, read by every round
-                            cache_info = build_cache()
-                        cached = CachedTeacher.open(Path(tmp.name) / "cache", data, k).to(dev)
-                        model = create("kd", build(student), cached, temperature=temperature)
-                    trainer = trainer_for(model, path)
-                    batches = _forever(trainer.loader, batch_size)  # the loader `kdistill train` reads
-                    train_step = trainer.train_step
-
-                    def step(batch: dict, train_step=train_step) -> None:
-                        train_step(batch)
-
-                reset_peak_memory(dev)
-                try:
-                    seconds, warm = _timed(step, batches, warmup, steps, dev)
-                finally:
-                    if trainer is not None:
-                        trainer.release()
-                n = steps * batch_size
-                r = {"images_per_s": n / seconds, "peak_memory_bytes": peak_memory_bytes(dev), "warmup_s": warm}
-                rounds.setdefault(path, []).append(r)
-                if log is not None:
-                    log(
-                        f"{path:10s} {r['images_per_s']:10.1f} img/s  {1e3 * seconds / steps:8.2f} ms/step  "
-                        f"peak {r['peak_memory_bytes'] / 2**20:8.1f} MiB" + (f"  (round {rnd + 1}/{repeat})" if repeat > 1 else "")
-                    )
-                del model, opt, batches, trainer, step, train_step
-    finally:
-        torch.backends.cudnn.benchmark = cudnn_benchmark
-        tmp.cleanup()
+def _summarise(rounds: dict[str, list[dict[str, float]]], batch_size: int) -> dict[str, dict[str, Any]]:
+    """Each path's median images/s over its rounds, and its speed over the naive path's."""
+    results: dict[str, dict[str, Any]] = {}
     for path, rs in rounds.items():
         ips = statistics.median(r["images_per_s"] for r in rs)
         results[path] = {
@@ -385,35 +244,183 @@ def run_bench(
         for name, r in results.items():
             if name != "teacher":  # a forward pass is not a training step: no ratio to one
                 r["speedup_vs_naive"] = r["images_per_s"] / ref
-    return {
-        "paths": results,
-        "timed_step": TIMED_STEP,
-        "targets": check_targets(results, dev.type),
-        "cache": cache_info,
-        "config": {
-            "teacher": teacher,
-            "student": student,
-            "dataset": dataset,
-            "data_options": data_options,
-            "n_train": len(data),
-            "batch_size": batch_size,
-            "steps": steps,
-            "warmup": warmup,
-            "precision": "bf16" if bf16 else "fp32",
-            "compile": compile,
-            "compile_mode": compile_mode if compile else None,
-            "compile_scope": compile_scope if compile else None,
-            "channels_last": channels_last,
-            "augment": aug is not None,
-            "cache_views": cache_views,
-            "repeat": repeat,
-            "seed": seed,
-        },
-        "device": _device_name(dev),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "host": platform.node(),
-    }
+    return results
+
+
+class _Runner:
+    """One path, ready to time: its ``step(batch)``, its endless ``batches``, and the
+    Trainer to release afterwards (fast paths)."""
+
+    def __init__(self, step: Callable[[dict], None], batches: Iterator[dict], trainer: Any = None):
+        self.step, self.batches, self.trainer = step, batches, trainer
+
+
+class _Bench:
+    """The bench's data, networks and settings, and one small runner per timed path."""
+
+    def __init__(self, teacher, student, dataset, data_options, n_train, batch_size, dev, seed, say, compile,
+                 compile_mode, compile_scope, channels_last, augment, cache_views, temperature, bf16: bool,
+                 device: str):
+        from .config import TrainConfig
+        from .data import Augment, load_dataset, subset
+        from .errors import ConfigError
+
+        self.teacher_name, self.student_name, self.batch_size, self.dev, self.seed = (
+            teacher, student, batch_size, dev, seed)
+        self.say, self.compile, self.compile_mode, self.compile_scope = say, compile, compile_mode, compile_scope
+        self.cache_views, self.temperature = cache_views, temperature
+        say(f"bench: loading {dataset}" + (f" (up to {n_train} training samples)" if n_train else ""))
+        data = load_dataset(dataset, **data_options).train
+        if n_train and n_train < len(data):
+            data = subset(data, n_train, seed=seed)
+        self.data = data
+        images = len(data.input_shape) == 3
+        self.channels_last = images if channels_last is None else channels_last
+        self.bf16 = bf16
+        self.aug = Augment(4, True) if augment and images else None
+        self.k, self.shape = data.num_classes, data.input_shape
+        self.cache_info: dict[str, Any] = {}
+        self.train_cfg = TrainConfig(
+            optimizer="sgd", lr=0.01, epochs=1, seed=seed, device=device, precision="bf16" if bf16 else "fp32",
+            channels_last=self.channels_last, compile=compile, compile_mode=compile_mode,
+            compile_scope=compile_scope, progress=False)
+        if len(data) < batch_size:
+            raise ConfigError(
+                f"The bench needs at least one full batch: {len(data)} samples < batch size {batch_size}."
+            )
+
+    # -- pieces ----------------------------------------------------------------------
+    def build(self, name: str) -> nn.Module:
+        from .models import create_model
+
+        torch.manual_seed(self.seed)
+        return create_model(name, self.k, self.shape).to(self.dev)
+
+    def live_teacher(self, fast: bool, alone: bool = False):
+        """The teacher; ``fast``: laid out and compiled as the Trainer's fast path would
+        (only the forward-alone path needs this here: the Trainer does it for training)."""
+        from .teachers import ModuleTeacher
+
+        t = ModuleTeacher(self.build(self.teacher_name), self.k)
+        if fast and self.channels_last:
+            t.module.to(memory_format=torch.channels_last)
+        if fast and self.compile and (alone or self.compile_scope == "networks"):
+            t.module.compile(mode=self.compile_mode)
+        return t
+
+    def build_cache(self, folder: Path) -> dict[str, Any]:
+        from .cache import cache_teacher, describe
+
+        views = self.cache_views if self.aug is not None else 1
+        self.say(f"bench: building the teacher cache ({len(self.data)} samples x {views} view(s) through the teacher)")
+        t0 = time.perf_counter()
+        meta = cache_teacher(self.live_teacher(False), self.data, folder, dtype="fp16", views=views, augment=self.aug,
+                             seed=self.seed, batch_size=1024, device=self.dev, overwrite=True)
+        return {"build_s": round(time.perf_counter() - t0, 3), "views": meta["views"], "dtype": meta["dtype"],
+                "bytes": meta["bytes"], "summary": describe(meta)}
+
+    def _on_trainer(self, model: nn.Module, folder: Path) -> _Runner:
+        """A prepared Trainer over the bench's data: its ``train_step`` is what is timed, on
+        batches from its own loader (the one ``kdistill train`` reads)."""
+        from .engine.trainer import Trainer
+
+        trainer = Trainer(model, self.data, {}, self.train_cfg, folder, self.batch_size, augment=self.aug,
+                          log=lambda line: None)
+        trainer.prepare()
+        trainer.model.train()
+        train_step = trainer.train_step
+
+        def step(batch: dict) -> None:
+            train_step(batch)
+
+        return _Runner(step, _forever(trainer.loader, self.batch_size), trainer)
+
+    # -- one runner per path -----------------------------------------------------------
+    def run_student(self, tmp: Path) -> _Runner:
+        from .methods import create
+
+        return self._on_trainer(create("ce", self.build(self.student_name)), tmp / "student")
+
+    def run_kd_live(self, tmp: Path) -> _Runner:
+        from .methods import create
+
+        model = create("kd", self.build(self.student_name), self.live_teacher(False), temperature=self.temperature)
+        return self._on_trainer(model, tmp / "kd_live")
+
+    def run_kd_cached(self, tmp: Path) -> _Runner:
+        from .cache import CachedTeacher
+        from .methods import create
+
+        if not self.cache_info:  # built once, read by every round
+            self.cache_info = self.build_cache(tmp / "cache")
+        cached = CachedTeacher.open(tmp / "cache", self.data, self.k).to(self.dev)
+        model = create("kd", self.build(self.student_name), cached, temperature=self.temperature)
+        return self._on_trainer(model, tmp / "kd_cached")
+
+    def run_naive(self, tmp: Path) -> _Runner:
+        """The reference loop's step: fp32, NCHW, no compile, plain forward/backward/step."""
+        from .methods import create
+
+        model = create("kd", self.build(self.student_name), self.live_teacher(False), temperature=self.temperature)
+        model.to(self.dev).train()
+        opt = torch.optim.SGD(model.trainable_parameters(), lr=0.01, momentum=0.9)
+
+        def step(batch: dict) -> None:
+            loss = model(batch)["loss"]
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        return _Runner(step, _naive_batches(self.data, self.batch_size, self.aug, self.dev, self.seed))
+
+    def run_teacher(self, tmp: Path) -> _Runner:
+        """The teacher's forward alone, as the live-KD path runs it: a CUDA-graph step marked,
+        the batch laid out, autocast."""
+        model = self.live_teacher(True, alone=True)
+        amp = torch.autocast(self.dev.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
+
+        def step(batch: dict) -> None:
+            if self.compile and self.compile_mode in CUDAGRAPH_MODES:
+                torch.compiler.cudagraph_mark_step_begin()
+            if self.channels_last and batch["x"].dim() == 4:
+                batch["x"] = batch["x"].contiguous(memory_format=torch.channels_last)
+            with amp:
+                model(batch)
+
+        loader = self.data.loader(self.batch_size, shuffle=True, seed=self.seed, device=self.dev, augment=self.aug)
+        return _Runner(step, _forever(loader, self.batch_size))
+
+    # -- the rounds --------------------------------------------------------------------
+    def measure(self, paths: tuple[str, ...], warmup: int, steps: int, repeat: int,
+                log: Callable[[str], None] | None) -> dict[str, list[dict[str, float]]]:
+        """Every path ``repeat`` times, round-robin; each round's images/s, peak memory and warm-up."""
+        rounds: dict[str, list[dict[str, float]]] = {}
+        cudnn_benchmark = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = True  # autotune convolutions in the warm-up, as airbench does
+        tmp = tempfile.TemporaryDirectory(prefix="kdistill-bench-")
+        try:
+            for rnd in range(repeat):
+                of = f" (round {rnd + 1}/{repeat})" if repeat > 1 else ""
+                for path in paths:
+                    self.say(f"bench: {path}: {warmup} warm-up + {steps} timed steps{of}")
+                    runner = getattr(self, f"run_{path}")(Path(tmp.name))
+                    reset_peak_memory(self.dev)
+                    try:
+                        seconds, warm = _timed(runner.step, runner.batches, warmup, steps, self.dev)
+                    finally:
+                        if runner.trainer is not None:
+                            runner.trainer.release()
+                    r = {"images_per_s": steps * self.batch_size / seconds,
+                         "peak_memory_bytes": peak_memory_bytes(self.dev), "warmup_s": warm}
+                    rounds.setdefault(path, []).append(r)
+                    if log is not None:
+                        log(f"{path:10s} {r['images_per_s']:10.1f} img/s  {1e3 * seconds / steps:8.2f} ms/step  "
+                            f"peak {r['peak_memory_bytes'] / 2**20:8.1f} MiB" + (f" {of}" if of else ""))
+                    del runner
+        finally:
+            torch.backends.cudnn.benchmark = cudnn_benchmark
+            tmp.cleanup()
+        return rounds
 
 
 def check_targets(paths: dict[str, dict[str, float]], device_type: str) -> list[dict[str, Any]]:

@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .data.decode import DecodeOptions
 from .data.recipe import RecipeConfig
 from .errors import ConfigError, KdistillError, did_you_mean
 
@@ -61,6 +62,9 @@ class TransferConfig(Strict):
     path: str | None = None
 
 
+_DECODE = DecodeOptions()
+
+
 class DataConfig(Strict):
     name: str = "mnist1d"
     root: str | None = None
@@ -74,11 +78,16 @@ class DataConfig(Strict):
     #: the on-device augmentation recipe (RandomResizedCrop, colour, TrivialAugment, Mixup/CutMix, ...)
     recipe: RecipeConfig | None = None
     #: image sources: decode once into memory (true), per batch in workers (false), or
-    #: resident when the decoded images fit resident_budget_mb (auto)
-    resident: bool | Literal["auto"] = "auto"
-    resident_budget_mb: Annotated[float, Field(gt=0, le=1e9, allow_inf_nan=False)] = 2048
+    #: resident when the decoded images fit resident_budget_mb (auto); the defaults are
+    #: DecodeOptions' (kdistill.data.decode), the options object the sources receive
+    resident: bool | Literal["auto"] = _DECODE.resident
+    resident_budget_mb: Annotated[float, Field(gt=0, le=1e9, allow_inf_nan=False)] = _DECODE.resident_budget_mb
     #: DataLoader worker processes decoding streamed images (default: the cores less one, at most 8)
-    workers: Annotated[int, Field(ge=0, le=64)] | None = None
+    workers: Annotated[int, Field(ge=0, le=64)] | None = _DECODE.workers
+
+    def decode_options(self) -> DecodeOptions:
+        """How image sources decode, as the one typed object they take."""
+        return DecodeOptions(resident=self.resident, resident_budget_mb=self.resident_budget_mb, workers=self.workers)
 
     @model_validator(mode="after")
     def _one_augmentation(self):
@@ -95,6 +104,10 @@ class ModelConfig(Strict):
 
 class TrainConfig(Strict):
     epochs: Annotated[int, Field(ge=0, le=100000)] = 10
+    #: stop after this many optimizer steps, however many epochs that takes (it replaces
+    #: ``epochs``, as transformers' ``max_steps`` does; the learning-rate schedule spans it);
+    #: 0: train ``epochs`` epochs
+    max_steps: Annotated[int, Field(ge=0, le=10**12)] = 0
     optimizer: Literal["sgd", "adamw", "adam"] = "adamw"
     lr: Annotated[float, Field(gt=0, le=100, allow_inf_nan=False)] = 1e-3
     weight_decay: NonNegFloat = 0.0

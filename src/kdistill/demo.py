@@ -23,8 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_write_json, atomic_write_text
 from .config import validate_config
-from .engine.checkpoint import atomic_write_json, atomic_write_text
 from .runs import run_experiment
 
 TEACHER = {"model": "cnn1d", "kwargs": {"channels": 64}}

@@ -8,7 +8,8 @@ from typing import Any
 from .config import load_config
 from .errors import ConfigError
 from .metrics import classification_metrics, predict_logits
-from .runs import load_saved, prepare_data, teacher_from_checkpoints
+from .runs import load_saved, prepare_data
+from .teachers import TEACHER_KINDS
 
 
 def evaluate_run(run_dir: str | Path, trust_code: bool = False) -> dict[str, Any]:
@@ -28,10 +29,18 @@ def evaluate_run(run_dir: str | Path, trust_code: bool = False) -> dict[str, Any
     if (teacher_dir / "model.json").is_file():
         t_logits = predict_logits(load_saved(teacher_dir, "teacher", trust_code)[0], data.test)
         out["teacher"] = classification_metrics(t_logits, labels)
-    elif cfg.teacher is not None and cfg.teacher.model and cfg.teacher.checkpoint:
-        teacher = teacher_from_checkpoints(cfg.teacher, data, trust_code=trust_code,
-                                           source=str(run_dir / "config.yaml")).module
+    elif (teacher := _configured_teacher(cfg, data, trust_code, run_dir)) is not None:
         t_logits = predict_logits(teacher, data.test)
         out["teacher"] = classification_metrics(t_logits, labels)
     out["student"] = classification_metrics(s_logits, labels, t_logits)
     return out
+
+
+def _configured_teacher(cfg, data, trust_code, run_dir: Path):
+    """The trained teacher network the run's config names, as its kind finds it (hook
+    ``from_checkpoints``); None when the kind has none or it is not one network."""
+    if cfg.teacher is None:
+        return None
+    hook = TEACHER_KINDS.get(cfg.teacher.kind).from_checkpoints
+    teacher = hook(cfg, data, trust_code, str(run_dir / "config.yaml")) if hook is not None else None
+    return getattr(teacher, "module", None)

@@ -212,7 +212,7 @@ def _test_set(run_dir: Path, record: dict[str, Any]):
 
 
 def _merge_export_json(run_dir: Path, fmt: str, entry: dict[str, Any]) -> None:
-    from .engine.checkpoint import atomic_write_json
+    from .atomic import atomic_write_json
 
     path = run_dir / "export.json"
     try:
@@ -290,7 +290,8 @@ def export_run(run_dir: str | Path, format: str = "onnx", out: str | Path | None
     else:
         from safetensors.torch import save_file
 
-        from .engine.checkpoint import atomic_write_json, state_dict_tensors
+        from .atomic import atomic_write_json
+        from .engine.checkpoint import state_dict_tensors
 
         if target.exists() and not target.is_dir():
             raise ConfigError(f"{target} exists and is not a folder; a safetensors export writes a folder.")

@@ -86,7 +86,7 @@ def predict(source: str | Path, input_npz: str | Path, out_npz: str | Path, batc
     Returns:
         ``{"samples", "num_classes", "out", "backend"}``.
     """
-    from .engine.checkpoint import atomic_write_bytes
+    from .atomic import atomic_write_bytes
 
     source = Path(source)
     if batch_size < 1:

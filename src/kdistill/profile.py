@@ -313,7 +313,7 @@ def profile_run(
 
 
 def _profile_run(run_dir: Path, batch_sizes, repeats, warmup, onnx, teacher, write, trust_code=False) -> dict[str, Any]:
-    from .engine.checkpoint import atomic_write_json
+    from .atomic import atomic_write_json
     student, record = load_saved(run_dir, what="student", trust_code=trust_code)
     shape = tuple(record["input_shape"])
     kw = dict(batch_sizes=batch_sizes, repeats=repeats, warmup=warmup, onnx=onnx)

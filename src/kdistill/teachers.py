@@ -6,7 +6,7 @@
   of their probabilities, mean of their logits, or the normalised geometric mean of their
   probabilities (which equals the softmax of the mean logits at every temperature).
 * :data:`TEACHER_KINDS`: how a config's ``teacher:`` section becomes a teacher. The kind
-  ``default`` (registered by :mod:`kdistill.runs.experiment`) is the model / ensemble /
+  ``default`` (registered by :mod:`kdistill.runs.default_teacher`, an ordinary kind) is the model / ensemble /
   cache section; ``teacher: {kind: NAME, options: {...}}`` picks a kind registered with
   :func:`register_teacher_kind`, from any module (docs/ARCHITECTURE.md has the recipe).
 
@@ -172,11 +172,33 @@ class TeacherKind:
             helpers to build and train a model).
         options: a dataclass of the kind's settings (``teacher.options``), checked at config
             load (unknown keys, types); None: the options dict is passed as it is.
+        labelled: whether the run's record of the teacher names its kind (``"kind": name``).
+
+    Hooks (each optional; ``None``: the kind's teacher is made when the run starts, and
+    nothing before or after knows more of it). Every caller asks the kind; none names one:
+
+    * ``preflight(cfg, data, trust, lines)``: the teacher built untrained (or from its
+      checkpoints) for ``--check``, as ``(teacher, member configs)``, adding what it found
+      to ``lines``;
+    * ``untrained(cfg)``: whether the run would train a teacher of this kind (so that
+      ``teacher.train.epochs: 0`` is refused);
+    * ``share_key(cfg, mode)``, ``shared(cell_dir, cfg)``, ``reuse(cfg, shared)``: compare
+      and sweep train one teacher per key (``mode``: ``per-seed`` or ``shared``), read what
+      the first cell trained, and point the other cells' configs at it;
+    * ``from_checkpoints(cfg, data, trust, source)``: the trained teacher a finished run's
+      config names (``kdistill eval`` when the run folder holds no ``teacher/``), or None.
     """
 
     name: str
     build: Callable[[Any, Any], Any]
     options: type | None = None
+    labelled: bool = True
+    preflight: Callable[..., Any] | None = None
+    untrained: Callable[[Any], bool] | None = None
+    share_key: Callable[[Any, str], str | None] | None = None
+    shared: Callable[[Any, Any], Any] | None = None
+    reuse: Callable[[Any, Any], Any] | None = None
+    from_checkpoints: Callable[..., Any] | None = None
 
     def check(self, options: dict[str, Any]) -> Any:
         """``teacher.options`` as the kind's ``options`` dataclass (raises ConfigError)."""
@@ -191,18 +213,20 @@ class TeacherKind:
         if not isinstance(teacher, Teacher):
             raise ConfigError(f"Teacher kind {self.name!r} gave {type(teacher).__name__}, not a teacher "
                               "(a callable batch -> TeacherOutput with .to(device)).")
-        return teacher, ({"kind": self.name, **record} if self.name != "default" else record)
+        return teacher, ({"kind": self.name, **record} if self.labelled else record)
 
 
 TEACHER_KINDS: Registry[TeacherKind] = Registry("teacher kind")
 
 
-def register_teacher_kind(name: str, options: type | None = None) -> Callable[[Callable], Callable]:
+def register_teacher_kind(name: str, options: type | None = None, **hooks: Any) -> Callable[[Callable], Callable]:
     """Register ``build(options, ctx)`` as the teacher kind ``name`` (``teacher.kind`` in a
-    config); ``options`` is the dataclass of its settings. Returns the function unchanged."""
+    config); ``options`` is the dataclass of its settings; ``hooks`` are the optional
+    :class:`TeacherKind` fields (``labelled``, ``preflight``, ``share_key``...). Returns the
+    function unchanged."""
 
     def deco(build: Callable) -> Callable:
-        TEACHER_KINDS.register(name)(TeacherKind(name, build, options))
+        TEACHER_KINDS.register(name)(TeacherKind(name, build, options, **hooks))
         return build
 
     return deco

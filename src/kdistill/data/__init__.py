@@ -5,7 +5,7 @@ from .arrays import UNLABELED, ArrayDataset, DataSplits
 from .datasets import DATASETS, load_dataset, mnist1d_transfer, register_dataset
 from .images import ImageLoader, ImageSet
 from .loaders import Augment, DeviceLoader, StoredViews, augment_from_meta
-from .protocol import Dataset, Loader
+from .protocol import Dataset, Loader, split, subset
 from .recipe import CropFlip, Recipe, RecipeConfig, views_augment
 
 __all__ = [
@@ -28,4 +28,6 @@ __all__ = [
     "mnist1d_transfer",
     "StoredViews",
     "register_dataset",
+    "split",
+    "subset",
 ]

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DataError
+from .loaders import DeviceLoader
 
 UNLABELED = -1
 
@@ -70,8 +71,6 @@ class ArrayDataset:
 
     def loader(self, batch_size: int, **kwargs):
         """The device-resident loader (see :class:`~kdistill.data.DeviceLoader`)."""
-        from .loaders import DeviceLoader
-
         return DeviceLoader(self, batch_size, **kwargs)
 
     def fingerprint(self) -> str:
@@ -104,23 +103,6 @@ class ArrayDataset:
                 "Check the label encoding or the number of classes."
             )
 
-    def subset(self, n: int, seed: int = 0) -> ArrayDataset:
-        """A random subset of ``n`` samples (all of them if ``n >= len``)."""
-        if n >= len(self):
-            return self
-        idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].sort().values
-        return replace(self, x=self.x[idx], y=self.y[idx])
-
-    def split(self, fraction: float, seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
-        """``(rest, held_out)`` with ``fraction`` of the samples held out (a validation split)."""
-        n_out = int(round(len(self) * fraction))
-        perm = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
-        keep, out = perm[n_out:].sort().values, perm[:n_out].sort().values
-        return (
-            replace(self, x=self.x[keep], y=self.y[keep]),
-            replace(self, x=self.x[out], y=self.y[out], name=f"{self.name}-val"),
-        )
-
     def select(self, index: Tensor) -> ArrayDataset:
         """The samples at ``index`` (in that order), as a dataset of their own."""
         index = torch.as_tensor(index, dtype=torch.int64)
@@ -131,6 +113,9 @@ class ArrayDataset:
         return replace(self, y=torch.as_tensor(lut, dtype=torch.int64)[self.y], num_classes=num_classes)
 
     def concat(self, other: ArrayDataset) -> ArrayDataset:
+        """This dataset followed by ``other`` (arrays of the same input shape)."""
+        if not isinstance(other, ArrayDataset):
+            raise DataError(f"Cannot join {other.name} to {self.name}: transfer sets are in-memory arrays.")
         if other.input_shape != self.input_shape:
             raise DataError(
                 f"Cannot join {other.name} {other.input_shape} to {self.name} {self.input_shape}: "

@@ -6,8 +6,8 @@ user's arrays) and ``synthetic`` (Gaussian clusters, for tests). Nothing is down
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import torch
 from .._registry import Registry
 from ..errors import DataError
 from .arrays import ArrayDataset, DataSplits
+from .decode import DECODE_FIELDS, DecodeOptions
 from .idx import read_idx
 
 DATASETS: Registry[Callable[..., DataSplits]] = Registry("dataset")
@@ -30,19 +31,20 @@ FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
                    "Ankle boot"]
 
 
-def load_dataset(name: str, root: str | None = None, resident: bool | str = "auto",
-                 workers: int | None = None, resident_budget_mb: float = 2048, **options: Any) -> DataSplits:
+def load_dataset(name: str, root: str | None = None, decode: DecodeOptions | None = None,
+                 **options: Any) -> DataSplits:
     """Load a registered dataset; ``root`` is where its files are (if it has any).
 
-    ``resident``, ``workers`` and ``resident_budget_mb`` (the ``data`` section's) go to
-    sources that decode files (image folders, Hugging Face datasets, tar shards); in-memory
-    sources are always resident."""
+    ``decode`` (the ``data`` section's :class:`~kdistill.data.decode.DecodeOptions`; its
+    fields may also be given one by one, ``workers=0``) goes to the sources that declare they
+    decode files (:func:`~kdistill.data.decode.decodes_images`: image folders, Hugging Face
+    datasets, tar shards); other sources are in memory and never see it."""
     fn = DATASETS.get(name)
-    params = inspect.signature(fn).parameters
-    extra = {k: v for k, v in (("resident", resident), ("workers", workers), ("resident_budget_mb", resident_budget_mb))
-             if k in params and k not in options}
+    loose = {k: options.pop(k) for k in DECODE_FIELDS if k in options}  # load_dataset(..., workers=0)
+    if getattr(fn, "decodes_images", False):
+        options["decode"] = replace(decode or DecodeOptions(), **loose)
     try:
-        return fn(root=root, **extra, **options)
+        return fn(root=root, **options)
     except TypeError as e:
         raise DataError(f"Dataset {name!r}: {e}.") from None
 

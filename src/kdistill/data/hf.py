@@ -28,6 +28,7 @@ import torch
 
 from ..errors import DataError
 from .datasets import register_dataset
+from .decode import DecodeOptions, decodes_images
 from .hfstream import open_streaming
 from .images import image_splits, stratified_split
 
@@ -111,12 +112,12 @@ def _open(base: Path, fmt: str | None, data_files):
 
 
 @register_dataset("hf")
+@decodes_images
 def hf(root: str | None = None, format: str | None = None, data_files=None, image_column: str = "image",
        label_column: str = "label", train_split: str = "train", test_split_name: str | None = None,
        test_split: float = 0.2, split_seed: int = 0, size: int | None = None, resize: int | None = None,
-       channels: int | None = None, mean=None, std=None, resident: bool | str = "auto",
-       resident_budget_mb: float = 2048, workers: int | None = None, on_bad: str = "fail",
-       stats_samples: int = 1000, streaming: bool = False, shuffle_buffer: int = 1000):
+       channels: int | None = None, mean=None, std=None, decode: DecodeOptions = DecodeOptions(),
+       on_bad: str = "fail", stats_samples: int = 1000, streaming: bool = False, shuffle_buffer: int = 1000):
     """A local Hugging Face dataset (see the module docstring); image options as ``imagefolder``.
 
     Args:
@@ -136,7 +137,8 @@ def hf(root: str | None = None, format: str | None = None, data_files=None, imag
     base = Path(root).expanduser()
     if streaming:
         return open_streaming(datasets, base, format, data_files, image_column, label_column, train_split,
-                              test_split_name, shuffle_buffer, size, resize, channels, mean, std, resident, workers,
+                              test_split_name, shuffle_buffer, size, resize, channels, mean, std, decode.resident,
+                              decode.workers,
                               on_bad, stats_samples)
     dd = _open(base, format, data_files)
     if isinstance(dd, datasets.Dataset):
@@ -176,5 +178,4 @@ def hf(root: str | None = None, format: str | None = None, data_files=None, imag
     parts = {k: (r, torch.from_numpy(y)) for k, (r, y) in parts.items()}
     return image_splits(f"hf:{base.name}", parts, num_classes, names, first=parts["train"][0].read(0),
                         size=size, resize=resize, channels=channels, mean="auto" if mean is None else mean, std=std,
-                        resident=resident, resident_budget_mb=resident_budget_mb, workers=workers, on_bad=on_bad,
-                        stats_samples=stats_samples)
+                        decode=decode, on_bad=on_bad, stats_samples=stats_samples)

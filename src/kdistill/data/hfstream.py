@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DataError
+from .decode import DecodeOptions
 from .images import BadImage, ImageLoader, ImageSet, channel_stats, decode, image_splits, probe
 from .loaders import epoch_order
 
@@ -212,7 +213,7 @@ class HFStreamSet(ImageSet):
                         "drop data.options.streaming to read the files map-style (memory-mapped Arrow).")
 
     def select(self, index):
-        self._no("selecting samples (specialists)")
+        self._no("selecting samples (data.subset, data.val_split, specialists)")
 
     def subset(self, n: int, seed: int = 0):
         if n >= len(self):
@@ -361,7 +362,7 @@ def open_streaming(datasets, base: Path, fmt: str | None, data_files, image_colu
     parts = {k: (s, torch.from_numpy(labels[k])) for k, s in sources.items()}
     splits = image_splits(f"hf:{base.name}", parts, num_classes, names, first=first, size=size, resize=resize,
                           channels=channels, mean=[0.0] * channels if auto else mean,
-                          std=[1.0] * channels if auto else std, resident=False, workers=workers, on_bad=on_bad,
+                          std=[1.0] * channels if auto else std, decode=DecodeOptions(resident=False, workers=workers), on_bad=on_bad,
                           cls=HFStreamSet)
     for part in (splits.train, splits.test):
         part.buffer = int(shuffle_buffer)

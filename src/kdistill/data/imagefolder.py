@@ -23,6 +23,7 @@ import torch
 
 from ..errors import DataError
 from .datasets import register_dataset
+from .decode import DecodeOptions, decodes_images
 from .images import image_splits, stratified_split
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
@@ -92,11 +93,11 @@ def scan(root: Path, folder: Path, classes: list[str] | None = None) -> tuple[Fo
 
 
 @register_dataset("imagefolder")
+@decodes_images
 def imagefolder(root: str | None = None, train_dir: str = "train", test_dir: str | None = None,
                 val_dir: str | None = None, test_split: float = 0.2, split_seed: int = 0, size: int | None = None,
                 resize: int | None = None, channels: int | None = None, mean=None, std=None,
-                resident: bool | str = "auto", resident_budget_mb: float = 2048, workers: int | None = None,
-                on_bad: str = "fail", stats_samples: int = 1000):
+                decode: DecodeOptions = DecodeOptions(), on_bad: str = "fail", stats_samples: int = 1000):
     """Images in class sub-folders (see the module docstring).
 
     Args:
@@ -145,5 +146,4 @@ def imagefolder(root: str | None = None, train_dir: str = "train", test_dir: str
     return image_splits(
         f"imagefolder:{base.name}", parts, len(names), names, first=Path(train_reader.root) / train_reader.files[0],
         size=size, resize=resize, channels=channels, mean="auto" if mean is None else mean, std=std,
-        resident=resident, resident_budget_mb=resident_budget_mb, workers=workers, on_bad=on_bad,
-        stats_samples=stats_samples)
+        decode=decode, on_bad=on_bad, stats_samples=stats_samples)

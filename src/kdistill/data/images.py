@@ -33,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DataError
+from .decode import DecodeOptions, default_workers  # noqa: F401  (default_workers: re-exported)
 from .loaders import Augment, epoch_order
 from .recipe import Recipe, RecipeConfig, center_crop
 
@@ -179,15 +180,14 @@ class ImageSet:
         num_classes, name, names: the label space, the name in messages, class names.
         geo: decoding geometry.
         mean, std: per-channel normalisation of [0, 1] pixels.
-        resident: ``"auto"``, ``True`` or ``False`` (see the module docstring).
-        budget_mb: the ``auto`` memory budget.
-        workers: DataLoader worker processes for streamed decoding.
+        decode: residency, its memory budget and the decoding workers
+            (:class:`~kdistill.data.decode.DecodeOptions`; see the module docstring).
         on_bad: ``"fail"`` or ``"skip"``.
     """
 
     def __init__(self, reader, labels, num_classes: int, name: str, names: list[str] | None,
-                 geo: Geometry, mean, std, resident: bool | str = "auto", budget_mb: float = 2048,
-                 workers: int = 0, on_bad: str = "fail", rows: np.ndarray | None = None):
+                 geo: Geometry, mean, std, decode: DecodeOptions, on_bad: str = "fail",
+                 rows: np.ndarray | None = None):
         self.reader = reader
         self.rows = np.arange(len(reader), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
         self.y = torch.as_tensor(labels, dtype=torch.int64)
@@ -201,7 +201,8 @@ class ImageSet:
                             f"got {self.mean.tolist()} and {self.std.tolist()}.")
         if on_bad not in ("fail", "skip"):
             raise DataError(f"{name}: on_bad must be 'fail' or 'skip', got {on_bad!r}.")
-        self.resident_mode, self.budget_mb, self.workers, self.on_bad = resident, budget_mb, int(workers), on_bad
+        self.decode, self.on_bad = decode, on_bad
+        self.resident_mode, self.budget_mb, self.workers = decode.resident, decode.resident_budget_mb, decode.worker_count()
         self._pixels: Tensor | None = None
         self._bad = torch.zeros(len(self.rows), dtype=torch.bool)
         self.skipped: set[str] = set()
@@ -303,17 +304,6 @@ class ImageSet:
         new = self._view(torch.arange(len(self)), labels=torch.as_tensor(lut, dtype=torch.int64)[self.y])
         new.num_classes = int(num_classes)
         return new
-
-    def subset(self, n: int, seed: int = 0) -> ImageSet:
-        if n >= len(self):
-            return self
-        idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].sort().values
-        return self._view(idx)
-
-    def split(self, fraction: float, seed: int = 0) -> tuple[ImageSet, ImageSet]:
-        n_out = int(round(len(self) * fraction))
-        perm = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
-        return self._view(perm[n_out:].sort().values), self._view(perm[:n_out].sort().values, f"{self.name}-val")
 
     def concat(self, other) -> ImageSet:
         raise DataError(f"{self.name}: transfer sets (data.transfer) work with in-memory array datasets only.")
@@ -443,14 +433,6 @@ class ImageLoader:
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def default_workers() -> int:
-    """Decoding workers when ``data.workers`` is not set: the cores less one, at most 8."""
-    import os
-
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(8, n - 1))
-
-
 def probe(raw: Any) -> tuple[int, int, int]:
     """``(width, height, channels)`` of one encoded image (header only)."""
     Image, _ = _need_pillow()
@@ -491,8 +473,7 @@ def _stats(ds: ImageSet, samples: int) -> tuple[list[float], list[float]]:
 
 def image_splits(name: str, parts: dict[str, tuple[Any, Tensor]], num_classes: int, names: list[str] | None,
                  first: Any, size: int | None = None, resize: int | None = None, channels: int | None = None,
-                 mean: Any = "auto", std: Any = None, resident: bool | str = "auto",
-                 resident_budget_mb: float = 2048, workers: int | None = None, on_bad: str = "fail",
+                 mean: Any = "auto", std: Any = None, decode: DecodeOptions = DecodeOptions(), on_bad: str = "fail",
                  stats_samples: int = 1000, cls: type = ImageSet):
     """The :class:`~kdistill.data.DataSplits` of an image source from its readers (``cls``:
     the :class:`ImageSet` class to make).
@@ -515,8 +496,8 @@ def image_splits(name: str, parts: dict[str, tuple[Any, Tensor]], num_classes: i
         channels = channels or c
     resize = resize or int(round(size / 0.875))  # 224 -> 256, the usual eval resize
     geo = Geometry(int(size), int(resize), int(channels))
-    workers = default_workers() if workers is None else int(workers)
-    common = dict(geo=geo, resident=resident, budget_mb=resident_budget_mb, workers=workers, on_bad=on_bad)
+    decode = replace(decode, workers=decode.worker_count())
+    common = dict(geo=geo, decode=decode, on_bad=on_bad)
     if isinstance(mean, str):
         if mean == "imagenet":
             if channels != 3:
@@ -524,7 +505,7 @@ def image_splits(name: str, parts: dict[str, tuple[Any, Tensor]], num_classes: i
             mean, std = IMAGENET_MEAN, IMAGENET_STD
         elif mean == "auto":
             probe_set = ImageSet(*parts["train"], num_classes, name, names, mean=[0.0] * channels,
-                                 std=[1.0] * channels, **{**common, "resident": False})
+                                 std=[1.0] * channels, **{**common, "decode": replace(decode, resident=False)})
             mean, std = _stats(probe_set, stats_samples)
         else:
             raise DataError(f"{name}: mean must be 'auto', 'imagenet' or numbers, got {mean!r}.")

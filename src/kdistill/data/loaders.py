@@ -17,8 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .arrays import ArrayDataset
-from .recipe import Recipe, RecipeConfig
+from .recipe import CropFlip, Recipe, RecipeConfig
 
 
 @dataclass
@@ -111,7 +110,10 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool, rank: int, world: 
 
 
 class DeviceLoader:
-    """Batches ``{"x", "y", "index"}`` of an :class:`ArrayDataset` from device memory.
+    """Batches ``{"x", "y", "index"}`` of an in-memory dataset (an
+    :class:`~kdistill.data.ArrayDataset`: tensors ``x`` and ``y``, ``num_classes``, and
+    optionally ``normalization``) from device memory. This module does not import the
+    dataset class: the dataset imports its loader.
 
     Args:
         data: the dataset.
@@ -129,7 +131,7 @@ class DeviceLoader:
 
     def __init__(
         self,
-        data: ArrayDataset,
+        data: Any,
         batch_size: int,
         shuffle: bool = True,
         seed: int = 0,
@@ -196,7 +198,5 @@ class DeviceLoader:
 def augment_from_meta(d: dict) -> Any:
     """The augmentation a teacher cache's ``meta["augment"]`` describes (see ``describe``)."""
     if d.get("kind") == "crop_flip":
-        from .recipe import CropFlip
-
         return CropFlip(d["scale"], d["ratio"], d["flip"], d.get("crop", True))
     return Augment(d["shift"], d["flip"])

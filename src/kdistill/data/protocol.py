@@ -21,6 +21,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from ..errors import DataError
+
 
 @runtime_checkable
 class Loader(Protocol):
@@ -95,9 +97,44 @@ class Dataset(Protocol):
         label space of ``num_classes`` classes."""
         ...
 
+    def validate(self, require_labels: bool = True) -> None:
+        """Refuse what cannot be trained on (raises ``DataError``): no samples, labels outside
+        ``[0, num_classes)`` (``-1``, unlabelled, is allowed), no label at all when
+        ``require_labels``, and whatever else the storage can check cheaply (non-finite inputs
+        in memory)."""
+        ...
+
+    def concat(self, other: Dataset) -> Dataset:
+        """This dataset followed by ``other`` (a transfer set: unlabelled inputs the teacher
+        labels); a source that cannot join another raises ``DataError`` saying so."""
+        ...
+
     def loader(self, batch_size: int, *, shuffle: bool = True, seed: int = 0,
                device: torch.device | str = "cpu", drop_last: bool = False, augment: Any = None,
                rank: int = 0, world: int = 1, views: Any = None) -> Loader:
         """A loader for training: this process's shard (``rank`` of ``world``), the epoch's
         order drawn from ``(seed, epoch)``, ``augment`` applied on ``device``."""
         ...
+
+
+def subset(data: Dataset, n: int, seed: int = 0) -> Dataset:
+    """A random ``n`` of the samples (``data.subset``), kept in dataset order; all of them
+    (``data`` itself) when ``n >= len(data)``. Built on :meth:`Dataset.select`."""
+    if n >= len(data):
+        return data
+    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    return data.select(idx)
+
+
+def split(data: Dataset, fraction: float, seed: int = 0,
+          hint: str = "use more data or another data.val_split") -> tuple[Dataset, Dataset]:
+    """``(rest, held_out)`` with a random ``fraction`` of the samples held out (a validation
+    split, named ``<name>-val``), each part in dataset order. Built on :meth:`Dataset.select`."""
+    n_out = int(round(len(data) * fraction))
+    if fraction > 0 and (n_out == 0 or n_out == len(data)):
+        raise DataError(f"{data.name}: {len(data)} samples cannot be split {1 - fraction:.2f}/{fraction:.2f}; "
+                        f"{hint}.")
+    perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    rest, held = data.select(perm[n_out:].sort().values), data.select(perm[:n_out].sort().values)
+    held.name = f"{data.name}-val"
+    return rest, held

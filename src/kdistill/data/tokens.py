@@ -97,12 +97,17 @@ class TokenDataset:
     def relabel(self, lut: Tensor, num_classes: int) -> TokenDataset:
         raise DataError("Token datasets cannot be relabelled (their labels are next tokens).")
 
-    def split(self, fraction: float, seed: int = 0) -> tuple[TokenDataset, TokenDataset]:
-        """``(rest, held_out)``: a random ``fraction`` of the rows held out."""
-        n_out = int(round(len(self) * fraction))
-        if fraction > 0 and (n_out == 0 or n_out == len(self)):
-            raise DataError(f"{self.name}: {len(self)} rows cannot be split {1 - fraction:.2f}/{fraction:.2f}; "
-                            "use more text, a smaller block_size, or a val file.")
-        perm = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
-        keep, out = perm[n_out:].sort().values, perm[:n_out].sort().values
-        return self.select(keep), replace(self.select(out), name=f"{self.name}-val")
+    def validate(self, require_labels: bool = True) -> None:
+        """Refuse no rows, token ids outside the vocabulary, and (``require_labels``) rows
+        without a single target."""
+        if len(self) == 0:
+            raise DataError(f"{self.name}: no rows of text.")
+        bad = (self.x < 0) | (self.x >= self.num_classes)
+        bad_y = (self.y != IGNORE_INDEX) & ((self.y < 0) | (self.y >= self.num_classes))
+        if bad.any() or bad_y.any():
+            raise DataError(f"{self.name}: token ids must lie in [0, {self.num_classes}) (the vocabulary).")
+        if require_labels and self.targets() == 0:
+            raise DataError(f"{self.name}: no position has a target.")
+
+    def concat(self, other) -> TokenDataset:
+        raise DataError(f"{self.name}: transfer sets (data.transfer) are for classification data.")

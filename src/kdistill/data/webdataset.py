@@ -36,6 +36,7 @@ import torch
 
 from ..errors import DataError
 from .datasets import register_dataset
+from .decode import DecodeOptions, decodes_images
 from .images import ImageSet, image_splits
 from .loaders import Augment
 
@@ -196,12 +197,12 @@ class TarImageSet(ImageSet):
 
 
 @register_dataset("webdataset")
+@decodes_images
 def webdataset(root: str | None = None, train: str | list[str] | None = None, test: str | list[str] | None = None,
                val: str | list[str] | None = None, image_ext: str | None = None, label_ext: str | None = None,
                classes: list[str] | None = None, num_classes: int | None = None, order: str = "global",
                size: int | None = None, resize: int | None = None, channels: int | None = None, mean=None,
-               std=None, resident: bool | str = "auto", resident_budget_mb: float = 2048, workers: int | None = None,
-               on_bad: str = "fail", stats_samples: int = 1000):
+               std=None, decode: DecodeOptions = DecodeOptions(), on_bad: str = "fail", stats_samples: int = 1000):
     """Tar shards (see the module docstring); image options as ``imagefolder``.
 
     Args:
@@ -227,8 +228,7 @@ def webdataset(root: str | None = None, train: str | list[str] | None = None, te
     parts = {n: (r, torch.from_numpy(y)) for n, (r, y) in parts.items()}
     splits = image_splits(f"webdataset:{base.name}", parts, k, list(classes) if classes else None,
                           first=parts["train"][0].read(0), size=size, resize=resize, channels=channels,
-                          mean="auto" if mean is None else mean, std=std, resident=resident,
-                          resident_budget_mb=resident_budget_mb, workers=workers, on_bad=on_bad,
+                          mean="auto" if mean is None else mean, std=std, decode=decode, on_bad=on_bad,
                           stats_samples=stats_samples, cls=TarImageSet)
     for part in (splits.train, splits.test, splits.val):
         if part is not None:

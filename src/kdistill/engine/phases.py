@@ -8,16 +8,17 @@ feature taps); a scheme's separate trainings are its *steps*."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
-from .trainer import make_optimizer
-
-if TYPE_CHECKING:
-    from .trainer import Trainer
+from .optim import make_optimizer
 
 
-def run_first_phases(trainer: Trainer) -> list[dict]:
-    """Run every term's :meth:`~kdistill.methods.Method.first_phase`; returns one log row each."""
+def run_first_phases(trainer: Any) -> list[dict]:
+    """Run every term's :meth:`~kdistill.methods.Method.first_phase`; returns one log row each.
+
+    ``trainer`` is the :class:`~kdistill.engine.trainer.Trainer` that calls this (its
+    ``distiller``, ``cfg``, ``device``, ``accelerator``, ``log`` and ``phase_loader``); it is
+    not imported here, so the trainer imports this module and not the other way round."""
     distiller = trainer.distiller  # before any DDP/FSDP wrapper: see Trainer.fit
     rows = []
     for term in distiller.terms:

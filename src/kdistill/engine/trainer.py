@@ -16,11 +16,11 @@ CPU with ``train.deterministic``).
 from __future__ import annotations
 
 import json
-import math
 import signal
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from .. import distributed
+from ..atomic import atomic_write_text
 from ..cache import stored_views
 from ..config import TrainConfig
 from ..data import Augment, Dataset, Loader
@@ -45,7 +46,10 @@ from .checkpoint import (
     remove_litter,
     save_checkpoint,
 )
+from .optim import lr_factor, make_optimizer
+from .phases import run_first_phases
 from .progress import EpochProgress, heading
+from .tracking import Trackers
 
 _ACCELERATORS: dict[tuple, Any] = {}
 
@@ -75,32 +79,6 @@ def get_accelerator(device: torch.device, precision: str, fsdp: bool = False):
             sharding.enable_on_cpu(acc, plugin, mp)
         _ACCELERATORS[key] = acc
     return _ACCELERATORS[key]
-
-
-def lr_factor(step: int, total: int, warmup: int, schedule: str, milestones, gamma: float) -> float:
-    """Learning-rate multiplier at optimizer step ``step`` of ``total``."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    if schedule == "cosine":
-        span = max(1, total - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / span)))
-    if schedule == "step":
-        return gamma ** sum(step >= m * total for m in milestones)
-    return 1.0
-
-
-def make_optimizer(params, cfg: TrainConfig, device: torch.device, sharded: bool = False) -> torch.optim.Optimizer:
-    """The run's optimizer. Fused kernels on CUDA and CPU (a resnet32x4 AdamW step on the
-    2-core CPU: 17 ms foreach, 2.5 ms fused; SGD 4.5 -> 2.6 ms), except for FSDP-sharded
-    parameters: torch 2.13 has no DTensor sharding rule for ``_fused_sgd_``."""
-    fused = {"fused": True} if device.type in ("cuda", "cpu") and not sharded else {}
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-            weight_decay=cfg.weight_decay, **fused,
-        )
-    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
 
 
 class Trainer:
@@ -346,8 +324,6 @@ class Trainer:
             # first-stage rows (no epoch) come before epoch 0 and are not redone on a resume
             if "epoch" not in row or row["epoch"] < epoch:
                 rows.append(line)
-        from .checkpoint import atomic_write_text
-
         atomic_write_text(path, "".join(r + "\n" for r in rows))
 
     # -- the loop ------------------------------------------------------------------------
@@ -382,8 +358,6 @@ class Trainer:
         if found is None:
             # before the DDP/FSDP wrapper: first phases run the same full batches on every
             # process, so the replicas (or the shards cut from them) start out identical
-            from .phases import run_first_phases
-
             for row in run_first_phases(self):
                 self._append_metrics(row)
         work = self.distiller
@@ -420,108 +394,157 @@ class Trainer:
                 m.to(self.device)
 
     def _loop(self, found) -> dict[str, Any]:
+        """The epochs (or ``train.max_steps`` optimizer steps) from the resume point on."""
         cfg = self.cfg
         distiller = self.accelerator.unwrap_model(self.model)
         distiller.to(self.device)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-
-        batches = len(self.loader)
-        steps_per_epoch = -(-batches // cfg.grad_accum)
-        total = max(1, cfg.epochs * steps_per_epoch)
-        warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-        epoch, start_batch, step = 0, 0, 0
-        best = {"score": -1.0, "epoch": None, "metrics": None}
-        history: list[dict] = []
-        meta = self._restore(found)
-        if meta is not None:
-            epoch, start_batch, step = meta["epoch"], meta["batch"], meta["step"]
-            best = meta.get("best", best)
-            history = meta.get("history", [])
-            self.skipped_steps = meta.get("skipped_steps", 0)
-            self._truncate_metrics(epoch)
-        from .tracking import Trackers
-
+        st = self._plan(found)
         trackers = Trackers(cfg.log_with if self.accelerator.is_main_process else [], self.run_dir, self.hparams)
         saved_handlers = self._install_signals()
         t_start = time.perf_counter()
-        last_good = None
-        role = self.role or "training"
-        student = type(self.accelerator.unwrap_model(self.model).student).__name__
+        student = type(distiller.student).__name__
         # a term weighted 0 (a token method's default CE) does not train: not in the heading
         terms = " + ".join(m.name for w, m in zip(distiller.weights, distiller.terms) if w) or "no weighted term"
-        self.log(heading(role, f"{student} with {terms}", cfg.epochs, steps_per_epoch, self.device))
-        bar = EpochProgress(cfg.progress and self.accelerator.is_main_process, role, steps_per_epoch, cfg.epochs)
+        self.log(heading(self.role or "training", f"{student} with {terms}", st.epochs, st.steps_per_epoch,
+                         self.device))
+        bar = EpochProgress(cfg.progress and self.accelerator.is_main_process, self.role or "training",
+                            st.steps_per_epoch, st.epochs)
         try:
-            while epoch < cfg.epochs:
-                distiller.set_epoch(epoch, cfg.epochs)
+            while st.epoch < st.epochs and not st.budget_spent(cfg.max_steps):
+                distiller.set_epoch(st.epoch, st.epochs)
                 self.model.train()
-                sums: dict[str, Tensor] = {}
-                n_seen = 0
-                if start_batch and self._resumed_running is not None:  # the interrupted epoch's sums
-                    sums, n_seen = self._resumed_running
-                self._resumed_running = None
-                t0 = time.perf_counter()
-                waited = [0.0]  # seconds the loop spent waiting for the loader's next batch
-                bar.start(epoch, -(-start_batch // cfg.grad_accum))
-                for b, batch in enumerate(_timed(self.loader.iterate(epoch, start_batch), waited), start=start_batch):
-                    last_of_epoch = b + 1 == batches
-                    apply = (b + 1) % cfg.grad_accum == 0 or last_of_epoch
-                    out = self.train_step(batch, step, total, warmup, apply, epoch, last_good)
-                    if out is None:  # a non-finite loss or gradient skipped the batch
-                        continue
-                    if apply:
-                        step += 1
-                        if self._deferred and step % cfg.log_every == 0:
-                            self._check_flag(epoch, step, last_good)
-                        bs = batch["y"].shape[0]
-                        n_seen += bs
-                        bar.step(bs, out["loss"])
-                        for k, v in out.items():
-                            if k.startswith("loss"):
-                                sums[k] = sums.get(k, 0.0) + v.detach().float() * bs
-                        stop = not last_of_epoch and self._stopping(step)
-                        if stop or (not last_of_epoch and cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
-                            self._check_flag(epoch, step, last_good)
-                            last_good = self._save("last", self._state(epoch, b + 1, step, best, history),
-                                                   running=(sums, n_seen))
-                            if stop:
-                                raise Interrupted(self._interrupt_message(last_good))
-                bar.stop()
-                self._check_flag(epoch, step, last_good)
-                if self.accelerator.num_processes > 1:  # log the epoch's means over every process's shard
-                    keys = sorted(sums)
-                    tot = self.accelerator.reduce(torch.stack(
-                        [sums[k] for k in keys] + [torch.tensor(float(n_seen), device=self.device)]), "sum")
-                    sums, n_seen = dict(zip(keys, tot[:-1], strict=True)), int(tot[-1])
-                epoch_time = time.perf_counter() - t0
-                start_batch = 0
-                row: dict[str, Any] = {"epoch": epoch, "step": step, "lr": self.optimizer.param_groups[0]["lr"]}
-                row.update({f"train_{k}": float(v) / max(1, n_seen) for k, v in sums.items()})
-                row["epoch_time_s"] = round(epoch_time, 3)
-                row["data_wait_fraction"] = round(waited[0] / max(epoch_time, 1e-9), 4)
-                if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-                    ev = self.evaluate()
-                    for split, m in ev.items():
-                        row.update({f"{split}_{k}": v for k, v in m.items()})
-                    score = ev[self.select_on]["acc"]
-                    if self._any(score > best["score"]):  # the same decision on every process
-                        best = {"score": score, "epoch": epoch, "metrics": ev}
-                        self._save("best", self._state(epoch + 1, 0, step, best, history), keep=1)
-                history.append(row)
-                self._append_metrics(row)
-                trackers.log(row, row["step"])
-                epoch += 1
-                last_good = self._save("last", self._state(epoch, 0, step, best, history))
-                self.log(_epoch_line(row, cfg.epochs))
-                if self._stopping() and epoch < cfg.epochs:
-                    raise Interrupted(self._interrupt_message(last_good))
+                sums, n_seen, epoch_time, waited = self._run_epoch(st, bar)
+                self._end_epoch(st, sums, n_seen, epoch_time, waited, trackers)
+                if self._stopping() and st.epoch < st.epochs and not st.budget_spent(cfg.max_steps):
+                    raise Interrupted(self._interrupt_message(st.last_good))
         finally:
             bar.stop()
             trackers.finish()
             for s, h in saved_handlers.items():
                 signal.signal(s, h)
-        final = self.evaluate() if cfg.epochs else {}
+        # the last epoch was just evaluated (it always is): its metrics are the final ones;
+        # a resume into a finished run evaluates once
+        final = st.last_eval if st.last_eval is not None else (self.evaluate() if st.epochs else {})
+        return self._results(st, final, time.perf_counter() - t_start)
+
+    def _plan(self, found) -> _LoopState:
+        """Epochs, steps and the learning-rate horizon of this training, and where it starts
+        (a checkpoint's epoch, batch and step on a resume)."""
+        cfg = self.cfg
+        batches = len(self.loader)
+        steps_per_epoch = -(-batches // cfg.grad_accum)
+        epochs = cfg.epochs
+        if cfg.max_steps:  # a step budget replaces the epoch count (as in transformers' Trainer)
+            epochs = -(-cfg.max_steps // max(1, steps_per_epoch))
+        st = _LoopState(batches=batches, steps_per_epoch=steps_per_epoch, epochs=epochs,
+                        total=max(1, cfg.max_steps or epochs * steps_per_epoch),
+                        warmup=int(round(cfg.warmup_epochs * steps_per_epoch)))
+        meta = self._restore(found)
+        if meta is not None:
+            st.epoch, st.start_batch, st.step = meta["epoch"], meta["batch"], meta["step"]
+            st.best = meta.get("best", st.best)
+            st.history = meta.get("history", [])
+            st.throughput = meta.get("throughput", st.throughput)
+            self.skipped_steps = meta.get("skipped_steps", 0)
+            self._truncate_metrics(st.epoch)
+        return st
+
+    def _run_epoch(self, st: _LoopState, bar: EpochProgress) -> tuple[dict[str, Tensor], int, float, float]:
+        """The batches of epoch ``st.epoch`` from ``st.start_batch`` on; returns the loss sums,
+        the samples seen, the epoch's training seconds (checkpoint writes excluded) and the
+        seconds spent waiting for batches."""
+        cfg = self.cfg
+        sums: dict[str, Tensor] = {}
+        n_seen = 0
+        if st.start_batch and self._resumed_running is not None:  # the interrupted epoch's sums
+            sums, n_seen = self._resumed_running
+        self._resumed_running = None
+        waited = [0.0]  # seconds the loop spent waiting for the loader's next batch
+        saving = 0.0  # seconds spent writing mid-epoch checkpoints
+        tokens = torch.zeros((), dtype=torch.int64, device=self.device)
+        samples = 0
+        t0 = t_mark = time.perf_counter()  # the epoch's start; the start of the steps not yet counted
+        bar.start(st.epoch, -(-st.start_batch // cfg.grad_accum))
+        for b, batch in enumerate(_timed(self.loader.iterate(st.epoch, st.start_batch), waited), start=st.start_batch):
+            last_of_epoch = b + 1 == st.batches
+            apply = (b + 1) % cfg.grad_accum == 0 or last_of_epoch
+            out = self.train_step(batch, st.step, st.total, st.warmup, apply, st.epoch, st.last_good)
+            y = batch["y"]
+            samples += int(y.shape[0])
+            if y.dim() > 1:  # a target per position (tokens): count the positions that have one
+                tokens += (y >= 0).sum()
+            if out is None:  # a non-finite loss or gradient skipped the batch
+                continue
+            if not apply:
+                continue
+            st.step += 1
+            if self._deferred and st.step % cfg.log_every == 0:
+                self._check_flag(st.epoch, st.step, st.last_good)
+            bs = y.shape[0]
+            n_seen += bs
+            bar.step(bs, out["loss"])
+            for k, v in out.items():
+                if k.startswith("loss"):
+                    sums[k] = sums.get(k, 0.0) + v.detach().float() * bs
+            if st.budget_spent(cfg.max_steps):
+                break
+            stop = not last_of_epoch and self._stopping(st.step)
+            if stop or (not last_of_epoch and cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0):
+                now = time.perf_counter()
+                st.add_throughput(now - t_mark, samples, tokens)  # saved with the checkpoint
+                samples = 0
+                tokens.zero_()
+                self._check_flag(st.epoch, st.step, st.last_good)
+                st.last_good = self._save("last", self._state(st, st.epoch, b + 1), running=(sums, n_seen))
+                t_mark = time.perf_counter()
+                saving += t_mark - now
+                if stop:
+                    raise Interrupted(self._interrupt_message(st.last_good))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the epoch's queued steps belong to its time
+        end = time.perf_counter()
+        st.add_throughput(end - t_mark, samples, tokens)
+        epoch_time = end - t0 - saving
+        bar.stop()
+        self._check_flag(st.epoch, st.step, st.last_good)
+        if self.accelerator.num_processes > 1:  # log the epoch's means over every process's shard
+            keys = sorted(sums)
+            tot = self.accelerator.reduce(torch.stack(
+                [sums[k] for k in keys] + [torch.tensor(float(n_seen), device=self.device)]), "sum")
+            sums, n_seen = dict(zip(keys, tot[:-1], strict=True)), int(tot[-1])
+        return sums, n_seen, epoch_time, waited[0]
+
+    def _end_epoch(self, st: _LoopState, sums: dict[str, Tensor], n_seen: int, epoch_time: float, waited: float,
+                   trackers: Trackers) -> None:
+        """Log the epoch's row, evaluate (every ``eval_every`` epochs and after the last one),
+        keep the best checkpoint and write the ``last`` one."""
+        cfg = self.cfg
+        st.start_batch = 0
+        row: dict[str, Any] = {"epoch": st.epoch, "step": st.step, "lr": self.optimizer.param_groups[0]["lr"]}
+        row.update({f"train_{k}": float(v) / max(1, n_seen) for k, v in sums.items()})
+        row["epoch_time_s"] = round(epoch_time, 3)
+        row["data_wait_fraction"] = round(waited / max(epoch_time, 1e-9), 4)
+        last = st.epoch + 1 == st.epochs or st.budget_spent(cfg.max_steps)
+        st.last_eval = None
+        if (st.epoch + 1) % cfg.eval_every == 0 or last:
+            ev = self.evaluate()
+            st.last_eval = ev if last else None
+            for split, m in ev.items():
+                row.update({f"{split}_{k}": v for k, v in m.items()})
+            score = ev[self.select_on]["acc"]
+            if self._any(score > st.best["score"]):  # the same decision on every process
+                st.best = {"score": score, "epoch": st.epoch, "metrics": ev}
+                self._save("best", self._state(st, st.epoch + 1, 0), keep=1)
+        st.history.append(row)
+        self._append_metrics(row)
+        trackers.log(row, row["step"])
+        st.epoch += 1
+        st.last_good = self._save("last", self._state(st, st.epoch, 0))
+        self.log(_epoch_line(row, st.epochs))
+
+    def _results(self, st: _LoopState, final: dict, wall_s: float) -> dict[str, Any]:
         dist_info: dict[str, Any] = {
             "processes": self.accelerator.num_processes,
             "strategy": "fsdp" if self.fsdp else ("ddp" if self.accelerator.num_processes > 1 else "none"),
@@ -530,13 +553,22 @@ class Trainer:
             sharded = self.accelerator.unwrap_model(self.model)
             dist_info |= {"units": self.units, "local_param_fraction": round(self._local_fraction, 4)}
             self.distiller.load_state_dict(sharding.full_model_state(sharded, everywhere=True))
+        # throughput from the training steps' time alone (the loader's waits included;
+        # evaluations and checkpoint writes not), over every process (each counts its shard)
+        tp, world = st.throughput, self.accelerator.num_processes
+        rates = {"train_step_time_s": round(tp["seconds"], 3),
+                 "train_samples_per_s": round(world * tp["samples"] / max(tp["seconds"], 1e-9), 1)}
+        if tp["tokens"]:
+            rates["train_tokens_per_s"] = round(world * tp["tokens"] / max(tp["seconds"], 1e-9), 1)
         return {
             "final": final,
-            "best": {"epoch": best["epoch"], "selected_on": self.select_on, **(best["metrics"] or {})},
-            "epochs": cfg.epochs,
-            "steps": step,
+            "best": {"epoch": st.best["epoch"], "selected_on": self.select_on, **(st.best["metrics"] or {})},
+            "epochs": st.epochs,
+            "steps": st.step,
+            **({"max_steps": self.cfg.max_steps} if self.cfg.max_steps else {}),
             "skipped_steps": self.skipped_steps,
-            "train_time_s": round(time.perf_counter() - t_start, 2),
+            "train_time_s": round(wall_s, 2),
+            **rates,
             "device": str(self.device),
             "peak_memory_bytes": peak_memory_bytes(self.device),
             "distributed": dist_info,
@@ -653,14 +685,46 @@ class Trainer:
         where = f"The last good checkpoint is {last_good}." if last_good else "No checkpoint was saved yet."
         raise NonFiniteError(f"{what} {where} Lower train.lr, set train.grad_clip, or set train.on_nonfinite=skip.")
 
-    def _state(self, epoch: int, batch: int, step: int, best: dict, history: list) -> dict[str, Any]:
-        return {"epoch": epoch, "batch": batch, "step": step, "best": best, "history": history,
-                "skipped_steps": self.skipped_steps}
+    def _state(self, st: _LoopState, epoch: int, batch: int) -> dict[str, Any]:
+        """What a checkpoint records of the loop: the point to resume from (``epoch``,
+        ``batch``), the step, the best epoch, the history and the training throughput so far."""
+        return {"epoch": epoch, "batch": batch, "step": st.step, "best": st.best, "history": st.history,
+                "skipped_steps": self.skipped_steps, "throughput": dict(st.throughput)}
 
     def _interrupt_message(self, path) -> str:
         name = signal.Signals(self._stop_signal).name
         return (f"Stopped by {name}; checkpoint saved at {path}. Resume with the same command plus "
                 f"--resume (run folder {self.run_dir}).")
+
+
+@dataclass
+class _LoopState:
+    """Where the epoch loop is: its plan (batches and optimizer steps per epoch, epochs, the
+    learning-rate horizon ``total`` and ``warmup`` in steps) and its progress."""
+
+    batches: int
+    steps_per_epoch: int
+    epochs: int
+    total: int
+    warmup: int
+    epoch: int = 0
+    start_batch: int = 0
+    step: int = 0
+    best: dict = field(default_factory=lambda: {"score": -1.0, "epoch": None, "metrics": None})
+    history: list = field(default_factory=list)
+    last_good: Any = None
+    last_eval: dict | None = None
+    #: training time from the steps alone (no evaluations, no checkpoint writes) and what it trained
+    throughput: dict = field(default_factory=lambda: {"seconds": 0.0, "samples": 0, "tokens": 0})
+
+    def budget_spent(self, max_steps: int) -> bool:
+        return bool(max_steps) and self.step >= max_steps
+
+    def add_throughput(self, seconds: float, samples: int, tokens: Tensor) -> None:
+        t = self.throughput
+        t["seconds"] += seconds
+        t["samples"] += samples
+        t["tokens"] += int(tokens)  # one host sync, per epoch and per checkpoint
 
 
 def _timed(batches, waited: list[float]):

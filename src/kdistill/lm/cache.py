@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..engine.checkpoint import atomic_write_json
+from ..atomic import atomic_write_json
 from ..errors import ConfigError, DataError
 from ..methods import TokenTopK
 from .data import TokenDataset

@@ -16,9 +16,10 @@ from typing import Any
 import torch
 import yaml
 
+from ..atomic import atomic_write_json, atomic_write_text
+from ..data import split
 from ..devices import resolve_device
 from ..distributed import is_main_process, main_process_first, sync_processes
-from ..engine.checkpoint import atomic_write_json, atomic_write_text
 from ..engine.trainer import Trainer, get_accelerator
 from ..errors import ConfigError
 from ..methods import Distiller, build_term, create
@@ -59,7 +60,7 @@ def load_data(cfg: LMRunConfig, tok) -> tuple[TokenDataset, TokenDataset]:
         return train, load_text_dataset(d.val, tok, **args)
     if d.val_split <= 0:
         raise ConfigError("A causal-LM run needs validation text: set data.val or data.val_split > 0.")
-    return train.split(d.val_split, d.split_seed)
+    return split(train, d.val_split, d.split_seed, hint="use more text, a smaller block_size, or a val file")
 
 
 def train_lm(model: CausalLM, distiller: Distiller, train: TokenDataset, val: TokenDataset, cfg_train, cfg: LMRunConfig,
@@ -265,7 +266,6 @@ def run_lm(cfg: LMRunConfig, run_dir: str | Path | None = None, resume: bool = F
         "teacher": t_record,
         "student": s_record,
         **res,
-        "tokens_per_s": round(res["epochs"] * train.targets() / max(res["train_time_s"], 1e-9), 1),
         "samples": student_samples(student, tok, cfg.lm.sample_prompts, new) if cfg.lm.sample_prompts else [],
     }
     if isinstance(distiller, OnPolicyDistiller):

@@ -65,6 +65,8 @@ class CRD(Method):
 
     default_weight = 0.8
     default_ce_weight = 1.0
+    #: its memory banks are keyed by each batch's ``index`` (the samples' positions)
+    needs_index = True
 
     @dataclass
     class Config:

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..engine.checkpoint import atomic_write_json
+from ..atomic import atomic_write_json
 from ..metrics import accuracy, agreement
 from ..runs import load_saved, prepare_data
 from .backend import QuantizeError

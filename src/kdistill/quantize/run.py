@@ -26,8 +26,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..atomic import atomic_write_json
 from ..config import load_config
-from ..engine.checkpoint import atomic_write_json, state_dict_tensors
+from ..engine.checkpoint import state_dict_tensors
 from ..errors import CheckpointError, ConfigError
 from ..losses import kd_loss
 from ..measure import summarize_times

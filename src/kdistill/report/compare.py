@@ -25,8 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write_json, atomic_write_text
 from ..config import load_config
-from ..engine.checkpoint import atomic_write_json, atomic_write_text
 from ..errors import ConfigError
 from ..runs import named_models
 from ..runs.grid import Cell, cell_name, parse_grid, parse_seeds, plan_configs, plan_methods, plan_sweep, run_cells

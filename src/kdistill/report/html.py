@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..engine.checkpoint import atomic_write_text
+from ..atomic import atomic_write_text
 from ..errors import ConfigError
 from . import plots
 from .tables import (

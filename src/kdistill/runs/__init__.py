@@ -2,6 +2,7 @@
 rebuilding saved models, one experiment end to end, caching a config's teacher, and grids
 of runs. Above the engine (which trains one model); below the CLI, reports and schemes."""
 
+from . import default_teacher  # noqa: F401  (registers the default teacher kind)
 from .build import (
     build_model,
     check_model,

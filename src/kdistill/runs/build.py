@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import RunConfig, TeacherConfig
-from ..data import ArrayDataset, DataSplits, load_dataset, mnist1d_transfer
+from ..data import ArrayDataset, DataSplits, load_dataset, mnist1d_transfer, split, subset
 from ..engine.checkpoint import load_into, load_weights
 from ..errors import ConfigError, DataError, ShapeError
 from ..measure import count_params, param_bytes
@@ -26,14 +26,13 @@ from ..teachers import EnsembleTeacher, ModuleTeacher, Teacher
 def prepare_data(cfg: RunConfig) -> DataSplits:
     """Load, subset, split and validate the run's data (the transfer set is separate)."""
     d = cfg.data
-    splits = load_dataset(d.name, root=d.root, resident=d.resident, workers=d.workers,
-                          resident_budget_mb=d.resident_budget_mb, **d.options)
+    splits = load_dataset(d.name, root=d.root, decode=d.decode_options(), **d.options)
     train = splits.train
     if d.subset:
-        train = train.subset(d.subset, seed=cfg.train.seed)
+        train = subset(train, d.subset, seed=cfg.train.seed)
     val = splits.val
     if d.val_split > 0:
-        train, val = train.split(d.val_split, seed=cfg.train.seed)
+        train, val = split(train, d.val_split, seed=cfg.train.seed)
     for part in (train, splits.test, val):
         if part is not None:
             part.validate()

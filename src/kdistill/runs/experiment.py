@@ -12,19 +12,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..cache import CachedTeacher
+from ..atomic import atomic_write_text
 from ..config import RunConfig, TrainConfig, dump_config, validate_config
 from ..data import Augment, Dataset, DataSplits
 from ..devices import resolve_device
-from ..engine.checkpoint import atomic_write_text
 from ..engine.trainer import Trainer
 from ..errors import ConfigError, ShapeError
 from ..measure import latency_ms
 from ..methods import Distiller, create
 from ..metrics import classification_metrics
-from ..teacher_input import unwrap
-from ..teachers import TEACHER_KINDS, EnsembleTeacher, ModuleTeacher, Teacher, register_teacher_kind
-from .build import build_model, load_transfer, model_record, teacher_adapter, with_num_data
+from ..teachers import TEACHER_KINDS, Teacher
+from .build import build_model, load_transfer, model_record, with_num_data
 from .folder import is_main_process, open_run_dir, save_model, sync_processes, write_json
 from .preflight import preflight
 
@@ -115,62 +113,6 @@ def ensure_teacher(cfg: RunConfig, data: DataSplits, run_dir: Path, resume: bool
         return None, {}
     ctx = TeacherContext(cfg, data, Path(run_dir), resume, log, trust)
     return TEACHER_KINDS.get(t.kind).make(t.options, ctx)
-
-
-@register_teacher_kind("default")
-def default_teacher(options: dict, ctx: TeacherContext) -> tuple[Teacher, dict]:
-    """The teacher section's own keys: cached outputs (``cache``), one model or an
-    ``ensemble``; a model without a checkpoint is trained first into ``run_dir/teacher``."""
-    cfg, data, run_dir, resume, log, trust = ctx.cfg, ctx.data, ctx.run_dir, ctx.resume, ctx.log, ctx.trust
-    t = cfg.teacher
-    if t.cache is not None:
-        cached = CachedTeacher.open(t.cache, data.train, num_classes=data.num_classes)
-        log(f"Teacher: cached outputs from {t.cache}.")
-        return cached, {"cache": t.cache}
-    members_cfg = t.ensemble or [t]
-    adapt = teacher_adapter(t, data)
-    if adapt is not None:
-        log(f"Teacher input: {adapt.spec.describe()}.")
-    members, records = [], []
-    for i, m in enumerate(members_cfg):
-        sub = run_dir / ("teacher" if len(members_cfg) == 1 else f"teacher{i}")
-        what = "teacher" if len(members_cfg) == 1 else f"teacher member {i}"
-        ckpt = m.checkpoint
-        start = ckpt if t.finetune else None  # the weights a fine-tuned teacher starts from
-        if (ckpt is None or t.finetune) and (sub / "model.safetensors").is_file() and (sub / "results.json").is_file():
-            ckpt = str(sub / "model.safetensors")  # trained earlier in this run folder
-            log(f"Using the {what} trained earlier in {sub}.")
-        elif t.finetune:
-            ckpt = None  # loaded below as the start, then trained
-        model = build_model(m.model, m.kwargs, data, ckpt or start, trust, what, log=log, adapt=adapt)
-        record = model_record(unwrap(model), m.model, m.kwargs, data)
-        if adapt is not None:  # the saved network takes the teacher's format; model.json says how to convert
-            record["input"] = adapt.spec.as_dict() | {"net_input_shape": list(adapt.input_shape(data.input_shape))}
-        if ckpt is None:
-            log(f"{'Fine-tuning' if start else 'Training'} the {what} ({m.model}) first, into {sub}.")
-            tcfg = cfg.teacher_train()
-            if len(members_cfg) > 1:
-                tcfg = tcfg.model_copy(update={"seed": tcfg.seed + 1000 * (i + 1)})
-                torch.manual_seed(tcfg.seed)
-                model = build_model(m.model, m.kwargs, data, start, trust, what, adapt=adapt)
-            sub.mkdir(parents=True, exist_ok=True)
-            write_teacher_config(sub, cfg, m, tcfg)
-            res = train_model(tcfg, model, data, data.train, sub, cfg, resume, log, augment=t.augment,
-                              role=what)
-            res.pop("distiller")
-            save_model(sub, unwrap(model), record)
-            write_json(sub / "results.json", {"role": what, "name": sub.name, "student": record, **record, **res})
-            # the teacher the student learns from is the saved one, loaded as a resumed run
-            # loads it: the trained module has the trainer's memory format and compilation,
-            # whose logits differ in the last bits from a fresh network's (issue 15)
-            sync_processes()
-            model = build_model(m.model, m.kwargs, data, str(sub / "model.safetensors"), trust, what, adapt=adapt)
-        record["checkpoint"] = ckpt or str(sub / "model.safetensors")
-        members.append(model)
-        records.append(record)
-    if len(members) == 1:
-        return ModuleTeacher(members[0], data.num_classes), records[0]
-    return EnsembleTeacher(members, t.combine), {"ensemble": records, "combine": t.combine}
 
 
 def write_teacher_config(sub: Path, cfg: RunConfig, m, tcfg: TrainConfig) -> None:

@@ -13,9 +13,10 @@ from typing import Any
 
 from torch import nn
 
+from ..atomic import atomic_write_json, atomic_write_text
 from ..config import RunConfig, dump_config
 from ..distributed import is_main_process, sync_processes  # noqa: F401 (re-exported by kdistill.runs)
-from ..engine.checkpoint import atomic_write_json, atomic_write_text, state_dict_tensors
+from ..engine.checkpoint import state_dict_tensors
 from ..errors import ConfigError
 
 

@@ -6,7 +6,6 @@ cells allow it. Aggregation and tables live in :mod:`kdistill.report`."""
 from __future__ import annotations
 
 import itertools
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from typing import Any
 
 from ..config import RunConfig, dump_config, parse_yaml, validate_config
 from ..errors import ConfigError, Interrupted, KdistillError
+from ..teachers import TEACHER_KINDS
 from .experiment import run_experiment
 
 #: the group of the student trained with cross-entropy alone, which every method is compared with
@@ -182,31 +182,19 @@ def plan_sweep(cfg: RunConfig, grid: dict[str, list[Any]], seeds: list[int]) -> 
 
 # -- running -------------------------------------------------------------------------------
 def teacher_key(cell: Cell, mode: str) -> str | None:
-    """Cells with the same key share one trained teacher; ``None``: nothing to train."""
+    """Cells with the same key share one trained teacher; ``None``: nothing to share (no
+    teacher, or a kind that makes its own: its ``share_key`` hook decides)."""
     t = cell.cfg.teacher
-    if t is None or t.kind != "default" or t.cache is not None:  # a registered kind makes its own
-        return None
-    if (t.model is not None and t.checkpoint) or (t.ensemble and all(m.checkpoint for m in t.ensemble)):
-        return None
-    train = cell.cfg.teacher_train().model_dump()
-    if mode == "shared":
-        train.pop("seed")
-    return json.dumps([t.model_dump(), train, cell.cfg.data.model_dump()], sort_keys=True, default=str)
+    hook = TEACHER_KINDS.get(t.kind).share_key if t is not None else None
+    return hook(cell.cfg, mode) if hook is not None else None
 
 
-def _teacher_paths(cell_dir: Path, cfg: RunConfig) -> list[str]:
-    t = cfg.teacher
-    if t.ensemble:
-        return [str((cell_dir / f"teacher{i}" / "model.safetensors").resolve()) for i in range(len(t.ensemble))]
-    return [str((cell_dir / "teacher" / "model.safetensors").resolve())]
+def _teacher_paths(cell_dir: Path, cfg: RunConfig) -> Any:
+    return TEACHER_KINDS.get(cfg.teacher.kind).shared(cell_dir, cfg)
 
 
-def _reuse_teacher(cfg: RunConfig, paths: list[str]) -> RunConfig:
-    if cfg.teacher.ensemble:
-        pairs = zip(cfg.teacher.ensemble, paths, strict=True)
-        members = [m.model_dump() | {"checkpoint": p} for m, p in pairs]
-        return _with(cfg, {"teacher.ensemble": members})
-    return _with(cfg, {"teacher.checkpoint": paths[0]})
+def _reuse_teacher(cfg: RunConfig, shared: Any) -> RunConfig:
+    return TEACHER_KINDS.get(cfg.teacher.kind).reuse(cfg, shared)
 
 
 def _first_difference(a: dict, b: dict, prefix: str = "") -> str:

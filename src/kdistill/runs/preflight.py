@@ -29,7 +29,7 @@ from ..errors import ConfigError, DataError, KdistillError, ShapeError
 from ..measure import count_params
 from ..methods import create
 from ..models import check_name
-from .build import build_model, load_transfer, prepare_data, teacher_adapter, with_num_data
+from .build import build_model, load_transfer, prepare_data, with_num_data
 
 
 @dataclass
@@ -45,15 +45,17 @@ class Preflight:
 def check_epochs(cfg: RunConfig) -> None:
     """Refuse a run that would train nothing: ``train.epochs: 0`` (or a teacher to be
     trained in the run with ``teacher.train.epochs: 0``)."""
-    if cfg.train.epochs == 0:
+    if cfg.train.epochs == 0 and not cfg.train.max_steps:
         raise ConfigError(
             "train.epochs is 0: nothing would be trained and an untrained student would be saved. "
             "Set train.epochs to 1 or more (kdistill eval evaluates a finished run without training)."
         )
+    from ..teachers import TEACHER_KINDS
+
     t = cfg.teacher
-    if t is not None and t.kind == "default" and t.cache is None and cfg.teacher_train().epochs == 0:
-        untrained = [m for m in (t.ensemble or [t]) if not m.checkpoint or t.finetune]
-        if untrained:
+    if t is not None and cfg.teacher_train().epochs == 0 and not cfg.teacher_train().max_steps:
+        untrained = TEACHER_KINDS.get(t.kind).untrained
+        if untrained is not None and untrained(cfg):
             raise ConfigError(
                 "teacher.train.epochs is 0 but the teacher has no checkpoint, so it would be used untrained. "
                 "Set teacher.train.epochs to 1 or more, or teacher.checkpoint to trained weights."
@@ -128,33 +130,18 @@ def _build(spec: ModelConfig, data: DataSplits, trust: bool, what: str, adapt=No
 
 
 def _teacher(cfg: RunConfig, data: DataSplits, trust: bool, lines: list[str]):
-    """The teacher a run will use, untrained (or with its checkpoint's weights)."""
-    from ..teachers import EnsembleTeacher, ModuleTeacher
+    """The teacher a run will use, untrained (or with its checkpoint's weights), as its kind
+    builds it for a check; a kind without that hook makes (and may train) it when the run starts."""
+    from ..teachers import TEACHER_KINDS
 
     t = cfg.teacher
     if t is None:
         return None, []
-    if t.kind != "default":  # a registered kind makes (and may train) its teacher when the run starts
+    kind = TEACHER_KINDS.get(t.kind)
+    if kind.preflight is None:
         lines.append(f"teacher: kind {t.kind!r}, made when the run starts")
         return None, []
-    if t.cache is not None:
-        from ..cache import CachedTeacher
-
-        lines.append(f"teacher: cache {t.cache}")
-        return CachedTeacher.open(t.cache, data.train, num_classes=data.num_classes), []
-    members = t.ensemble or [ModelConfig(model=t.model, kwargs=t.kwargs, checkpoint=t.checkpoint)]
-    many = len(members) > 1
-    adapt = teacher_adapter(t, data)
-    built = []
-    for i, m in enumerate(members):
-        what = f"teacher member {i}" if many else "teacher"
-        built.append(_build(m, data, trust, what, adapt))
-        state = (f"weights from {m.checkpoint}" + (", fine-tuned first" if t.finetune else "")
-                 if m.checkpoint else "to be trained first")
-        lines.append(f"{what}: {m.model} ({count_params(built[-1]):,} params, {state})")
-    if not many:
-        return ModuleTeacher(built[0], data.num_classes), members
-    return EnsembleTeacher(built, t.combine), members
+    return kind.preflight(cfg, data, trust, lines)
 
 
 def check_method(method: Any, student: nn.Module, teacher: Any, train: Dataset, what: str = "method") -> list[str]:

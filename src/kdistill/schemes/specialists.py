@@ -194,20 +194,7 @@ class Specialists(Scheme):
 
     def run(self, ctx: SchemeContext, s: Config) -> dict:
         cfg = ctx.cfg
-        if s.generalist is not None:
-            spec = as_model(s.generalist)
-        elif cfg.teacher is not None and cfg.teacher.model:
-            spec = as_model(cfg.teacher.model).model_copy(
-                update={"kwargs": cfg.teacher.kwargs, "checkpoint": cfg.teacher.checkpoint}
-            )
-        else:
-            spec = cfg.student
-        if spec.checkpoint is None:
-            gen_res = ctx.run_step("generalist", spec, train=ctx.scratch_train())
-            spec = spec.model_copy(update={"checkpoint": model_path(gen_res)})
-            gen_summary = summary(gen_res)
-        else:
-            gen_summary = {"dir": None, "model": spec.model, "checkpoint": spec.checkpoint}
+        spec, gen_summary = _generalist_spec(ctx, s)
         data = ctx.data
         generalist = build_model(spec.model, spec.kwargs, data, spec.checkpoint, ctx.trust, "generalist")
         classifier_path(generalist)
@@ -222,60 +209,12 @@ class Specialists(Scheme):
         specialists = []
         g = torch.Generator().manual_seed(cfg.train.seed)
         for m, classes in enumerate(subsets):
-            name = f"specialist{m}"
-            model = make_specialist(generalist, classes)
-            mask = torch.isin(data.train.labels(), torch.tensor(classes))
-            inside, others = mask.nonzero().flatten(), (~mask).nonzero().flatten()
-            want = int(round(len(inside) * s.other_fraction / (1 - s.other_fraction)))
-            used = others[torch.randperm(len(others), generator=g)[: min(want, len(others))]]
-            idx = torch.cat([inside, used]).sort().values
-            train = remap(data.train.select(idx), classes)
-            evals = {k: remap(v, classes) for k, v in ctx.eval_sets().items()}
-            fit = ctx.fit(create("ce", model), name, tcfg, train, evals)
-            if len(used) and len(used) < len(others):
-                head = model.get_submodule(classifier_path(generalist))
-                with torch.no_grad():  # the paper's correction for the under-sampled dustbin
-                    head.bias[-1] += math.log(len(others) / len(used))
-            record = model_record(model, spec.model, spec.kwargs, data) | {
-                "num_classes": len(classes) + 1,
-                "classes": classes,
-                "dustbin": len(classes),
-            }
-            save_model(ctx.run_dir / name, model.cpu(), record)
-            write_json(ctx.run_dir / name / "results.json", {"name": name, "student": record, **fit})
+            model, stages[f"specialist{m}"] = _train_specialist(ctx, s, spec, generalist, f"specialist{m}", classes,
+                                                                tcfg, g)
             specialists.append(model)
-            stages[name] = {"dir": name, "classes": classes, "test_acc_remapped": fit["final"]["test"]["acc"]}
-
         covered = sorted({c for sub in subsets for c in sub})
-        combined = {}
-        for split, ds in ctx.eval_sets().items():
-            y = ds.labels()
-            gl = predict_logits(generalist, ds, bs)
-            sl = [predict_logits(sp, ds, bs) for sp in specialists]
-            q = (
-                torch.cat(
-                    [
-                        combine_specialists(
-                            gl[i : i + bs], [x[i : i + bs] for x in sl], subsets, s.top_n, s.steps, s.lr
-                        )
-                        for i in range(0, len(ds), bs)
-                    ]
-                )
-                if len(ds)
-                else gl
-            )
-            on = (
-                torch.isin(y, torch.tensor(covered, dtype=torch.long))
-                if covered
-                else torch.zeros_like(y, dtype=torch.bool)
-            )
-            combined[split] = {
-                "generalist_acc": accuracy(gl, y),
-                "combined_acc": accuracy(q, y),
-                "covered_samples": int(on.sum()),
-                "generalist_acc_covered": accuracy(gl[on], y[on]) if on.any() else None,
-                "combined_acc_covered": accuracy(q[on], y[on]) if on.any() else None,
-            }
+        combined = {split: _combined_metrics(generalist, specialists, ds, subsets, covered, s, bs)
+                    for split, ds in ctx.eval_sets().items()}
         write_json(
             ctx.run_dir / "combined" / "results.json",
             {"name": "combined", "subsets": subsets, "covered_classes": covered, "final": combined},
@@ -288,3 +227,74 @@ class Specialists(Scheme):
             "covered_classes": covered,
             "combined": combined,
         }
+
+
+def _generalist_spec(ctx: SchemeContext, s: Specialists.Config):
+    """The generalist's model spec (trained first, as a step, when it has no checkpoint) and
+    its summary for the results."""
+    cfg = ctx.cfg
+    if s.generalist is not None:
+        spec = as_model(s.generalist)
+    elif cfg.teacher is not None and cfg.teacher.model:
+        spec = as_model(cfg.teacher.model).model_copy(
+            update={"kwargs": cfg.teacher.kwargs, "checkpoint": cfg.teacher.checkpoint}
+        )
+    else:
+        spec = cfg.student
+    if spec.checkpoint is not None:
+        return spec, {"dir": None, "model": spec.model, "checkpoint": spec.checkpoint}
+    gen_res = ctx.run_step("generalist", spec, train=ctx.scratch_train())
+    return spec.model_copy(update={"checkpoint": model_path(gen_res)}), summary(gen_res)
+
+
+def _train_specialist(ctx: SchemeContext, s: Specialists.Config, spec, generalist: nn.Module, name: str,
+                      classes: list[int], tcfg: TrainConfig, g: torch.Generator) -> tuple[nn.Module, dict]:
+    """One specialist: the generalist's copy with a head over ``classes`` + a dustbin, trained
+    on the samples of its classes and a share of the others; saved in ``RUN/<name>``."""
+    data = ctx.data
+    model = make_specialist(generalist, classes)
+    mask = torch.isin(data.train.labels(), torch.tensor(classes))
+    inside, others = mask.nonzero().flatten(), (~mask).nonzero().flatten()
+    want = int(round(len(inside) * s.other_fraction / (1 - s.other_fraction)))
+    used = others[torch.randperm(len(others), generator=g)[: min(want, len(others))]]
+    idx = torch.cat([inside, used]).sort().values
+    train = remap(data.train.select(idx), classes)
+    evals = {k: remap(v, classes) for k, v in ctx.eval_sets().items()}
+    fit = ctx.fit(create("ce", model), name, tcfg, train, evals)
+    if len(used) and len(used) < len(others):
+        head = model.get_submodule(classifier_path(generalist))
+        with torch.no_grad():  # the paper's correction for the under-sampled dustbin
+            head.bias[-1] += math.log(len(others) / len(used))
+    record = model_record(model, spec.model, spec.kwargs, data) | {
+        "num_classes": len(classes) + 1,
+        "classes": classes,
+        "dustbin": len(classes),
+    }
+    save_model(ctx.run_dir / name, model.cpu(), record)
+    write_json(ctx.run_dir / name / "results.json", {"name": name, "student": record, **fit})
+    return model, {"dir": name, "classes": classes, "test_acc_remapped": fit["final"]["test"]["acc"]}
+
+
+def _combined_metrics(generalist: nn.Module, specialists: list[nn.Module], ds, subsets: list[list[int]],
+                      covered: list[int], s: Specialists.Config, bs: int) -> dict:
+    """Generalist and combined (generalist + specialists) accuracy on one split, overall and
+    on the samples of the specialists' classes."""
+    y = ds.labels()
+    gl = predict_logits(generalist, ds, bs)
+    sl = [predict_logits(sp, ds, bs) for sp in specialists]
+    q = (
+        torch.cat([
+            combine_specialists(gl[i : i + bs], [x[i : i + bs] for x in sl], subsets, s.top_n, s.steps, s.lr)
+            for i in range(0, len(ds), bs)
+        ])
+        if len(ds)
+        else gl
+    )
+    on = torch.isin(y, torch.tensor(covered, dtype=torch.long)) if covered else torch.zeros_like(y, dtype=torch.bool)
+    return {
+        "generalist_acc": accuracy(gl, y),
+        "combined_acc": accuracy(q, y),
+        "covered_samples": int(on.sum()),
+        "generalist_acc_covered": accuracy(gl[on], y[on]) if on.any() else None,
+        "combined_acc_covered": accuracy(q[on], y[on]) if on.any() else None,
+    }

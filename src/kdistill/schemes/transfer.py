@@ -33,8 +33,8 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from ..atomic import atomic_write_bytes
 from ..config import TeacherConfig
-from ..engine.checkpoint import atomic_write_bytes
 from ..errors import ConfigError
 from ..runs import is_main_process, sync_processes
 from ._common import SchemeContext, deployable, model_path, summary
