@@ -227,7 +227,9 @@ def run_lm(cfg: LMRunConfig, run_dir: str | Path | None = None, resume: bool = F
     if needs_teacher and cfg.teacher is None:
         raise ConfigError(f"lm.regime {cfg.lm.regime!r} with method(s) "
                           f"{[t.get('name') for t in cfg.method_terms()]} needs a teacher section.")
-    teacher, t_record = prepare_teacher(cfg, tok, train, val, path, resume, log) if needs_teacher else (None, {})
+    served = getattr(cfg.teacher, "kind", None) == "served"  # the teacher runs elsewhere: kdistill.lm.served
+    teacher, t_record = prepare_teacher(cfg, tok, train, val, path, resume, log) if needs_teacher and not served \
+        else (None, {})
     same_vocab = teacher is not None and getattr(teacher, "tokenizer", tok).identity() == tok.identity()
     if teacher is not None and not same_vocab and _needs_teacher(cfg.method_terms()):
         raise ConfigError(
@@ -236,10 +238,10 @@ def run_lm(cfg: LMRunConfig, run_dir: str | Path | None = None, resume: bool = F
             f"{[t.get('name') for t in cfg.method_terms()]} compare next-token distributions over one vocabulary. "
             "Use method: {name: ce} (training on the teacher's completions), or one shared tokenizer."
         )
-    if cfg.lm.regime == "sequence":
+    if cfg.lm.regime == "sequence" and not served:
         train = sequence_transfer(teacher, train, tok, cfg, path, log)
     dist_teacher = teacher
-    if cfg.lm.cache_k is not None:
+    if cfg.lm.cache_k is not None and not served:
         from .cache import LMCachedTeacher, write_lm_cache
 
         folder = Path(cfg.lm.cache_dir) if cfg.lm.cache_dir else path / "teacher_cache"
@@ -248,6 +250,10 @@ def run_lm(cfg: LMRunConfig, run_dir: str | Path | None = None, resume: bool = F
             t_record["cache"] = write_lm_cache(teacher, train, tok, cfg.lm.cache_k, folder, cfg.data.eval_batch_size,
                                                log)
         dist_teacher = LMCachedTeacher(folder, train)
+    if served:
+        from .served_run import served_teacher
+
+        train, dist_teacher, t_record = served_teacher(cfg, tok, train, path, log)
     student, s_record = build_student(cfg, tok)
     distiller = build_distiller(cfg, student, dist_teacher, train, tok)
     res = train_lm(student, distiller, train, val, cfg.train, cfg, path, resume, log, teacher if same_vocab else None)
