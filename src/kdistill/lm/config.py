@@ -31,7 +31,7 @@ from ..config import (
     read_raw_config,
 )
 from ..errors import ConfigError
-from .teacher_config import ServedTeacherConfig
+from .teacher_config import MultiTeacherConfig, ServedTeacherConfig
 
 TASK = "causal-lm"
 
@@ -149,8 +149,8 @@ class LMRunConfig(Strict):
     task: Literal["causal-lm"] = TASK
     data: LMDataConfig
     tokenizer: str | None = None
-    #: a model in the process, or a served one (teacher.kind: served, kdistill.lm.served)
-    teacher: LMModelConfig | ServedTeacherConfig | None = None
+    #: a model in the process, a served one (kind: served, kdistill.lm.served) or several (kind: multi)
+    teacher: LMModelConfig | ServedTeacherConfig | MultiTeacherConfig | None = None
     student: LMModelConfig
     method: dict[str, Any] | list[dict[str, Any]] = Field(default_factory=lambda: {"name": "forward_kl"})
     lm: LMConfig = Field(default_factory=LMConfig)

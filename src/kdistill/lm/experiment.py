@@ -229,7 +229,7 @@ def run_lm(cfg: LMRunConfig, run_dir: str | Path | None = None, resume: bool = F
     if needs_teacher and cfg.teacher is None:
         raise ConfigError(f"lm.regime {cfg.lm.regime!r} with method(s) "
                           f"{[t.get('name') for t in cfg.method_terms()]} needs a teacher section.")
-    served = getattr(cfg.teacher, "kind", None) == "served"  # the teacher runs elsewhere: kdistill.lm.served
+    served = getattr(cfg.teacher, "kind", None) is not None  # served or several: kdistill.lm.served_run
     teacher, t_record = prepare_teacher(cfg, tok, train, val, path, resume, log) if needs_teacher and not served \
         else (None, {})
     same_vocab = teacher is not None and getattr(teacher, "tokenizer", tok).identity() == tok.identity()
@@ -253,9 +253,9 @@ def run_lm(cfg: LMRunConfig, run_dir: str | Path | None = None, resume: bool = F
                                                log)
         dist_teacher = LMCachedTeacher(folder, train)
     if served:
-        from .served_run import served_teacher
+        from .served_run import other_teacher
 
-        train, dist_teacher, t_record = served_teacher(cfg, tok, train, path, log)
+        train, dist_teacher, t_record = other_teacher(cfg, tok, train, path, log)
     student, s_record = build_student(cfg, tok)
     distiller = build_distiller(cfg, student, dist_teacher, train, tok)
     res = train_lm(student, distiller, train, val, cfg.train, cfg, path, resume, log, teacher if same_vocab else None)

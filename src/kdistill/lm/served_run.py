@@ -37,3 +37,13 @@ def served_teacher(cfg, tok, train: TokenDataset, run_dir: Path, log) -> tuple[T
     with main_process_first():
         record["cache"] = fill_served_cache(t, train, tok, folder, log)
     return train, LMCachedTeacher(folder, train), record
+
+
+def other_teacher(cfg, tok, train: TokenDataset, run_dir: Path, log) -> tuple[TokenDataset, Any, dict[str, Any]]:
+    """The teacher of a ``teacher.kind`` other than a model in the process: ``served``
+    (:func:`served_teacher`) or ``multi`` (:func:`kdistill.lm.multi_teacher.multi_teacher`)."""
+    if cfg.teacher.kind == "multi":
+        from .multi_teacher import multi_teacher
+
+        return multi_teacher(cfg, tok, train, log)
+    return served_teacher(cfg, tok, train, run_dir, log)

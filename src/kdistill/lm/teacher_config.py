@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..config import Strict
 
@@ -32,3 +32,45 @@ class ServedTeacherConfig(Strict):
     backoff_s: Annotated[float, Field(ge=0, le=600)] = 1.0
     #: an API key sent as ``Authorization: Bearer`` (vLLM's ``--api-key``)
     api_key: str | None = None
+
+
+class MemberConfig(Strict):
+    """One teacher of several: ``model: hf:PATH`` (a trained folder), its ``name`` (what a
+    record's routing column holds; default: its position, ``"0"``, ``"1"``...)."""
+
+    model: str
+    name: str | None = None
+
+
+class MultiTeacherConfig(Strict):
+    """``teacher: {kind: multi, members: [{model: hf:A}, {model: hf:B}], weighting: route}``.
+
+    ``weighting``: ``fixed`` (``weights``, default equal), ``entropy`` (per sample, the
+    member with the lower mean entropy on it weighs more: ``softmax(-H)``), ``label`` (each
+    member's mean probability of the sample's tokens, normalised) or ``route`` (each record
+    is answered by the member its ``field`` column names; records without one get
+    ``weights``). The members' next-token distributions are mixed with these weights
+    (:class:`kdistill.teachers.EnsembleTeacher`).
+    """
+
+    kind: Literal["multi"]
+    members: Annotated[list[MemberConfig], Field(min_length=2, max_length=64)]
+    weighting: Literal["fixed", "entropy", "label", "route"] = "fixed"
+    weights: list[Annotated[float, Field(ge=0)]] | None = None
+    field: str = "teacher"
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.weights is not None and (len(self.weights) != len(self.members) or sum(self.weights) <= 0):
+            raise ValueError(f"teacher.weights: {len(self.members)} non-negative numbers (one per member) with a "
+                             "positive sum")
+        names = self.names()
+        if len(set(names)) != len(names):
+            raise ValueError(f"teacher.members: names must differ; got {names}")
+        for m in self.members:
+            if not m.model.startswith("hf:"):
+                raise ValueError(f"a member of several teachers is a trained folder 'hf:PATH'; got {m.model!r}")
+        return self
+
+    def names(self) -> list[str]:
+        return [m.name if m.name is not None else str(i) for i, m in enumerate(self.members)]

@@ -168,7 +168,8 @@ def default_teacher(options: dict, ctx: TeacherContext) -> tuple[Teacher, dict]:
         records.append(record)
     if len(members) == 1:
         return ModuleTeacher(members[0], data.num_classes), records[0]
-    return EnsembleTeacher(members, t.combine), {"ensemble": records, "combine": t.combine}
+    return EnsembleTeacher(members, t.combine, t.weights, t.weighting), {"ensemble": records, "combine": t.combine,
+                                                                        "weights": t.weights, "weighting": t.weighting}
 
 
 def write_teacher_config(sub: Path, cfg: RunConfig, m, tcfg: TrainConfig) -> None:
