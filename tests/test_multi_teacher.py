@@ -164,3 +164,33 @@ def test_lm_runs_with_several_teachers(lm_setup):
         run_lm(cfg, log=lambda s: None)
     with pytest.raises(ConfigError, match="one per member"):
         _lm_cfg(root, folders, "fixed", "w", weights=[1.0])
+
+
+def test_members_from_their_caches_mix_like_the_live_members(lm_setup):
+    from kdistill.lm import ByteTokenizer, build_causal_lm
+    from kdistill.lm.cache import write_lm_cache
+    from kdistill.lm.experiment import load_data
+    from kdistill.lm.multi_teacher import multi_teacher
+
+    root, folders = lm_setup
+    tok = ByteTokenizer()
+    live_cfg = _lm_cfg(root, folders, "route", "live")
+    train, _ = load_data(live_cfg, tok)
+    for f in folders:  # the whole vocabulary cached: the mixture is the live one, to float16 rounding
+        write_lm_cache(build_causal_lm(f"hf:{f}", {}, tok.vocab_size)[0], train, tok, tok.vocab_size,
+                       root / f"cache-{f.name}", log=lambda s: None)
+    cached_cfg = live_cfg.model_copy(deep=True)
+    from kdistill.lm.teacher_config import MemberConfig
+
+    cached_cfg.teacher.members = [MemberConfig(cache=str(root / f"cache-{f.name}"), name=f.name) for f in folders]
+    batch = train.take(torch.arange(8))
+    for weighting in ("route", "entropy"):
+        live_cfg.teacher.weighting = cached_cfg.teacher.weighting = weighting
+        live = multi_teacher(live_cfg, tok, train, lambda s: None)[1](batch)
+        cached = multi_teacher(cached_cfg, tok, train, lambda s: None)[1](batch)
+        torch.testing.assert_close(cached.logits, live.logits, atol=5e-3, rtol=0)
+    from kdistill.lm import load_lm_config
+
+    with pytest.raises(ConfigError, match="one of the two"):
+        load_lm_config(base={"task": "causal-lm", "data": {"train": "x"}, "student": {"model": "hf-config"},
+                             "teacher": {"kind": "multi", "members": [{"model": "hf:a", "cache": "b"}, {"cache": "c"}]}})

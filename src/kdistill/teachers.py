@@ -209,7 +209,8 @@ class EnsembleTeacher:
                               f"got {list(weights)}.")
         if weighting == "route" and route is None:
             raise ConfigError("Ensemble weighting 'route' needs a route (which member answers each sample).")
-        self.members = [m if isinstance(m, ModuleTeacher) else ModuleTeacher(m) for m in members]
+        # modules are wrapped; anything else is already a teacher (a cache, a wrapped one)
+        self.members = [ModuleTeacher(m) if isinstance(m, nn.Module) else m for m in members]
         self.combine = combine
         self.weights = None if weights is None else [float(w) for w in weights]
         self.weighting = weighting

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, DataError
-from ..teachers import EnsembleTeacher
+from ..teachers import EnsembleTeacher, TeacherOutput
+from .cache import LMCachedTeacher
 from .data import TokenDataset, read_jsonl, records_dataset
 from .models import build_causal_lm, check_same_tokenizer, folder_tokenizer
 
@@ -67,6 +68,33 @@ class RowRouter:
         return torch.tensor([self.table.get(_key(x, y), -1) for x, y in zip(xs, ys)])
 
 
+class DenseCache:
+    """A member read from a top-k cache, as full next-token log-probabilities: the kept
+    tokens' log-probabilities, the rest of the mass spread evenly over the other tokens
+    (exact at ``k`` = vocabulary)."""
+
+    def __init__(self, cache: LMCachedTeacher, vocab: int):
+        if cache.meta.get("vocab") != vocab:
+            raise ConfigError(f"A cached member has a vocabulary of {cache.meta.get('vocab')}, the run {vocab}.")
+        self.cache, self.vocab, self.num_classes = cache, vocab, vocab
+
+    def __call__(self, batch: dict, features=()) -> TeacherOutput:
+        top = self.cache(batch)
+        v, i = top.topk_logprobs, top.topk_indices
+        rest = self.vocab - v.shape[-1]
+        tail = (1 - v.exp().sum(-1, keepdim=True)).clamp_min(1e-12)
+        fill = (tail / rest).log() if rest > 0 else torch.full_like(tail, -1e30)
+        dense = fill.expand(*v.shape[:-1], self.vocab).clone().scatter_(-1, i, v)
+        return TeacherOutput(dense.to(batch["x"].device))
+
+    def to(self, device):
+        self.cache.to(device)
+        return self
+
+    def parameters(self):
+        return iter(())
+
+
 def multi_teacher(cfg, tok, train: TokenDataset, log) -> tuple[TokenDataset, EnsembleTeacher, dict[str, Any]]:
     """``(training data, the ensemble teacher, its record)`` for ``teacher.kind: multi``."""
     t = cfg.teacher
@@ -75,6 +103,9 @@ def multi_teacher(cfg, tok, train: TokenDataset, log) -> tuple[TokenDataset, Ens
                           "members (no lm.cache_k).")
     members = []
     for m in t.members:
+        if m.cache is not None:
+            members.append(DenseCache(LMCachedTeacher(m.cache, train), tok.vocab_size))
+            continue
         check_same_tokenizer(folder_tokenizer(m.model) or tok, tok, "supervised")
         net, _ = build_causal_lm(m.model, {}, tok.vocab_size)
         members.append(net)
@@ -84,6 +115,6 @@ def multi_teacher(cfg, tok, train: TokenDataset, log) -> tuple[TokenDataset, Ens
         table = route_table(cfg.data.train, t.field, names, tok, cfg.data.block_size, cfg.data.columns())
         router = RowRouter(table)
         log(f"Routing {len(table)} records to {len(names)} teachers by their {t.field!r} column.")
-    record = {"kind": "multi", "members": [m.model for m in t.members], "names": names, "weighting": t.weighting,
+    record = {"kind": "multi", "members": [m.model or f"cache:{m.cache}" for m in t.members], "names": names, "weighting": t.weighting,
               "weights": t.weights}
     return train, EnsembleTeacher(members, "mean_prob", t.weights, t.weighting, router), record

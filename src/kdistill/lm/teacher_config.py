@@ -35,11 +35,21 @@ class ServedTeacherConfig(Strict):
 
 
 class MemberConfig(Strict):
-    """One teacher of several: ``model: hf:PATH`` (a trained folder), its ``name`` (what a
-    record's routing column holds; default: its position, ``"0"``, ``"1"``...)."""
+    """One teacher of several: ``model: hf:PATH`` (a trained folder) or ``cache: PATH`` (its
+    top-k cache on this run's training data, :mod:`kdistill.lm.cache`), and its ``name``
+    (what a record's routing column holds; default: its position, ``"0"``, ``"1"``...)."""
 
-    model: str
+    model: str | None = None
+    cache: str | None = None
     name: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self):
+        if (self.model is None) == (self.cache is None):
+            raise ValueError("a member is 'model: hf:PATH' or 'cache: PATH', one of the two")
+        if self.model is not None and not self.model.startswith("hf:"):
+            raise ValueError(f"a member of several teachers is a trained folder 'hf:PATH'; got {self.model!r}")
+        return self
 
 
 class MultiTeacherConfig(Strict):
@@ -67,9 +77,6 @@ class MultiTeacherConfig(Strict):
         names = self.names()
         if len(set(names)) != len(names):
             raise ValueError(f"teacher.members: names must differ; got {names}")
-        for m in self.members:
-            if not m.model.startswith("hf:"):
-                raise ValueError(f"a member of several teachers is a trained folder 'hf:PATH'; got {m.model!r}")
         return self
 
     def names(self) -> list[str]:
