@@ -275,3 +275,17 @@ def test_cli_serve_teacher_errors(tmp_path, teacher_dir):
     finally:
         busy.close()
     assert out.returncode != 0 and "error:" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_cli_train_with_the_server_down_is_one_error_line(corpus, tmp_path, capsys):
+    import yaml
+
+    from kdistill.cli import main
+
+    down = {"kind": "served", "url": f"http://127.0.0.1:{_free_port()}/v1", "model": "m", "retries": 0}
+    path = tmp_path / "lm.yaml"
+    path.write_text(yaml.safe_dump(_run_cfg(corpus, tmp_path, down, "down").model_dump(mode="json")))
+    assert main(["train", str(path)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "did not answer /models after 1 tries" in err and "Traceback" not in err
+    assert not (tmp_path / "down" / "teacher_cache").exists()
