@@ -198,6 +198,11 @@ class TeacherConfig(Strict):
     checkpoint: str | None = None
     ensemble: list[ModelConfig] = Field(default_factory=list)
     combine: Literal["mean_prob", "mean_logit", "geometric"] = "mean_prob"
+    #: an ensemble's fixed member weights (default equal), or per-sample confidence weights:
+    #: ``entropy`` (softmax of minus each member's entropy) or ``label`` (its probability of
+    #: the label); see kdistill.teachers.member_weights
+    weights: list[Annotated[float, Field(ge=0)]] | None = None
+    weighting: Literal["fixed", "entropy", "label"] = "fixed"
     cache: str | None = None
     train: dict[str, Any] = Field(default_factory=dict)
     augment: AugmentConfig | None = None
@@ -228,6 +233,8 @@ class TeacherConfig(Strict):
             raise ValueError("give the teacher a 'model', an 'ensemble' list or a 'cache' path")
         if self.model is not None and self.ensemble:
             raise ValueError("give either 'model' or 'ensemble', not both")
+        if self.weights is not None and (len(self.weights) != len(self.ensemble) or sum(self.weights) <= 0):
+            raise ValueError("teacher.weights: one non-negative number per ensemble member, with a positive sum")
         TrainConfig(**self.train)
         return self
 

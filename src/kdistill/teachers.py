@@ -20,7 +20,6 @@ FSP or a Gram matrix needs them), and ``no_grad`` keeps no graph either.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -44,18 +43,32 @@ class TeacherOutput:
         features: recorded features by tap spec.
         member_logits: ``(M, N, C)`` for ensembles, so soft targets can be formed at any T.
         combine: how members are combined (``None`` for a single teacher).
+        member_weights: ``(M, N)`` each member's weight per sample (sums to one over
+            members), or ``None``: equal weights.
     """
 
     logits: Tensor
     features: dict[str, Tensor] = field(default_factory=dict)
     member_logits: Tensor | None = None
     combine: str | None = None
+    member_weights: Tensor | None = None
+
+    def combined(self, temperature: float) -> Tensor:
+        """The members combined at temperature ``T``: log of the (weighted) mean
+        probabilities for ``mean_prob``, the (weighted) mean logits otherwise."""
+        m = self.member_logits.float()
+        w = self.member_weights
+        if w is None:
+            w = torch.full(m.shape[:2], 1.0 / m.shape[0], device=m.device)
+        w = w.reshape(*w.shape, *([1] * (m.dim() - 2)))
+        if self.combine == "mean_prob":
+            return torch.logsumexp(F.log_softmax(m / temperature, -1) + w.clamp_min(1e-30).log(), 0)
+        return (m * w).sum(0)
 
     def log_soft_targets(self, temperature: float) -> Tensor:
         """Log of the soft targets at temperature ``T``."""
         if self.member_logits is not None and self.combine == "mean_prob":
-            lp = F.log_softmax(self.member_logits.float() / temperature, dim=-1)
-            return torch.logsumexp(lp, dim=0) - math.log(lp.shape[0])
+            return self.combined(temperature)
         return F.log_softmax(self.logits.float() / temperature, dim=-1)
 
     def soft_targets(self, temperature: float) -> Tensor:
@@ -117,6 +130,50 @@ class ModuleTeacher:
 
 
 COMBINE_MODES = ("mean_prob", "mean_logit", "geometric")
+WEIGHTINGS = ("fixed", "entropy", "label", "route")
+
+
+def _per_sample(values: Tensor, mask: Tensor | None) -> Tensor:
+    """``(M, N)``: the mean of ``values (M, N, ...)`` over each sample's positions (those in ``mask``)."""
+    flat = values.reshape(values.shape[0], values.shape[1], -1)
+    if mask is None:
+        return flat.mean(-1)
+    m = mask.reshape(1, mask.shape[0], -1).to(flat.dtype)
+    return (flat * m).sum(-1) / m.sum(-1).clamp_min(1.0)
+
+
+def member_weights(member_logits: Tensor, weighting: str, weights: Sequence[float] | None = None,
+                   labels: Tensor | None = None, route: Tensor | None = None) -> Tensor:
+    """``(M, N)`` weights of ``M`` members for ``N`` samples, summing to one over members.
+
+    ``member_logits``: ``(M, N, C)`` or ``(M, N, L, V)`` (a causal LM: a sample's positions
+    are those whose label is not -100). ``fixed``: ``weights`` (default equal); ``entropy``:
+    ``softmax(-H)`` of the members' mean entropy on the sample (the surer member counts
+    more); ``label``: each member's mean probability of the sample's labels, normalised;
+    ``route``: one-hot on ``route[n]`` (a sample with ``route[n] < 0`` gets ``weights``).
+    """
+    m, n = member_logits.shape[:2]
+    dev = member_logits.device
+    base = torch.tensor(weights if weights is not None else [1.0] * m, dtype=torch.float32, device=dev)
+    fixed = (base / base.sum())[:, None].expand(m, n)
+    if weighting == "fixed":
+        return fixed.contiguous()
+    lp = F.log_softmax(member_logits.float(), -1)
+    mask = None if labels is None or labels.dim() == 1 else labels != -100
+    if weighting == "entropy":
+        h = -(lp.exp() * lp).sum(-1)
+        return torch.softmax(-_per_sample(h, mask), 0)
+    if weighting == "label":
+        if labels is None:
+            raise ConfigError("Ensemble weighting 'label' needs labels in the batch.")
+        y = labels.clamp_min(0).to(dev)
+        p_y = lp.gather(-1, y.expand(m, *y.shape).unsqueeze(-1)).squeeze(-1).exp()
+        p = _per_sample(p_y, mask) + 1e-12
+        return p / p.sum(0, keepdim=True)
+    if weighting == "route":
+        hot = F.one_hot(route.clamp_min(0).long(), m).T.float()
+        return torch.where(route[None, :] >= 0, hot, fixed)
+    raise ConfigError(f"Unknown ensemble weighting {weighting!r}; use one of {WEIGHTINGS}.")
 
 
 class EnsembleTeacher:
@@ -128,26 +185,49 @@ class EnsembleTeacher:
             temperature), ``"mean_logit"`` or ``"geometric"`` (normalised geometric mean of
             probabilities; identical to ``"mean_logit"`` because the per-member normalisers
             cancel).
+        weights: fixed member weights (normalised to sum to one); default equal.
+        weighting: how the weights are set per sample (:func:`member_weights`):
+            ``"fixed"`` (``weights``), ``"entropy"`` (confidence: the members' mean entropy
+            on the sample, ``softmax(-H)``), ``"label"`` (each member's mean probability of
+            the sample's labels, normalised) or ``"route"`` (all weight on the member
+            ``route(batch)`` names for the sample).
+        route: ``route(batch) -> (N,)`` member indices, for ``weighting="route"`` (-1: use
+            ``weights``).
     """
 
-    def __init__(self, members: Sequence[nn.Module | ModuleTeacher], combine: str = "mean_prob"):
+    def __init__(self, members: Sequence[nn.Module | ModuleTeacher], combine: str = "mean_prob",
+                 weights: Sequence[float] | None = None, weighting: str = "fixed",
+                 route: Callable[[dict], Tensor] | None = None):
         if combine not in COMBINE_MODES:
             raise ConfigError(f"Unknown ensemble combine mode {combine!r}; use one of {COMBINE_MODES}.")
         if not members:
             raise ConfigError("An ensemble teacher needs at least one member.")
-        self.members = [m if isinstance(m, ModuleTeacher) else ModuleTeacher(m) for m in members]
+        if weighting not in WEIGHTINGS:
+            raise ConfigError(f"Unknown ensemble weighting {weighting!r}; use one of {WEIGHTINGS}.")
+        if weights is not None and (len(weights) != len(members) or min(weights) < 0 or sum(weights) <= 0):
+            raise ConfigError(f"Ensemble weights must be {len(members)} non-negative numbers with a positive sum; "
+                              f"got {list(weights)}.")
+        if weighting == "route" and route is None:
+            raise ConfigError("Ensemble weighting 'route' needs a route (which member answers each sample).")
+        # modules are wrapped; anything else is already a teacher (a cache, a wrapped one)
+        self.members = [ModuleTeacher(m) if isinstance(m, nn.Module) else m for m in members]
         self.combine = combine
+        self.weights = None if weights is None else [float(w) for w in weights]
+        self.weighting = weighting
+        self.route = route
         self.num_classes = self.members[0].num_classes
 
     def __call__(self, batch: dict, features: Sequence[str] = ()) -> TeacherOutput:
         outs = [m(batch, features) for m in self.members]
         stacked = torch.stack([o.logits.float() for o in outs])
-        if self.combine == "mean_prob":
-            logits = torch.logsumexp(F.log_softmax(stacked, -1), 0) - math.log(len(outs))
-        else:
-            logits = stacked.mean(0)
+        w = None
+        if self.weights is not None or self.weighting != "fixed":
+            route = self.route(batch).to(stacked.device) if self.weighting == "route" else None
+            w = member_weights(stacked, self.weighting, self.weights, batch.get("y"), route)
+        out = TeacherOutput(stacked[0], outs[0].features, stacked, self.combine, w)
         # features: the first member's (feature methods distil from one network)
-        return TeacherOutput(logits, outs[0].features, stacked, self.combine)
+        out.logits = out.combined(1.0)
+        return out
 
     def to(self, device) -> EnsembleTeacher:
         for m in self.members:

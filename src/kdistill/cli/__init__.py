@@ -22,6 +22,7 @@ from . import export  # noqa: F401
 from . import report  # noqa: F401
 from . import perf  # noqa: F401
 from . import quantize  # noqa: F401
+from . import serve  # noqa: F401
 # isort: on
 from .app import app, err_console
 

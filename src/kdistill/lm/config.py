@@ -31,6 +31,7 @@ from ..config import (
     read_raw_config,
 )
 from ..errors import ConfigError
+from .teacher_config import MultiTeacherConfig, ServedTeacherConfig
 
 TASK = "causal-lm"
 
@@ -148,7 +149,8 @@ class LMRunConfig(Strict):
     task: Literal["causal-lm"] = TASK
     data: LMDataConfig
     tokenizer: str | None = None
-    teacher: LMModelConfig | None = None
+    #: a model in the process, a served one (kind: served, kdistill.lm.served) or several (kind: multi)
+    teacher: LMModelConfig | ServedTeacherConfig | MultiTeacherConfig | None = None
     student: LMModelConfig
     method: dict[str, Any] | list[dict[str, Any]] = Field(default_factory=lambda: {"name": "forward_kl"})
     lm: LMConfig = Field(default_factory=LMConfig)
@@ -181,7 +183,7 @@ class LMRunConfig(Strict):
 
     def teacher_train(self) -> TrainConfig:
         base = self.train.model_dump()
-        base.update(self.teacher.train if self.teacher else {})
+        base.update(getattr(self.teacher, "train", None) or {})
         return TrainConfig(**base)
 
 

@@ -24,6 +24,7 @@ from ..engine.trainer import Trainer, get_accelerator
 from ..errors import ConfigError
 from ..methods import Distiller, build_term, create
 from .config import LMRunConfig
+from .cross_tokenizer import cross_methods, cross_teacher
 from .data import TokenDataset, load_text_dataset, records_dataset
 from .generate import complete_rows, sample
 from .metrics import lm_metrics
@@ -84,7 +85,8 @@ def prepare_teacher(cfg: LMRunConfig, tok, train: TokenDataset, val: TokenDatase
     if t is None:
         return None, {}
     t_tok = folder_tokenizer(t.model) or tok
-    check_same_tokenizer(t_tok, tok, cfg.lm.regime)
+    if not cross_methods(cfg):  # uld and gold take a teacher with another tokenizer
+        check_same_tokenizer(t_tok, tok, cfg.lm.regime)
     saved = run_dir / "teacher" / "model"
     if t.model.startswith("hf:"):
         net, record = build_causal_lm(t.model, {}, t_tok.vocab_size)
@@ -228,19 +230,21 @@ def run_lm(cfg: LMRunConfig, run_dir: str | Path | None = None, resume: bool = F
     if needs_teacher and cfg.teacher is None:
         raise ConfigError(f"lm.regime {cfg.lm.regime!r} with method(s) "
                           f"{[t.get('name') for t in cfg.method_terms()]} needs a teacher section.")
-    teacher, t_record = prepare_teacher(cfg, tok, train, val, path, resume, log) if needs_teacher else (None, {})
+    served = getattr(cfg.teacher, "kind", None) is not None  # served or several: kdistill.lm.served_run
+    teacher, t_record = prepare_teacher(cfg, tok, train, val, path, resume, log) if needs_teacher and not served \
+        else (None, {})
     same_vocab = teacher is not None and getattr(teacher, "tokenizer", tok).identity() == tok.identity()
-    if teacher is not None and not same_vocab and _needs_teacher(cfg.method_terms()):
+    if teacher is not None and not same_vocab and _needs_teacher(cfg.method_terms()) and not cross_methods(cfg):
         raise ConfigError(
             "The teacher's tokenizer differs from the student's: sequence-level KD can pass text between them, "
             "but the token-level method(s) "
             f"{[t.get('name') for t in cfg.method_terms()]} compare next-token distributions over one vocabulary. "
             "Use method: {name: ce} (training on the teacher's completions), or one shared tokenizer."
         )
-    if cfg.lm.regime == "sequence":
+    if cfg.lm.regime == "sequence" and not served:
         train = sequence_transfer(teacher, train, tok, cfg, path, log)
-    dist_teacher = teacher
-    if cfg.lm.cache_k is not None:
+    dist_teacher = teacher if same_vocab or teacher is None or not cross_methods(cfg) else cross_teacher(cfg, teacher, tok)
+    if cfg.lm.cache_k is not None and not served:
         from .cache import LMCachedTeacher, write_lm_cache
 
         folder = Path(cfg.lm.cache_dir) if cfg.lm.cache_dir else path / "teacher_cache"
@@ -249,6 +253,10 @@ def run_lm(cfg: LMRunConfig, run_dir: str | Path | None = None, resume: bool = F
             t_record["cache"] = write_lm_cache(teacher, train, tok, cfg.lm.cache_k, folder, cfg.data.eval_batch_size,
                                                log)
         dist_teacher = LMCachedTeacher(folder, train)
+    if served:
+        from .served_run import other_teacher
+
+        train, dist_teacher, t_record = other_teacher(cfg, tok, train, path, log)
     student, s_record = build_student(cfg, tok)
     distiller = build_distiller(cfg, student, dist_teacher, train, tok)
     res = train_lm(student, distiller, train, val, cfg.train, cfg, path, resume, log, teacher if same_vocab else None)

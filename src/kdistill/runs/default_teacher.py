@@ -41,7 +41,7 @@ def _preflight(cfg: RunConfig, data: DataSplits, trust: bool, lines: list[str]):
         lines.append(f"{what}: {m.model} ({count_params(built[-1]):,} params, {state})")
     if not many:
         return ModuleTeacher(built[0], data.num_classes), members
-    return EnsembleTeacher(built, t.combine), members
+    return EnsembleTeacher(built, t.combine, t.weights, t.weighting), members
 
 
 def default_teacher(options: dict, ctx: TeacherContext) -> tuple[Teacher, dict]:
@@ -96,7 +96,8 @@ def default_teacher(options: dict, ctx: TeacherContext) -> tuple[Teacher, dict]:
         records.append(record)
     if len(members) == 1:
         return ModuleTeacher(members[0], data.num_classes), records[0]
-    return EnsembleTeacher(members, t.combine), {"ensemble": records, "combine": t.combine}
+    return EnsembleTeacher(members, t.combine, t.weights, t.weighting), {"ensemble": records, "combine": t.combine,
+                                                                        "weights": t.weights, "weighting": t.weighting}
 
 
 def _untrained(cfg: RunConfig) -> bool:
