@@ -142,6 +142,10 @@ class LMConfig(Strict):
     #: them (Hugging Face's gradient_checkpointing_enable, non-reentrant): less memory, one
     #: more forward per step, the same gradients. For every network trained in the run
     gradient_checkpointing: bool = False
+    #: token losses over chunks of this many positions, from the hidden states (the
+    #: vocabulary projection made per chunk and again in the backward pass): peak memory
+    #: grows with the chunk, not tokens x vocabulary; null: full logits (kdistill.lm.chunked)
+    loss_chunk: Annotated[int, Field(ge=1)] | None = 1024
 
 
 class LMRunConfig(Strict):

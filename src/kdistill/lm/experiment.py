@@ -27,6 +27,7 @@ from .data import TokenDataset, load_text_dataset, records_dataset
 from .generate import complete_rows, sample
 from .metrics import lm_metrics
 from .models import CausalLM, build_causal_lm, check_same_tokenizer, folder_tokenizer, load_tokenizer
+from .chunked import LMDistiller
 from .onpolicy import OnPolicyDistiller
 
 
@@ -97,7 +98,8 @@ def prepare_teacher(cfg: LMRunConfig, tok, train: TokenDataset, val: TokenDatase
         if cfg.lm.gradient_checkpointing:
             net.gradient_checkpointing()
         log(f"Training the teacher ({record['params']:,} parameters) for {tcfg.epochs} epochs.")
-        res = train_lm(net, create("ce", net), train, val, tcfg, cfg, run_dir / "teacher", resume, log, None)
+        ce = LMDistiller.wrap(create("ce", net), cfg.lm.loss_chunk)
+        res = train_lm(net, ce, train, val, tcfg, cfg, run_dir / "teacher", resume, log, None)
         if is_main_process():  # every process holds the same trained teacher; one writes it
             net.save(saved, tok)
         record |= {"trained_in_run": True, "train_time_s": res["train_time_s"]}
@@ -165,15 +167,16 @@ def build_distiller(cfg: LMRunConfig, student: CausalLM, teacher: CausalLM | Non
     terms_cfg = cfg.method_terms()
     if len(terms_cfg) == 1 and cfg.lm.regime != "on_policy":
         m = dict(terms_cfg[0])
-        return create(m.pop("name"), student, teacher if _needs_teacher(terms_cfg) else None, **m)
+        made = create(m.pop("name"), student, teacher if _needs_teacher(terms_cfg) else None, **m)
+        return LMDistiller.wrap(made, cfg.lm.loss_chunk)
     terms = []
     for spec in terms_cfg:
         spec = dict(spec)
         terms.append(build_term(spec.pop("name"), student, teacher, None, **spec))
     if cfg.lm.regime == "on_policy":
         return OnPolicyDistiller(student, teacher, terms, train.prompt_len, cfg.lm.lmbda, cfg.lm.max_new_tokens,
-                                 cfg.lm.gen_temperature, cfg.train.seed, tok.eos_id)
-    return Distiller(student, teacher if _needs_teacher(terms_cfg) else None, terms)
+                                 cfg.lm.gen_temperature, cfg.train.seed, tok.eos_id, cfg.lm.loss_chunk)
+    return LMDistiller(student, teacher if _needs_teacher(terms_cfg) else None, terms, cfg.lm.loss_chunk)
 
 
 def _needs_teacher(terms_cfg) -> bool:
