@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ..methods import Distiller
 from ..methods._base import as_batch
-from ..methods._token_chunked import DEFAULT_CHUNK, HeadInput, chunked_ce
+from ..methods._token_chunked import HeadInput, auto_chunk, chunked_ce
 from ..methods._token_method import TokenDivergence
 from ..methods.ce import CrossEntropy
 from ..teachers import ModuleTeacher
@@ -73,15 +73,16 @@ def head_input(lm: nn.Module, ids: Tensor) -> HeadInput:
 
 class LMDistiller(Distiller):
     """A :class:`~kdistill.methods.Distiller` whose token terms run over chunks of
-    ``loss_chunk`` positions (``None``: full logits, as before). Subclasses change the
-    batch before the networks see it through :meth:`prepare_batch`."""
+    ``loss_chunk`` positions (``"auto"``: :func:`~kdistill.methods._token_chunked.auto_chunk`
+    of the vocabulary; ``None``: full logits, as before). Subclasses change the batch before
+    the networks see it through :meth:`prepare_batch`."""
 
-    def __init__(self, student: nn.Module, teacher, terms, loss_chunk: int | None = DEFAULT_CHUNK):
+    def __init__(self, student: nn.Module, teacher, terms, loss_chunk: int | str | None = "auto"):
         super().__init__(student, teacher, terms)
         self.loss_chunk = loss_chunk
 
     @classmethod
-    def wrap(cls, distiller: Distiller, loss_chunk: int | None) -> LMDistiller:
+    def wrap(cls, distiller: Distiller, loss_chunk: int | str | None) -> LMDistiller:
         """The same student, teacher and terms as ``distiller``, computed chunked."""
         return cls(distiller.student, distiller.teacher, list(zip(distiller.weights, distiller.terms)), loss_chunk)
 
@@ -115,15 +116,16 @@ class LMDistiller(Distiller):
         needs = any(w and isinstance(m, TokenDivergence) for w, m in zip(self.weights, self.terms))
         teacher = self._teacher_for_chunks(batch) if needs else None
         student = head_input(self.student, batch["x"])
+        chunk = auto_chunk(student.vocab) if self.loss_chunk == "auto" else int(self.loss_chunk)
         out: dict[str, Tensor] = {}
         total = student.hidden.new_zeros((), dtype=torch.float32)
         for w, term in zip(self.weights, self.terms):
             if not w:
                 continue
             if isinstance(term, TokenDivergence):
-                value = term.chunked(student, teacher, batch["y"], self.loss_chunk)
+                value = term.chunked(student, teacher, batch["y"], chunk)
             else:
-                value = chunked_ce(student, batch["y"], term.cfg.label_smoothing, self.loss_chunk)
+                value = chunked_ce(student, batch["y"], term.cfg.label_smoothing, chunk)
             out[f"loss_{term.name}"] = w * value
             total = total + out[f"loss_{term.name}"]
         return {"loss": total, **out}

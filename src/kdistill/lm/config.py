@@ -144,8 +144,9 @@ class LMConfig(Strict):
     gradient_checkpointing: bool = False
     #: token losses over chunks of this many positions, from the hidden states (the
     #: vocabulary projection made per chunk and again in the backward pass): peak memory
-    #: grows with the chunk, not tokens x vocabulary; null: full logits (kdistill.lm.chunked)
-    loss_chunk: Annotated[int, Field(ge=1)] | None = 1024
+    #: grows with the chunk, not tokens x vocabulary. auto: 1024 positions, fewer for a
+    #: large vocabulary (128 at 131,072 tokens); null: full logits (kdistill.lm.chunked)
+    loss_chunk: Annotated[int, Field(ge=1)] | Literal["auto"] | None = "auto"
 
 
 class LMRunConfig(Strict):

@@ -16,7 +16,6 @@ import torch
 from torch import Tensor, nn
 
 from ..methods import Method
-from ..methods._token_chunked import DEFAULT_CHUNK
 from .chunked import LMDistiller
 from .generate import complete_rows
 
@@ -34,7 +33,7 @@ class OnPolicyDistiller(LMDistiller):
 
     def __init__(self, student: nn.Module, teacher, terms: Sequence[tuple[float, Method]], prompt_len: Tensor,
                  lmbda: float, new_tokens: int | None, temperature: float, seed: int, eos_id: int | None,
-                 loss_chunk: int | None = DEFAULT_CHUNK):
+                 loss_chunk: int | str | None = "auto"):
         super().__init__(student, teacher, terms, loss_chunk)
         self.prompt_len = prompt_len.cpu()
         self.lmbda, self.new_tokens, self.temperature = float(lmbda), new_tokens, float(temperature)

@@ -29,8 +29,18 @@ from ..errors import ConfigError
 from ..teachers import TeacherOutput
 from ._token import IGNORE_INDEX, TokenTopK, divergence, topk_tail, truncate_topk
 
-#: the default number of positions per chunk (``lm.loss_chunk``)
+#: the default number of positions per chunk of the functions below
 DEFAULT_CHUNK = 1024
+
+#: ``lm.loss_chunk: auto`` keeps a chunk's logits near this many elements (64 MiB in float32;
+#: a chunk's forward and backward hold about a dozen tensors of that size at once)
+AUTO_ELEMENTS = 1 << 24
+
+
+def auto_chunk(vocab: int) -> int:
+    """Positions per chunk for ``lm.loss_chunk: auto``: 1024, fewer for a large vocabulary
+    (512 at 32,768 tokens, 128 at 131,072), at least 16."""
+    return min(DEFAULT_CHUNK, max(16, AUTO_ELEMENTS // max(int(vocab), 1)))
 
 
 @dataclass
