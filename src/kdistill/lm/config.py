@@ -87,6 +87,17 @@ class LMDataConfig(Strict):
         return None
 
 
+class LMPeftConfig(Strict):
+    """A LoRA student (``student.peft``, through the ``peft`` library): rank ``r``,
+    scaling ``alpha / r``, dropout on the adapters' input, and the linear layers that get
+    adapters (module names, or ``all-linear``: every linear layer but the output layer)."""
+
+    r: Annotated[int, Field(ge=1, le=1 << 16)] = 8
+    alpha: Annotated[float, Field(gt=0, le=1e6)] = 16.0
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
 class LMModelConfig(Strict):
     """``model``: ``hf:PATH`` (a local Hugging Face folder: config, weights, tokenizer),
     ``hf-config`` with ``kwargs`` (a config built in the process: ``model_type`` plus its
@@ -95,6 +106,8 @@ class LMModelConfig(Strict):
     model: str
     kwargs: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
+    #: the student only: train LoRA adapters instead of every weight (kdistill.lm.lora)
+    peft: LMPeftConfig | None = None
 
     @field_validator("model")
     @classmethod
@@ -171,6 +184,12 @@ class LMRunConfig(Strict):
         if self.lm.cache_k is not None and self.lm.regime != "supervised":
             raise ValueError("lm.cache_k (a teacher cache) needs lm.regime: supervised; sequence-level and "
                              "on-policy runs score new text with the live teacher")
+        return self
+
+    @model_validator(mode="after")
+    def _peft_student_only(self):
+        if self.teacher is not None and self.teacher.peft is not None:
+            raise ValueError("teacher.peft: the teacher is frozen; LoRA adapters (peft) are for the student")
         return self
 
     @field_validator("tokenizer")

@@ -200,6 +200,10 @@ def build_student(cfg: LMRunConfig, tok) -> tuple[CausalLM, dict[str, Any]]:
     """The student network (seeded by ``train.seed``), with ``lm.gradient_checkpointing``."""
     student, record = build_causal_lm(cfg.student.model, cfg.student.kwargs, tok.vocab_size, seed=cfg.train.seed,
                                       eos_id=tok.eos_id)
+    if cfg.student.peft is not None:  # LoRA: only the adapters train (kdistill.lm.lora)
+        from .lora import apply_lora
+
+        record |= apply_lora(student, cfg.student.peft.model_dump(), cfg.train.seed)
     if cfg.lm.gradient_checkpointing:
         student.gradient_checkpointing()
         record["gradient_checkpointing"] = True
