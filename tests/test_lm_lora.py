@@ -115,10 +115,11 @@ def test_lora_run_saves_both_and_resumes_exactly(corpus, tmp_path):
     folder = tmp_path / "b" / "student"
     assert json.loads((folder / "adapter" / "adapter_config.json").read_text())["r"] == 4
     merged, _ = build_causal_lm(f"hf:{folder}", {}, 257)
+    from kdistill.lm import load_text_dataset
     from kdistill.lm.metrics import lm_metrics
-    from kdistill.lm.experiment import load_data
 
-    _, val = load_data(_config(corpus, tmp_path, "b", 2, teacher), ByteTokenizer())
+    text = load_text_dataset(str(corpus), ByteTokenizer(), block_size=24, prompt_tokens=6, separator="%")
+    _, val = text.split(0.2, 0)  # the run's validation rows (val_split 0.2, split_seed 0)
     assert abs(lm_metrics(merged, val, 64, "cpu")["nll"] - straight["final"]["val"]["nll"]) < 1e-5
 
 

@@ -22,12 +22,12 @@ from ..engine.checkpoint import atomic_write_json, atomic_write_text
 from ..engine.trainer import Trainer, get_accelerator
 from ..errors import ConfigError
 from ..methods import Distiller, build_term, create
+from .chunked import LMDistiller
 from .config import LMRunConfig
 from .data import TokenDataset, load_text_dataset, records_dataset
 from .generate import complete_rows, sample
 from .metrics import lm_metrics
 from .models import CausalLM, build_causal_lm, check_same_tokenizer, folder_tokenizer, load_tokenizer
-from .chunked import LMDistiller
 from .onpolicy import OnPolicyDistiller
 
 
