@@ -170,3 +170,19 @@ def test_auto_chunk_and_the_setting():
     for bad in ("0", "many"):
         with pytest.raises(ConfigError, match="loss_chunk"):
             load_lm_config(base=base, overrides=[f"lm.loss_chunk={bad}"])
+
+
+def test_auto_keeps_full_logits_for_a_small_batch(monkeypatch):
+    import kdistill.lm.chunked as chunked
+
+    student, _ = build_causal_lm("hf-config", TINY, 257, seed=1)
+    teacher, _ = build_causal_lm("hf-config", TINY, 257, seed=2)
+    x = torch.randint(0, 257, (2, 10), generator=torch.Generator().manual_seed(0))
+    calls = []
+    monkeypatch.setattr(chunked, "head_input", lambda *a: calls.append(1) or pytest.fail("chunked"))
+    d = LMDistiller.wrap(create("forward_kl", student, teacher), "auto")
+    d({"x": x, "y": x.roll(-1, 1)})  # 2 x 10 x 257 logits: under one auto chunk, full logits
+    monkeypatch.setattr(chunked, "AUTO_ELEMENTS", 2 * 10 * 257 - 1)
+    with pytest.raises(pytest.fail.Exception, match="chunked"):
+        d({"x": x, "y": x.roll(-1, 1)})  # one value more than a chunk: the chunked path
+    assert calls == [1]

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ..methods import Distiller
 from ..methods._base import as_batch
-from ..methods._token_chunked import HeadInput, auto_chunk, chunked_ce
+from ..methods._token_chunked import AUTO_ELEMENTS, HeadInput, auto_chunk, chunked_ce
 from ..methods._token_method import TokenDivergence
 from ..methods.ce import CrossEntropy
 from ..teachers import ModuleTeacher
@@ -74,7 +74,8 @@ def head_input(lm: nn.Module, ids: Tensor) -> HeadInput:
 class LMDistiller(Distiller):
     """A :class:`~kdistill.methods.Distiller` whose token terms run over chunks of
     ``loss_chunk`` positions (``"auto"``: :func:`~kdistill.methods._token_chunked.auto_chunk`
-    of the vocabulary; ``None``: full logits, as before). Subclasses change the batch before
+    of the vocabulary, and full logits for a batch whose logits are no larger than one such
+    chunk; ``None``: full logits, as before). Subclasses change the batch before
     the networks see it through :meth:`prepare_batch`."""
 
     def __init__(self, student: nn.Module, teacher, terms, loss_chunk: int | str | None = "auto"):
@@ -95,6 +96,9 @@ class LMDistiller(Distiller):
     def _chunkable(self, batch: dict) -> bool:
         if not self.loss_chunk or self._taps is not None or self.teacher_specs:
             return False
+        vocab = getattr(self.student, "vocab_size", None)
+        if self.loss_chunk == "auto" and vocab and batch["x"].numel() * vocab <= AUTO_ELEMENTS:
+            return False  # the whole batch's logits fit one chunk: recomputing them would only cost time
         for w, term in zip(self.weights, self.terms):
             ce = isinstance(term, CrossEntropy) and "y_soft" not in batch
             if w and not (isinstance(term, TokenDivergence) or ce):

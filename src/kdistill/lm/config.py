@@ -158,7 +158,8 @@ class LMConfig(Strict):
     #: token losses over chunks of this many positions, from the hidden states (the
     #: vocabulary projection made per chunk and again in the backward pass): peak memory
     #: grows with the chunk, not tokens x vocabulary. auto: 1024 positions, fewer for a
-    #: large vocabulary (128 at 131,072 tokens); null: full logits (kdistill.lm.chunked)
+    #: large vocabulary (128 at 131,072 tokens), and full logits when a batch's are no larger
+    #: than such a chunk (2^24 values); null: full logits (kdistill.lm.chunked)
     loss_chunk: Annotated[int, Field(ge=1)] | Literal["auto"] | None = "auto"
 
 
