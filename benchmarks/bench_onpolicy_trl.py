@@ -8,7 +8,8 @@ kdistill / TRL so that a change in the machine's load hits both. Tokens/s = step
 / the seconds of the training loop (kdistill: the epoch's ``epoch_time_s`` in
 ``metrics.jsonl``, evaluation excluded; TRL: ``train_runtime``).
 
-TRL is optional: without it only kdistill's numbers are printed.
+``--lmbda 0`` times the off-policy job instead (no sampling: the dataset's rows). TRL is
+optional: without it only kdistill's numbers are printed.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/bench_onpolicy_trl.py --out runs/bench-onpolicy \
         --steps 8 --rounds 3
@@ -60,17 +61,17 @@ def save_models(out: Path) -> tuple[Path, Path]:
 
 
 def kdistill_round(out: Path, teacher: Path, student: Path, train: Path, val: Path, r: int,
-                   cache: bool = True) -> float:
+                   cache: bool = True, lmbda: float = 1.0) -> float:
     cfg = load_lm_config(base={
         "task": "causal-lm", "tokenizer": "byte",
         "data": {"train": str(train), "val": str(val), "block_size": PROMPT + NEW, "batch_size": BATCH,
                  "eval_batch_size": BATCH},
         "teacher": {"model": f"hf:{teacher}"}, "student": {"model": f"hf:{student}"},
         "method": {"name": "gkd", "beta": 0.5},
-        "lm": {"regime": "on_policy", "lmbda": 1.0, "max_new_tokens": NEW, "gen_temperature": 0.9},
+        "lm": {"regime": "on_policy", "lmbda": lmbda, "max_new_tokens": NEW, "gen_temperature": 0.9},
         "train": {"epochs": 1, "lr": 1e-4, "weight_decay": 0.0, "warmup_epochs": 0, "schedule": "constant",
                   "device": "cpu", "progress": False},
-        "output": {"dir": str(out), "name": f"kdistill-r{r}{'' if cache else '-nocache'}"},
+        "output": {"dir": str(out), "name": f"kdistill-l{lmbda}-r{r}{'' if cache else '-nocache'}"},
     })
     import kdistill.lm.generate as gen
 
@@ -85,7 +86,8 @@ def kdistill_round(out: Path, teacher: Path, student: Path, train: Path, val: Pa
     return res["steps"] * BATCH * (PROMPT + NEW) / row["epoch_time_s"]
 
 
-def trl_round(out: Path, teacher: Path, student: Path, rows: list[dict], steps: int, r: int) -> float:
+def trl_round(out: Path, teacher: Path, student: Path, rows: list[dict], steps: int, r: int,
+              lmbda: float = 1.0) -> float:
     from datasets import Dataset
     from tokenizers import Tokenizer
     from tokenizers.models import WordLevel
@@ -106,9 +108,9 @@ def trl_round(out: Path, teacher: Path, student: Path, rows: list[dict], steps: 
         return {"input_ids": x, "attention_mask": torch.ones_like(x), "labels": labels,
                 "prompts": x[:, :PROMPT], "prompt_attention_mask": torch.ones_like(x[:, :PROMPT])}
 
-    args = GKDConfig(output_dir=str(out / f"trl-r{r}"), per_device_train_batch_size=BATCH, max_steps=steps,
+    args = GKDConfig(output_dir=str(out / f"trl-l{lmbda}-r{r}"), per_device_train_batch_size=BATCH, max_steps=steps,
                      learning_rate=1e-4, weight_decay=0.0, lr_scheduler_type="constant", warmup_steps=0,
-                     lmbda=1.0, beta=0.5, temperature=0.9, max_new_tokens=NEW, max_length=PROMPT + NEW,
+                     lmbda=lmbda, beta=0.5, temperature=0.9, max_new_tokens=NEW, max_length=PROMPT + NEW,
                      use_cpu=True, report_to=[], save_strategy="no", logging_strategy="no",
                      disable_tqdm=True, dataloader_num_workers=0, seed=r, bf16=False)
     trainer = GKDTrainer(model=AutoModelForCausalLM.from_pretrained(str(student)),
@@ -125,6 +127,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-trl", action="store_true")
     ap.add_argument("--uncached", action="store_true", help="also time kdistill without the KV cache")
+    ap.add_argument("--lmbda", type=float, default=1.0, help="share of on-policy batches (0: off-policy)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -140,12 +143,13 @@ def main() -> None:
         have_trl = False
     result: dict = {"kdistill": [], "trl": [], "kdistill_uncached": []}
     for r in range(args.rounds):
-        result["kdistill"].append(round(kdistill_round(args.out, teacher, student, train, val, r), 1))
+        result["kdistill"].append(round(kdistill_round(args.out, teacher, student, train, val, r,
+                                                       lmbda=args.lmbda), 1))
         if args.uncached:
             result["kdistill_uncached"].append(
-                round(kdistill_round(args.out, teacher, student, train, val, r, cache=False), 1))
+                round(kdistill_round(args.out, teacher, student, train, val, r, cache=False, lmbda=args.lmbda), 1))
         if have_trl:
-            result["trl"].append(round(trl_round(args.out, teacher, student, rows, args.steps, r), 1))
+            result["trl"].append(round(trl_round(args.out, teacher, student, rows, args.steps, r, args.lmbda), 1))
         print(f"round {r}: kdistill {result['kdistill'][-1]} tok/s {result['kdistill_uncached'][-1:]} uncached"
               + (f", TRL {result['trl'][-1]} tok/s" if have_trl else ""), flush=True)
     if have_trl:
@@ -153,7 +157,7 @@ def main() -> None:
         result["ratio_per_round"] = [round(x, 3) for x in ratios]
         result["ratio_median"] = round(statistics.median(ratios), 3)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    result |= {"steps": args.steps, "batch": BATCH, "prompt": PROMPT, "new_tokens": NEW, "commit": commit,
+    result |= {"lmbda": args.lmbda, "steps": args.steps, "batch": BATCH, "prompt": PROMPT, "new_tokens": NEW, "commit": commit,
                "torch": torch.__version__, "machine": platform.machine(), "date": time.strftime("%Y-%m-%d")}
     if have_trl:
         import transformers
