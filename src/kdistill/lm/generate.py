@@ -47,9 +47,12 @@ def _cache_kwargs(out) -> dict:
 
 def supports_cache(model: nn.Module) -> bool:
     """Whether :func:`sample` can decode ``model`` with a key/value cache (a Hugging Face
-    model wrapped as a :class:`~kdistill.lm.models.CausalLM`)."""
+    model wrapped as a :class:`~kdistill.lm.models.CausalLM`, not sharded by FSDP: calling
+    the inner model directly would skip the wrapper's gathering of its parameters)."""
     hf = getattr(model, "hf", None)
-    return hf is not None and hasattr(model, "vocab_size")
+    if hf is None or not hasattr(model, "vocab_size"):
+        return False
+    return not any(type(p).__name__ == "DTensor" for p in model.parameters())
 
 
 @torch.no_grad()
