@@ -186,3 +186,25 @@ def test_auto_keeps_full_logits_for_a_small_batch(monkeypatch):
     with pytest.raises(pytest.fail.Exception, match="chunked"):
         d({"x": x, "y": x.roll(-1, 1)})  # one value more than a chunk: the chunked path
     assert calls == [1]
+
+
+def test_on_policy_distiller_chunked_equals_full():
+    from kdistill.lm.onpolicy import OnPolicyDistiller
+
+    student, _ = build_causal_lm("hf-config", TINY, 257, seed=1)
+    teacher, _ = build_causal_lm("hf-config", TINY, 257, seed=2)
+    x = torch.randint(0, 256, (4, 12), generator=torch.Generator().manual_seed(0))
+    batch = {"x": x, "y": x.roll(-1, 1), "index": torch.arange(4)}
+    plen = torch.tensor([3, 3, 5, 5])
+
+    def make(chunk):
+        return OnPolicyDistiller(student, teacher, [build_term("gkd", student, teacher)], plen, 1.0, None, 1.0,
+                                 seed=7, eos_id=None, loss_chunk=chunk).train()
+
+    full, chunked = make(None), make(5)
+    ref, got = full(batch)["loss"], chunked(batch)["loss"]  # the same draw: the same samples
+    torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-6)
+    assert int(chunked.draws) == int(full.draws) == 1 and float(ref) > 0
+    g_ref = torch.autograd.grad(ref, list(student.parameters()))
+    for a, r in zip(torch.autograd.grad(got, list(student.parameters())), g_ref):
+        torch.testing.assert_close(a, r, atol=1e-6, rtol=1e-5)
