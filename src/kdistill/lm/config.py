@@ -88,6 +88,17 @@ class LMDataConfig(Strict):
         return None
 
 
+class LMPeftConfig(Strict):
+    """A LoRA student (``student.peft``, through the ``peft`` library): rank ``r``,
+    scaling ``alpha / r``, dropout on the adapters' input, and the linear layers that get
+    adapters (module names, or ``all-linear``: every linear layer but the output layer)."""
+
+    r: Annotated[int, Field(ge=1, le=1 << 16)] = 8
+    alpha: Annotated[float, Field(gt=0, le=1e6)] = 16.0
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
 class LMModelConfig(Strict):
     """``model``: ``hf:PATH`` (a local Hugging Face folder: config, weights, tokenizer),
     ``hf-config`` with ``kwargs`` (a config built in the process: ``model_type`` plus its
@@ -96,6 +107,8 @@ class LMModelConfig(Strict):
     model: str
     kwargs: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
+    #: the student only: train LoRA adapters instead of every weight (kdistill.lm.lora)
+    peft: LMPeftConfig | None = None
 
     @field_validator("model")
     @classmethod
@@ -143,6 +156,12 @@ class LMConfig(Strict):
     #: them (Hugging Face's gradient_checkpointing_enable, non-reentrant): less memory, one
     #: more forward per step, the same gradients. For every network trained in the run
     gradient_checkpointing: bool = False
+    #: token losses over chunks of this many positions, from the hidden states (the
+    #: vocabulary projection made per chunk and again in the backward pass): peak memory
+    #: grows with the chunk, not tokens x vocabulary. auto: 1024 positions, fewer for a
+    #: large vocabulary (128 at 131,072 tokens), and full logits when a batch's are no larger
+    #: than such a chunk (2^24 values); null: full logits (kdistill.lm.chunked)
+    loss_chunk: Annotated[int, Field(ge=1)] | Literal["auto"] | None = "auto"
 
 
 class LMRunConfig(Strict):
@@ -168,6 +187,12 @@ class LMRunConfig(Strict):
         if self.lm.cache_k is not None and self.lm.regime != "supervised":
             raise ValueError("lm.cache_k (a teacher cache) needs lm.regime: supervised; sequence-level and "
                              "on-policy runs score new text with the live teacher")
+        return self
+
+    @model_validator(mode="after")
+    def _peft_student_only(self):
+        if getattr(self.teacher, "peft", None) is not None:  # served/multi teachers have no peft key
+            raise ValueError("teacher.peft: the teacher is frozen; LoRA adapters (peft) are for the student")
         return self
 
     @field_validator("tokenizer")

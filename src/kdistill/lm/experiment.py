@@ -23,6 +23,7 @@ from ..distributed import is_main_process, main_process_first, sync_processes
 from ..engine.trainer import Trainer, get_accelerator
 from ..errors import ConfigError
 from ..methods import Distiller, build_term, create
+from .chunked import LMDistiller
 from .config import LMRunConfig
 from .cross_tokenizer import cross_methods, cross_teacher
 from .data import TokenDataset, load_text_dataset, records_dataset
@@ -100,7 +101,8 @@ def prepare_teacher(cfg: LMRunConfig, tok, train: TokenDataset, val: TokenDatase
         if cfg.lm.gradient_checkpointing:
             net.gradient_checkpointing()
         log(f"Training the teacher ({record['params']:,} parameters) for {tcfg.epochs} epochs.")
-        res = train_lm(net, create("ce", net), train, val, tcfg, cfg, run_dir / "teacher", resume, log, None)
+        ce = LMDistiller.wrap(create("ce", net), cfg.lm.loss_chunk)
+        res = train_lm(net, ce, train, val, tcfg, cfg, run_dir / "teacher", resume, log, None)
         if is_main_process():  # every process holds the same trained teacher; one writes it
             net.save(saved, tok)
         record |= {"trained_in_run": True, "train_time_s": res["train_time_s"]}
@@ -168,15 +170,16 @@ def build_distiller(cfg: LMRunConfig, student: CausalLM, teacher: CausalLM | Non
     terms_cfg = cfg.method_terms()
     if len(terms_cfg) == 1 and cfg.lm.regime != "on_policy":
         m = dict(terms_cfg[0])
-        return create(m.pop("name"), student, teacher if _needs_teacher(terms_cfg) else None, **m)
+        made = create(m.pop("name"), student, teacher if _needs_teacher(terms_cfg) else None, **m)
+        return LMDistiller.wrap(made, cfg.lm.loss_chunk)
     terms = []
     for spec in terms_cfg:
         spec = dict(spec)
         terms.append(build_term(spec.pop("name"), student, teacher, None, **spec))
     if cfg.lm.regime == "on_policy":
         return OnPolicyDistiller(student, teacher, terms, train.prompt_len, cfg.lm.lmbda, cfg.lm.max_new_tokens,
-                                 cfg.lm.gen_temperature, cfg.train.seed, tok.eos_id)
-    return Distiller(student, teacher if _needs_teacher(terms_cfg) else None, terms)
+                                 cfg.lm.gen_temperature, cfg.train.seed, tok.eos_id, cfg.lm.loss_chunk)
+    return LMDistiller(student, teacher if _needs_teacher(terms_cfg) else None, terms, cfg.lm.loss_chunk)
 
 
 def _needs_teacher(terms_cfg) -> bool:
@@ -200,6 +203,10 @@ def build_student(cfg: LMRunConfig, tok) -> tuple[CausalLM, dict[str, Any]]:
     """The student network (seeded by ``train.seed``), with ``lm.gradient_checkpointing``."""
     student, record = build_causal_lm(cfg.student.model, cfg.student.kwargs, tok.vocab_size, seed=cfg.train.seed,
                                       eos_id=tok.eos_id)
+    if cfg.student.peft is not None:  # LoRA: only the adapters train (kdistill.lm.lora)
+        from .lora import apply_lora
+
+        record |= apply_lora(student, cfg.student.peft.model_dump(), cfg.train.seed)
     if cfg.lm.gradient_checkpointing:
         student.gradient_checkpointing()
         record["gradient_checkpointing"] = True

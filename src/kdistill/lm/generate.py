@@ -2,8 +2,10 @@
 touching the global RNG the trainer checkpoints).
 
 Rows of a batch may have prompts of different lengths: rows are generated in groups of
-equal prompt length, every group batched. No KV cache: the models this runs on CPU are
-tiny, and a full forward per token keeps the code obviously right.
+equal prompt length, every group batched. A Hugging Face model (a :class:`CausalLM`)
+decodes with its key/value cache: one forward over the prompt, then one token per step
+(what ``transformers``' ``generate`` does), with the same sampling draws as the uncached
+reference loop (:func:`sample` with ``cache=False``: a full forward per token).
 """
 
 from __future__ import annotations
@@ -12,25 +14,65 @@ import torch
 from torch import Tensor, nn
 
 
+def _draw(logits: Tensor, temperature: float, generator: torch.Generator | None) -> Tensor:
+    """The next token of every row from last-position logits ``(N, V)``."""
+    logits = logits.float()
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / temperature, -1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _cached_steps(model: nn.Module, ids: Tensor, new_tokens: int, temperature: float,
+                  generator: torch.Generator | None) -> Tensor:
+    """Decode with the model's key/value cache: the prompt once, then one token a step."""
+    hf, vocab = model.hf, model.vocab_size
+    out = hf(input_ids=ids.long(), use_cache=True)
+    new = []
+    for step in range(new_tokens):
+        nxt = _draw(out.logits[:, -1, :vocab], temperature, generator)
+        new.append(nxt[:, None].to(ids.dtype))
+        if step + 1 < new_tokens:
+            out = hf(input_ids=new[-1].long(), use_cache=True, **_cache_kwargs(out))
+    return torch.cat([ids, *new], 1)
+
+
+def _cache_kwargs(out) -> dict:
+    """The cache of a forward's output as the next call's keyword (``cache`` since
+    transformers 5.x; ``past_key_values`` before)."""
+    if "cache" in out.keys():
+        return {"cache": out["cache"]}
+    return {"past_key_values": out.past_key_values}
+
+
+def supports_cache(model: nn.Module) -> bool:
+    """Whether :func:`sample` can decode ``model`` with a key/value cache (a Hugging Face
+    model wrapped as a :class:`~kdistill.lm.models.CausalLM`, not sharded by FSDP: calling
+    the inner model directly would skip the wrapper's gathering of its parameters)."""
+    hf = getattr(model, "hf", None)
+    if hf is None or not hasattr(model, "vocab_size"):
+        return False
+    return not any(type(p).__name__ == "DTensor" for p in model.parameters())
+
+
 @torch.no_grad()
 def sample(model: nn.Module, prompt: Tensor, new_tokens: int, temperature: float = 1.0,
-           generator: torch.Generator | None = None) -> Tensor:
+           generator: torch.Generator | None = None, cache: bool = True) -> Tensor:
     """``(N, P + new_tokens)``: ``prompt`` ``(N, P)`` continued by the model.
 
     ``temperature == 0`` is greedy decoding. ``model`` maps ids ``(N, L)`` to logits
-    ``(N, L, V)``.
+    ``(N, L, V)``. ``cache``: decode with the model's key/value cache when it has one
+    (the same draws from ``generator``; logits equal to rounding); ``False``: a full
+    forward over the whole sequence per token.
     """
     was_training = model.training
     model.eval()
     ids = prompt
     try:
+        if new_tokens > 0 and cache and supports_cache(model):
+            return _cached_steps(model, ids, new_tokens, temperature, generator)
         for _ in range(new_tokens):
-            logits = model(ids)[:, -1].float()
-            if temperature == 0:
-                nxt = logits.argmax(-1)
-            else:
-                probs = torch.softmax(logits / temperature, -1)
-                nxt = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            nxt = _draw(model(ids)[:, -1], temperature, generator)
             ids = torch.cat([ids, nxt[:, None].to(ids.dtype)], 1)
     finally:
         model.train(was_training)

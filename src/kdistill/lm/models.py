@@ -167,6 +167,10 @@ class CausalLM(nn.Module):
         self.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def save(self, folder: Path, tokenizer) -> None:
+        from .lora import is_peft_model, save_lora
+
+        if is_peft_model(self.hf):  # a LoRA student: the merged model, and the adapter in folder/adapter
+            return save_lora(self, folder, tokenizer)
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.hf.save_pretrained(str(folder))

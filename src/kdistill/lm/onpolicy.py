@@ -15,11 +15,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..methods import Context, Distiller, Method
+from ..methods import Method
+from .chunked import LMDistiller
 from .generate import complete_rows
 
 
-class OnPolicyDistiller(Distiller):
+class OnPolicyDistiller(LMDistiller):
     """A :class:`~kdistill.methods.Distiller` whose training batches are, with probability
     ``lmbda``, the student's samples (``batch["on_policy"]`` is then ``True``).
 
@@ -27,11 +28,13 @@ class OnPolicyDistiller(Distiller):
         prompt_len: every training row's prompt length (looked up by ``batch["index"]``).
         new_tokens: tokens generated per row (``None``: fill the row).
         temperature: sampling temperature (0: greedy).
+        loss_chunk: positions per chunk of the token losses (see :class:`LMDistiller`).
     """
 
     def __init__(self, student: nn.Module, teacher, terms: Sequence[tuple[float, Method]], prompt_len: Tensor,
-                 lmbda: float, new_tokens: int | None, temperature: float, seed: int, eos_id: int | None):
-        super().__init__(student, teacher, terms)
+                 lmbda: float, new_tokens: int | None, temperature: float, seed: int, eos_id: int | None,
+                 loss_chunk: int | str | None = "auto"):
+        super().__init__(student, teacher, terms, loss_chunk)
         self.prompt_len = prompt_len.cpu()
         self.lmbda, self.new_tokens, self.temperature = float(lmbda), new_tokens, float(temperature)
         self.seed, self.eos_id = int(seed), eos_id
@@ -48,7 +51,5 @@ class OnPolicyDistiller(Distiller):
         new_x, new_y = complete_rows(self.student, x, plen, self.new_tokens, self.temperature, g, eos_id=self.eos_id)
         return {**batch, "x": new_x, "y": new_y, "on_policy": True}
 
-    def context(self, batch: dict) -> Context:
-        if self.training:
-            batch = self.on_policy_batch(batch)
-        return super().context(batch)
+    def prepare_batch(self, batch: dict) -> dict:
+        return self.on_policy_batch(batch) if self.training else batch

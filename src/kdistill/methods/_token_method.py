@@ -8,6 +8,7 @@ from torch import Tensor
 
 from ._base import Context, Method
 from ._token import check_token_settings, token_loss
+from ._token_chunked import HeadInput, chunked_token_loss
 
 
 class TokenDivergence(Method):
@@ -32,3 +33,9 @@ class TokenDivergence(Method):
     def forward(self, ctx: Context) -> Tensor:
         return token_loss(self.kind, ctx.student_logits, ctx.teacher, ctx.labels,
                           self.cfg.temperature, self.coef, self.cfg.top_k)
+
+    def chunked(self, student: HeadInput, teacher, labels: Tensor, chunk: int) -> Tensor:
+        """The same loss from the student's hidden states, ``chunk`` positions at a time
+        (:mod:`._token_chunked`); the teacher as :func:`chunked_token_loss` takes it."""
+        return chunked_token_loss(self.kind, student, teacher, labels, self.cfg.temperature, self.coef,
+                                  self.cfg.top_k, chunk)
