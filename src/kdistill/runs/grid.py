@@ -15,7 +15,7 @@ from typing import Any
 
 from ..config import RunConfig, dump_config, parse_yaml, validate_config
 from ..errors import ConfigError, Interrupted, KdistillError
-from .experiment import run_experiment
+from ..task import task_named
 
 #: the group of the student trained with cross-entropy alone, which every method is compared with
 SCRATCH = "scratch"
@@ -182,26 +182,32 @@ def plan_sweep(cfg: RunConfig, grid: dict[str, list[Any]], seeds: list[int]) -> 
 
 # -- running -------------------------------------------------------------------------------
 def teacher_key(cell: Cell, mode: str) -> str | None:
-    """Cells with the same key share one trained teacher; ``None``: nothing to train."""
-    t = cell.cfg.teacher
+    """Cells with the same key share one trained teacher; ``None``: nothing to train (the
+    cell's task decides)."""
+    return task_named(cell.cfg.task).teacher_key(cell.cfg, mode)
+
+
+def image_teacher_key(cfg: RunConfig, mode: str) -> str | None:
+    """An image run's teacher key: its model, train settings and data."""
+    t = cfg.teacher
     if t is None or t.kind != "default" or t.cache is not None:  # a registered kind makes its own
         return None
     if (t.model is not None and t.checkpoint) or (t.ensemble and all(m.checkpoint for m in t.ensemble)):
         return None
-    train = cell.cfg.teacher_train().model_dump()
+    train = cfg.teacher_train().model_dump()
     if mode == "shared":
         train.pop("seed")
-    return json.dumps([t.model_dump(), train, cell.cfg.data.model_dump()], sort_keys=True, default=str)
+    return json.dumps([t.model_dump(), train, cfg.data.model_dump()], sort_keys=True, default=str)
 
 
-def _teacher_paths(cell_dir: Path, cfg: RunConfig) -> list[str]:
+def image_teacher_paths(cell_dir: Path, cfg: RunConfig) -> list[str]:
     t = cfg.teacher
     if t.ensemble:
         return [str((cell_dir / f"teacher{i}" / "model.safetensors").resolve()) for i in range(len(t.ensemble))]
     return [str((cell_dir / "teacher" / "model.safetensors").resolve())]
 
 
-def _reuse_teacher(cfg: RunConfig, paths: list[str]) -> RunConfig:
+def image_reuse_teacher(cfg: RunConfig, paths: list[str]) -> RunConfig:
     if cfg.teacher.ensemble:
         pairs = zip(cfg.teacher.ensemble, paths, strict=True)
         members = [m.model_dump() | {"checkpoint": p} for m, p in pairs]
@@ -268,9 +274,10 @@ def run_cells(
     for i, cell in enumerate(cells, 1):
         cell_dir = out / cell.name
         cfg = cell.cfg
+        task = task_named(cfg.task)
         key = teacher_key(cell, teacher)
         if key is not None and key in trained:
-            cfg = _reuse_teacher(cfg, trained[key])
+            cfg = task.reuse_teacher(cfg, trained[key])
         _check_cell_config(cell_dir, cfg)
         if (cell_dir / "results.json").is_file():
             log(f"[{i}/{len(cells)}] {cell.name}: finished earlier, skipped")
@@ -278,7 +285,7 @@ def run_cells(
         else:
             log(f"[{i}/{len(cells)}] {cell.name}: running")
             try:
-                run_experiment(cfg, run_dir=cell_dir, resume=True, log=log, trust=trust)
+                task.run(cfg, run_dir=cell_dir, resume=True, log=log, trust=trust)
             except Interrupted:
                 raise  # a checkpoint was saved; the same command resumes the grid
             except KdistillError as e:
@@ -288,10 +295,12 @@ def run_cells(
                 continue
             ran += 1
         if key is not None and key not in trained:
-            trained[key] = _teacher_paths(cell_dir, cfg)
+            found = task.trained_teacher(cell_dir, cfg)
+            if found:  # (a cell that needed no teacher leaves the training to the next one)
+                trained[key] = found
         t = cfg.teacher
         ckpt = None
-        if t is not None and t.model:
+        if t is not None and t.model and hasattr(t, "checkpoint"):  # a zoo teacher, by checkpoint
             ckpt = t.checkpoint or (trained[key][0] if key in trained else None)
         if ckpt and ckpt not in measured:
             measured.add(ckpt)

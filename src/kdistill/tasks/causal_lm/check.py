@@ -1,0 +1,115 @@
+"""``kdistill train --check`` of a causal-LM config: the tokenizer, the text, both models
+built untrained (``hf-config``) or read from their folders (``hf:``), their position limits
+against ``data.block_size``, their vocabularies against the tokenizer's, the teacher's
+tokenizer against the student's, and the distiller run once on a batch of real rows. Seconds;
+nothing is trained or written."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ...errors import ConfigError
+from ...lm.models import folder_tokenizer, require_transformers
+from .config import LMModelConfig, LMRunConfig
+
+#: where a Hugging Face config keeps its longest sequence, by model family
+POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "n_ctx", "seq_length")
+
+
+def model_settings(m: LMModelConfig) -> dict[str, Any]:
+    """A model's Hugging Face config as a dict, without building the model: ``config.json``
+    of an ``hf:`` folder, or ``model_type`` + kwargs of an ``hf-config`` one (its defaults
+    filled in by transformers)."""
+    if m.model.startswith("hf:"):
+        f = Path(m.model.removeprefix("hf:")) / "config.json"
+        try:
+            return json.loads(f.read_text())
+        except (OSError, ValueError):
+            return {}  # building the model reports the missing or damaged folder
+    kw = dict(m.kwargs)
+    if m.model.startswith("hf-config:"):
+        try:
+            kw.update(json.loads(m.model.removeprefix("hf-config:")))
+        except ValueError as e:
+            raise ConfigError(f"hf-config:{{...}} must hold a JSON object: {e}") from None
+    model_type = kw.pop("model_type", None)
+    if model_type is None:
+        raise ConfigError("An hf-config model needs 'model_type' (e.g. llama, gpt2) among its kwargs.")
+    transformers = require_transformers()
+    try:
+        return transformers.AutoConfig.for_model(model_type, **kw).to_dict()
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"hf-config {model_type!r}: {e}") from None
+
+
+def check_positions(cfg: LMRunConfig, tok) -> None:
+    """Every model takes ``data.block_size`` tokens and the tokenizer's vocabulary; each
+    mistake is one message naming the setting (not an ``IndexError`` in the first step)."""
+    for what, m in (("student", cfg.student), ("teacher", cfg.teacher)):
+        if m is None:
+            continue
+        settings = model_settings(m)
+        limit = next((settings[k] for k in POSITION_KEYS if isinstance(settings.get(k), int)), None)
+        if limit is not None and cfg.data.block_size > limit:
+            raise ConfigError(
+                f"data.block_size {cfg.data.block_size} is longer than the {what}'s position limit {limit} "
+                f"({next(k for k in POSITION_KEYS if settings.get(k) == limit)}); lower data.block_size or "
+                f"raise {what}.kwargs.{next(k for k in POSITION_KEYS if settings.get(k) == limit)}.")
+        vocab = settings.get("vocab_size")
+        own_tok = folder_tokenizer(m.model)
+        need = (own_tok or tok).vocab_size
+        if isinstance(vocab, int) and vocab < need and not (what == "teacher" and cfg.lm.regime == "sequence"):
+            raise ConfigError(f"The {what}'s vocab_size {vocab} is smaller than its tokenizer's {need} tokens; "
+                              f"drop {what}.kwargs.vocab_size (it defaults to the tokenizer's) or raise it.")
+
+
+def check_lm(cfg: LMRunConfig, log, trust: bool = False) -> None:
+    """The whole check (see the module docstring); one line per finding to ``log``."""
+    from .run import (
+        build_distiller,
+        build_student,
+        check_teacher_use,
+        needs_teacher,
+        text_and_tokenizer,
+    )
+
+    tok, train, val = text_and_tokenizer(cfg, log)
+    log(f"tokenizer: {tok.kind}, {tok.vocab_size} tokens; block_size {cfg.data.block_size} fits every model")
+    teacher = _teacher(cfg, tok, log) if needs_teacher(cfg) else None
+    check_teacher_use(cfg, teacher, tok)
+    student, rec = build_student(cfg, tok)
+    log(f"student: {cfg.student.model}, {rec['params']:,} parameters (untrained)")
+    dist_teacher = teacher
+    if cfg.lm.cache_k is not None and teacher is not None and cfg.lm.cache_k > tok.vocab_size:
+        raise ConfigError(f"lm.cache_k {cfg.lm.cache_k} exceeds the vocabulary ({tok.vocab_size} tokens).")
+    distiller = build_distiller(cfg, student, dist_teacher, train, tok)
+    batch = train.take(torch.arange(min(2, len(train))))
+    loss = distiller(batch)["loss"]
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise ConfigError(f"The distiller's loss on an example batch is {value}; check the method settings.")
+    loss.backward()
+    if not any(p.grad is not None for p in student.parameters()):
+        raise ConfigError("The method's loss does not reach the student's parameters; check the method terms.")
+    log(f"method: {', '.join(t.get('name', '?') for t in cfg.method_terms())} on a batch of {batch['x'].shape[0]} "
+        f"rows: loss {value:.4f}, gradients reach the student")
+
+
+def _teacher(cfg: LMRunConfig, tok, log):
+    from ...lm.models import build_causal_lm, check_same_tokenizer
+
+    t = cfg.teacher
+    t_tok = folder_tokenizer(t.model) or tok
+    check_same_tokenizer(t_tok, tok, cfg.lm.regime)
+    kw = {} if t.model.startswith("hf:") else t.kwargs
+    net, rec = build_causal_lm(t.model, kw, t_tok.vocab_size, seed=cfg.teacher_train().seed, eos_id=t_tok.eos_id)
+    net.tokenizer = t_tok
+    net.eval()
+    how = "from its folder" if t.model.startswith("hf:") else "untrained: it is trained first, in the run"
+    log(f"teacher: {t.model}, {rec['params']:,} parameters ({how})")
+    return net
