@@ -140,6 +140,16 @@ def test_run_folder_tools_export_profile_generate_eval(corpus, tmp_path, capsys)
     assert main(["eval", str(run)]) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["val"]["nll"] == pytest.approx(results["final"]["val"]["nll"], abs=1e-9)
+    # the image-only tools say what to use instead, in one line
+    for args in (["quantize", str(run)], ["predict", str(run), str(tmp_path / "x.npz")]):
+        assert main(args) != 0
+        err = capsys.readouterr().err
+        assert "not available for task 'causal-lm'" in err and "kdistill generate" in err
+    # a run folder given as a model: the message names the models inside it
+    wrong = write(tmp_path / "w.yaml", raw_config(corpus, tmp_path, teacher={"model": f"hf:{run}"},
+                                                 output={"name": "w"}))
+    assert main(["train", str(wrong), "--check"]) != 0
+    assert f"hf:{run / 'student'} and hf:{run / 'teacher'}" in capsys.readouterr().err
 
 
 def test_compare_methods_seeds_and_report(corpus, tmp_path, capsys):
@@ -171,7 +181,34 @@ def test_compare_methods_seeds_and_report(corpus, tmp_path, capsys):
     assert gkd_cfg["teacher"]["model"].endswith("forward_kl-s1/teacher")
     html = (out / "report.html").read_text()
     assert "Generations" in html and "the cat" in html and "validation perplexity" in html
+    assert html.count("<td style=") == 2 * 12  # each of the 12 runs: its name, its completion of "the cat"
+    for name in ("forward_kl", "reverse_kl", "gkd"):  # best: the lowest perplexity of any epoch
+        curves = [[json.loads(line)["val_ppl"] for line in (out / f"{name}-s{s}" / "metrics.jsonl").read_text().splitlines()
+                   if "val_ppl" in json.loads(line)] for s in range(3)]
+        assert rows[name]["best_acc"]["mean"] == pytest.approx(sum(min(c) for c in curves) / 3)
+        assert rows[name]["best_acc"]["mean"] <= rows[name]["last_acc"]["mean"]
     assert (out / "plots" / "learning_curves.png").is_file()
+    _renders_in_chromium(out / "report.html", tmp_path)
+
+
+def _renders_in_chromium(page, tmp_path):
+    """The report page in a real browser: a screenshot that is not blank."""
+    import shutil
+    import subprocess
+
+    from matplotlib.image import imread
+
+    exe = next((c for c in ("/usr/bin/chromium", "/usr/bin/chromium-browser", shutil.which("chromium") or "")
+                if c and shutil.os.path.isfile(c)), None)
+    if exe is None:
+        pytest.skip("chromium not installed (apt-get install -y chromium); cannot check the page renders")
+    shot = tmp_path / "shot.png"
+    subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--screenshot={shot}",
+                    "--window-size=1200,2400", f"--user-data-dir={tmp_path / 'profile'}", page.resolve().as_uri()],
+                   capture_output=True, timeout=90, check=False)
+    assert shot.is_file(), "chromium wrote no screenshot"
+    img = imread(str(shot))[..., :3]
+    assert float((img.min(-1) < 0.9).mean()) > 0.02 and float(img.var()) > 1e-3
 
 
 def test_kd_train_from_python_with_task(corpus, tmp_path):
@@ -184,3 +221,31 @@ def test_kd_train_from_python_with_task(corpus, tmp_path):
     assert res["task"] == "causal-lm" and res["final"]["val"]["ppl"] < 257
     with pytest.raises(ConfigError, match="give a config"):
         kd.train(student=torch.nn.Linear(2, 2), task="causal-lm")
+
+
+def test_example_config_checks_without_training(corpus, capsys):
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "lm_distill.yaml"
+    assert main(["train", str(example), "--check", "--set", f"data.train={corpus}"]) == 0
+    out = capsys.readouterr().out
+    assert "teacher: hf-config, 722,304 parameters" in out and "student: hf-config, 74,048 parameters" in out
+    assert "OK: the run can start." in out
+    assert main(["train", str(example), "--check", "--set", "data.train=/nonexistent/fortunes"]) != 0
+    err = capsys.readouterr().err
+    assert "/nonexistent/fortunes" in err and "Traceback" not in err
+
+
+def test_no_task_switch_outside_the_tasks():
+    """Callers dispatch on the task registry: outside kdistill/tasks (and lm/, the causal-LM
+    building blocks) no code compares a task's name or asks whether a run is an LM run."""
+    import re
+    from pathlib import Path
+
+    import kdistill
+
+    root = Path(kdistill.__file__).parent
+    switch = re.compile(r"task\s*==|is_lm|[=!]=\s*['\"]causal-lm|['\"]causal-lm['\"]\s*[=!]=|in \(['\"]causal-lm")
+    found = [f"{f.relative_to(root)}: {m.group(0)}" for f in root.rglob("*.py")
+             if f.relative_to(root).parts[0] not in ("tasks", "lm") for m in switch.finditer(f.read_text())]
+    assert found == []

@@ -43,6 +43,9 @@ class Headline:
     higher_is_better: bool = True
     #: shown as a percentage (a fraction in [0, 1]); else as a plain number
     percent: bool = True
+    #: the run's ``best`` epoch was selected on this metric; else ``best`` is read from the
+    #: per-epoch rows (the causal-LM Trainer selects on token accuracy, not perplexity)
+    selects_best: bool = True
 
     @property
     def column(self) -> str:
@@ -70,9 +73,19 @@ class Task:
     student_folder: ClassVar[str] = "."
     #: the report rebuilds networks for a reliability diagram and per-class accuracy
     calibration: ClassVar[bool] = False
+    #: the whole-run tools written for this task's saved models besides the hooks below
+    #: (``quantize``, ``predict``: image classifiers)
+    tools: ClassVar[frozenset[str]] = frozenset()
+    #: what a user can do instead, added to the message of an unsupported tool
+    hint: ClassVar[str] = ""
 
     def unsupported(self, what: str) -> ConfigError:
-        return ConfigError(f"{what} is not available for task {self.name!r} runs.")
+        return ConfigError(f"{what} is not available for task {self.name!r} runs.{' ' + self.hint if self.hint else ''}")
+
+    def require(self, tool: str) -> None:
+        """Raise the one-line error when ``kdistill <tool>`` does not apply to this task."""
+        if tool not in self.tools:
+            raise self.unsupported(f"kdistill {tool}")
 
     # -- one run -------------------------------------------------------------------------
     def check(self, cfg: Any, log: Log, trust: bool = False) -> None:

@@ -27,7 +27,10 @@ def export_cmd(
 ) -> None:
     """Export the run's student and check it against PyTorch on the test set (writes export.json)."""
     if int8 or int8_method is not None:
+        from ..config import run_task
         from ..quantize import export_int8
+
+        run_task(run_dir).require("quantize")
 
         entry = export_int8(run_dir, int8_method, format=format or "onnx", out=out, trust_code=trust_code)
         if as_json:
@@ -84,6 +87,9 @@ def profile_cmd(
 
         if run_dir is None:
             raise ConfigError("--int8 profiles a run folder's int8 students; give the run folder.")
+        from ..config import run_task
+
+        run_task(run_dir).require("quantize")
         res = profile_int8(run_dir, parse_ints(batch_sizes, "--batch-sizes"), repeats, warmup, trust_code=trust_code)
         if as_json:
             print(json.dumps(res, indent=2))
@@ -137,7 +143,11 @@ def predict_cmd(
     trust_code: TrustCodeOpt = False,
 ) -> None:
     """Batch inference with the saved student: writes logits, probs and pred."""
+    from ..config import run_task
     from ..predict import predict
+
+    if source.is_dir() and (source / "config.yaml").is_file():
+        run_task(source).require("predict")
 
     res = predict(source, inputs, out, batch_size=batch_size, trust_code=trust_code)
     console.print(f"Predicted {res['samples']} samples ({res['num_classes']} classes, {res['backend']}) "
@@ -154,6 +164,8 @@ def generate_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the completions as JSON.")] = False,
 ) -> None:
     """The run's student completing prompts."""
+    from rich.markup import escape
+
     from ..config import run_task
 
     out = run_task(run_dir).generate(run_dir, list(prompt), max_new_tokens=max_new_tokens, temperature=temperature,
@@ -162,4 +174,4 @@ def generate_cmd(
         print(json.dumps(out, indent=2))
         return
     for o in out:
-        console.print(f"[bold]{o['prompt']}[/]{o['completion']}", highlight=False)
+        console.print(f"[bold]{escape(o['prompt'])}[/]{escape(o['completion'])}", highlight=False)

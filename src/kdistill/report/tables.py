@@ -145,6 +145,8 @@ class RunRecord:
 
     def score(self, which: str = "final") -> Any:
         """The headline metric at the last epoch (``final``) or the best one (``best``)."""
+        if which == "best" and not self.headline.selects_best:
+            return best_of(self.metrics, self.headline)
         return _get(self.results, which, self.headline.split, self.headline.key)
 
     def test(self, which: str = "final") -> dict[str, Any]:
@@ -190,6 +192,14 @@ class RunRecord:
             except (ValueError, KeyError, TypeError, OSError):
                 return None
         return None
+
+
+def best_of(rows: list[dict[str, Any]], hl: Headline) -> float | None:
+    """The best per-epoch value of the headline (``<split>_<key>`` in metrics.jsonl rows)."""
+    vals = [r[hl.column] for r in rows if _is_number(r.get(hl.column))]
+    if not vals:
+        return None
+    return max(vals) if hl.higher_is_better else min(vals)
 
 
 def _is_number(v: Any) -> bool:
@@ -359,7 +369,9 @@ def _teacher_row(records: list[RunRecord]) -> dict[str, Any] | None:
         tdir = next((d for d in (x.teacher_dir() for x in rs) if d is not None), None)
         names.append(tdir.parent.name if tdir is not None else r.name)
         b = None
-        if tdir is not None:
+        if tdir is not None and not hl.selects_best:
+            b = best_of(read_metrics(tdir / "metrics.jsonl")[0], hl)
+        elif tdir is not None:
             try:
                 b = _get(json.loads((tdir / "results.json").read_text()), "best", hl.split, hl.key)
             except (ValueError, OSError):
@@ -570,7 +582,8 @@ def table_legend(agg: dict[str, Any]) -> str:
         better = "higher" if hl.higher_is_better else "lower"
         return (
             f"{hl.label} is the {hl.words} ({better} is better): mean ± half-width of the 95% Student-t interval "
-            f"over seeds (std is the sample std, ddof=1, of the last-epoch value). Δ vs scratch is the paired "
+            f"over seeds (std is the sample std, ddof=1, of the last-epoch value; best is each run's best epoch). "
+            f"Δ vs scratch is the paired "
             f"difference of the last-epoch {hl.label} to the scratch student (cross-entropy alone) over the same "
             "seeds. Agreement is top-1 agreement with the teacher (per token for a language model)."
         )

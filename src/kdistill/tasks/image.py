@@ -16,6 +16,7 @@ class ImageClassification(Task):
     config = RunConfig
     headline = Headline()  # test top-1 accuracy, in percent
     calibration = True
+    tools = frozenset({"quantize", "predict"})
 
     def check(self, cfg, log, trust=False):
         from ..schemes import check_run

@@ -18,8 +18,11 @@ class CausalLMTask(Task):
     """Runs compared on validation perplexity (lower is better)."""
 
     config = LMRunConfig
-    headline = Headline("val", "ppl", "ppl", "validation perplexity", higher_is_better=False, percent=False)
+    headline = Headline("val", "ppl", "ppl", "validation perplexity", higher_is_better=False, percent=False,
+                        selects_best=False)
     student_folder = "student"
+    hint = ("A causal-LM run's student is the Hugging Face folder RUN/student: `kdistill generate RUN --prompt TEXT`, "
+            "`kdistill export RUN` (a checked HF folder), `kdistill profile RUN`, `kdistill eval RUN`.")
 
     def check(self, cfg, log, trust=False):
         from .check import check_lm

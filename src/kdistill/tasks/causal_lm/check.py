@@ -79,6 +79,10 @@ def check_lm(cfg: LMRunConfig, log, trust: bool = False) -> None:
     )
 
     tok, train, val = text_and_tokenizer(cfg, log)
+    for name, ds in (("training", train), ("validation", val)):
+        if ds.targets() == 0:  # every completion cut off by block_size, or no assistant turn
+            raise ConfigError(f"The {name} rows hold no target token (a prompt fills every block, or no record "
+                              "has a completion / assistant turn); raise data.block_size or check the records.")
     log(f"tokenizer: {tok.kind}, {tok.vocab_size} tokens; block_size {cfg.data.block_size} fits every model")
     teacher = _teacher(cfg, tok, log) if needs_teacher(cfg) else None
     check_teacher_use(cfg, teacher, tok)

@@ -174,12 +174,16 @@ def generate_lm(run_dir: Path, prompts: list[str], max_new_tokens: int = 48, tem
 
 def generations_table(records: list[Any]) -> list[tuple]:
     """The report's block of the fixed prompts (``lm.sample_prompts``) and each run's greedy
-    completion, side by side: one row per prompt and run."""
+    completion, side by side: one row per run, one column per prompt."""
+    prompts: list[str] = []
+    for r in records:
+        for smp in r.results.get("samples") or []:
+            if smp.get("prompt") not in prompts:
+                prompts.append(smp.get("prompt"))
+    if not prompts:
+        return []
     rows = []
     for r in records:
-        for s in r.results.get("samples") or []:
-            rows.append([s.get("prompt", ""), r.name, s.get("completion", "")])
-    if not rows:
-        return []
-    rows.sort(key=lambda row: row[0])
-    return [("h2", "Generations (greedy, fixed prompts)"), ("grid", ["prompt", "run", "completion"], rows)]
+        got = {smp.get("prompt"): smp.get("completion", "") for smp in r.results.get("samples") or []}
+        rows.append([r.name, *(got.get(p, "-") for p in prompts)])
+    return [("h2", "Generations (greedy, fixed prompts)"), ("grid", ["run", *prompts], rows)]
