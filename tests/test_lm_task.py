@@ -127,6 +127,20 @@ def test_run_folder_tools_export_profile_generate_eval(corpus, tmp_path, capsys)
     with torch.no_grad():
         torch.testing.assert_close(reloaded(input_ids=x).logits[..., :257], mine.eval()(x))
     assert json.loads((run / "export.json").read_text())["hf"]["path"] == entry["path"]
+    pytest.importorskip("onnxruntime")
+    assert main(["export", str(run), "--format", "onnx", "--json"]) == 0
+    onnx = json.loads(capsys.readouterr().out)
+    assert onnx["parity"]["max_abs_diff"] < 1e-4 and onnx["parity"]["top1_agreement"] == 1.0
+    import onnxruntime as ort
+
+    # the sequence length is dynamic: a shorter prompt than the exported example gives PyTorch's logits
+    session = ort.InferenceSession(onnx["path"], providers=["CPUExecutionProvider"])
+    short = x[:, :7].numpy()
+    torch.testing.assert_close(torch.from_numpy(session.run(None, {"input_ids": short})[0]),
+                               mine(x[:, :7]).detach(), atol=1e-4, rtol=1e-4)
+    assert set(json.loads((run / "export.json").read_text())) == {"hf", "onnx"}
+    assert main(["export", str(run), "--format", "torchscript"]) != 0
+    assert "--format hf" in capsys.readouterr().err
     assert main(["profile", str(run), "--json", "--repeats", "2", "--warmup", "0"]) == 0
     prof = json.loads(capsys.readouterr().out)
     s, t = prof["student"], prof["teacher"]

@@ -48,9 +48,11 @@ def export_lm(run_dir: Path, out: Path | None = None, format: str | None = None,
     (default ``RUN/export/hf``), load it back with ``AutoModelForCausalLM`` and compare its
     logits with the run's student on validation rows; the entry goes to ``RUN/export.json``."""
     fmt = format or "hf"
-    if fmt != "hf":
-        raise ConfigError(f"A causal-LM run exports --format hf (a Hugging Face folder); got {fmt!r}.")
+    if fmt not in ("hf", "onnx"):
+        raise ConfigError(f"A causal-LM run exports --format hf (a Hugging Face folder) or onnx; got {fmt!r}.")
     student, tok = _student(run_dir)
+    if fmt == "onnx":
+        return export_lm_onnx(run_dir, student, tok, out)
     dest = Path(out) if out is not None else run_dir / "export" / "hf"
     if dest.exists():
         shutil.rmtree(dest)
@@ -69,6 +71,49 @@ def export_lm(run_dir: Path, out: Path | None = None, format: str | None = None,
                    "top1_agreement": float((a.argmax(-1) == b.argmax(-1)).float().mean())},
     }
     _merge_json(run_dir / "export.json", "hf", entry)
+    return entry
+
+
+def export_lm_onnx(run_dir: Path, student: CausalLM, tok, out: Path | None = None) -> dict[str, Any]:
+    """The student as ONNX (``torch.onnx.export``'s dynamo exporter; batch and sequence length
+    dynamic up to ``data.block_size``): token ids ``(N, L)`` in, logits ``(N, L, V)`` out,
+    checked in ONNX Runtime against PyTorch on validation rows."""
+    import logging
+    import warnings
+
+    from ...config import load_config
+
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ConfigError("ONNX export needs the 'export' extra: pip install 'kdistill[export]'.") from None
+    dest = Path(out) if out is not None else run_dir / "export" / "student.onnx"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    x = _parity_rows(run_dir, tok)
+    block = load_config(run_dir / "config.yaml").data.block_size
+    dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("tokens", max=max(block, 2))}
+    level = logging.getLogger("torch.onnx").level
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(student, (x,), str(dest), input_names=["input_ids"], output_names=["logits"],
+                              dynamic_shapes={"input_ids": dims}, dynamo=True, verbose=False)
+    except Exception as e:  # noqa: BLE001  (the exporter's many failure types: one message)
+        raise ConfigError(f"This model does not export to ONNX with torch.onnx ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}); use --format hf.") from None
+    finally:
+        logging.getLogger("torch.onnx").setLevel(level)
+    session = ort.InferenceSession(str(dest), providers=["CPUExecutionProvider"])
+    a = torch.from_numpy(session.run(None, {"input_ids": x.numpy()})[0])
+    with torch.no_grad():
+        b = student(x)
+    entry = {"format": "onnx", "path": str(dest), "file_bytes": dest.stat().st_size,
+             "runtime": f"onnxruntime {ort.__version__} (CPU)",
+             "parity": {"samples": int(x.shape[0]), "tokens": int(x.numel()),
+                        "max_abs_diff": float((a - b).abs().max()),
+                        "top1_agreement": float((a.argmax(-1) == b.argmax(-1)).float().mean())}}
+    _merge_json(run_dir / "export.json", "onnx", entry)
     return entry
 
 
