@@ -88,6 +88,8 @@ def test_check_builds_models_and_runs_the_distiller_once(corpus, tmp_path, capsy
     err = capsys.readouterr().out
     assert "teacher: hf-config" in err and "untrained" in err and "gradients reach the student" in err
     assert not (tmp_path / "run").exists()  # nothing trained, nothing written
+    assert main(["train", str(cfg), "--resume"]) != 0
+    assert "nothing to resume" in capsys.readouterr().err
     # a student whose positions stop short of block_size: one error line, before any training
     short = write(tmp_path / "short.yaml", raw_config(corpus, tmp_path, student={"kwargs": dict(
         TINY, max_position_embeddings=16)}))
@@ -263,3 +265,20 @@ def test_no_task_switch_outside_the_tasks():
     found = [f"{f.relative_to(root)}: {m.group(0)}" for f in root.rglob("*.py")
              if f.relative_to(root).parts[0] not in ("tasks", "lm") for m in switch.finditer(f.read_text())]
     assert found == []
+
+
+def test_sweep_plans_lm_cells(corpus, tmp_path):
+    """compare/sweep plan LM cells through the one config: each cell an LMRunConfig with its
+    point and seed, plus the scratch student (cross-entropy alone)."""
+    from kdistill.runs.grid import parse_grid, plan_sweep
+
+    cfg = load_config(base=raw_config(corpus, tmp_path))
+    cells = plan_sweep(cfg, parse_grid(["method.beta=0.1,0.9", "lm.regime=supervised,on_policy"]), [0, 1])
+    points = ("beta0.1_regimesupervised", "beta0.1_regimeon_policy", "beta0.9_regimesupervised",
+              "beta0.9_regimeon_policy")
+    assert [c.name for c in cells[:5]] == ["scratch-s0", *(f"{p}-s0" for p in points)]
+    assert all(isinstance(c.cfg, LMRunConfig) for c in cells)
+    assert cells[4].cfg.method["beta"] == 0.9 and cells[4].cfg.lm.regime == "on_policy" and cells[4].cfg.train.seed == 0
+    assert cells[5].cfg.method == {"name": "ce"} and cells[5].cfg.train.seed == 1
+    with pytest.raises(ConfigError, match="lm.regime"):
+        plan_sweep(cfg, parse_grid(["lm.regime=offline"]), [0])

@@ -29,6 +29,15 @@ class CausalLMTask(Task):
 
         check_lm(cfg, log, trust)
 
+    def check_resume(self, cfg, run_dir=None):
+        from ...errors import ConfigError
+        from .run import run_dir_for
+
+        path = run_dir_for(cfg, run_dir)
+        if not (path / "config.yaml").is_file():
+            raise ConfigError(f"--resume: {path} holds no run, so there is nothing to resume. Drop --resume to "
+                              "start a new run (or set output.name / --run-dir to the run's folder).")
+
     def run(self, cfg, run_dir=None, resume=False, log=print, trust=False):
         from .run import run_lm
 
