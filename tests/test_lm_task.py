@@ -104,6 +104,7 @@ def test_check_builds_models_and_runs_the_distiller_once(corpus, tmp_path, capsy
     assert "vocab_size 100" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_run_folder_tools_export_profile_generate_eval(corpus, tmp_path, capsys):
     cfg = write(tmp_path / "lm.yaml", raw_config(corpus, tmp_path, train={"epochs": 1}))
     assert main(["train", str(cfg), "-q"]) == 0
@@ -168,6 +169,7 @@ def test_run_folder_tools_export_profile_generate_eval(corpus, tmp_path, capsys)
     assert f"hf:{run / 'student'} and hf:{run / 'teacher'}" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_compare_methods_seeds_and_report(corpus, tmp_path, capsys):
     raw = raw_config(corpus, tmp_path, train={"epochs": 1}, data={"max_blocks": 40})
     cfg = write(tmp_path / "lm.yaml", raw)
