@@ -12,15 +12,15 @@ import torch
 
 pytest.importorskip("transformers")
 
-from kdistill.errors import ConfigError, DataError  # noqa: E402
 from kdistill.config import load_config  # noqa: E402
+from kdistill.errors import ConfigError, DataError  # noqa: E402
 from kdistill.lm import ByteTokenizer, build_causal_lm, load_text_dataset  # noqa: E402
-from kdistill.tasks.causal_lm.run import run_lm  # noqa: E402
 from kdistill.lm.data import records_dataset  # noqa: E402
 from kdistill.lm.generate import complete_rows, sample  # noqa: E402
 from kdistill.lm.models import check_same_tokenizer, load_tokenizer  # noqa: E402
 from kdistill.lm.onpolicy import OnPolicyDistiller  # noqa: E402
 from kdistill.methods import build_term  # noqa: E402
+from kdistill.tasks.causal_lm.run import run_lm  # noqa: E402
 
 TINY = {"model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
         "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 64}

@@ -12,8 +12,8 @@ import torch
 pytest.importorskip("transformers")
 datasets = pytest.importorskip("datasets")
 
-from kdistill.errors import ConfigError, DataError  # noqa: E402
 from kdistill.config import load_config  # noqa: E402
+from kdistill.errors import ConfigError, DataError  # noqa: E402
 from kdistill.lm import ByteTokenizer, load_text_dataset  # noqa: E402
 from kdistill.lm.data import chat_tokens, records_dataset  # noqa: E402
 

@@ -21,9 +21,13 @@ from safetensors.torch import load_file  # noqa: E402
 
 from kdistill.config import load_config  # noqa: E402
 from kdistill.lm import ByteTokenizer, build_causal_lm  # noqa: E402
-from kdistill.tasks.causal_lm.run import run_lm  # noqa: E402
-from kdistill.tasks.causal_lm.run import build_distiller, build_student, load_data  # noqa: E402
 from kdistill.methods._token import token_loss  # noqa: E402
+from kdistill.tasks.causal_lm.run import (  # noqa: E402
+    build_distiller,
+    build_student,
+    load_data,
+    run_lm,
+)
 from kdistill.teachers import TeacherOutput  # noqa: E402
 
 TINY = {"model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
