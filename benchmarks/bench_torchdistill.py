@@ -27,7 +27,7 @@ Shared by both sides
   ``"."`` (the model's own output), so no wrapper module is needed.
 * Data: Fashion-MNIST (``kdistill.data.load_dataset("fashion-mnist", pad_to=32)``:
   standardised, zero-padded 28 -> 32), the same random subset of ``--n-train`` images
-  (``ArrayDataset.subset(n, seed)``, as ``run_bench`` picks it); augmentation random
+  (``kdistill.data.subset(data, n, seed)``, as ``run_bench`` picks it); augmentation random
   crop 32 with padding 4 (zero fill) + horizontal flip p=0.5; batch 128, shuffled,
   incomplete last batch dropped.
 * Loss: ``0.9 * T^2 * KL(p_t^T || p_s^T) + 0.1 * CE(student, label)``, T = 4.
@@ -198,10 +198,10 @@ def build_model(name: str, seed: int):
 def load_subset(n_train: int, seed: int, normalize: bool = True):
     """The benchmark's training images: the subset ``run_bench`` draws (same seed, same
     indices)."""
-    from kdistill.data import load_dataset
+    from kdistill.data import load_dataset, subset
 
     data = load_dataset("fashion-mnist", pad_to=32, normalize=normalize).train
-    return data.subset(n_train, seed=seed) if n_train else data
+    return subset(data, n_train, seed=seed) if n_train else data
 
 
 def _timed(step: Callable[[object], object], batches: Iterator, warmup: int, steps: int) -> tuple[float, float]:

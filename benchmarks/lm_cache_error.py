@@ -18,10 +18,11 @@ from pathlib import Path
 
 import torch
 
-from kdistill.lm import build_causal_lm, load_lm_config, load_tokenizer
+from kdistill.config import load_config
+from kdistill.lm import build_causal_lm, load_tokenizer
 from kdistill.lm.cache import LMCachedTeacher, write_lm_cache
-from kdistill.lm.experiment import load_data
 from kdistill.methods._token import token_loss
+from kdistill.tasks.causal_lm.run import load_data
 from kdistill.teachers import TeacherOutput
 
 KINDS = ("forward_kl", "reverse_kl", "jsd")
@@ -34,7 +35,7 @@ def main() -> None:
     ap.add_argument("--ks", default="8,32,128,257")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    cfg = load_lm_config(args.student.parent / "config.yaml")
+    cfg = load_config(args.student.parent / "config.yaml")
     tok = load_tokenizer(f"hf:{args.teacher}")
     _, val = load_data(cfg, tok)
     teacher, _ = build_causal_lm(f"hf:{args.teacher}", {}, tok.vocab_size)

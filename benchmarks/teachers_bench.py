@@ -30,8 +30,9 @@ from pathlib import Path
 
 import torch
 
-from kdistill.lm import load_lm_config, run_lm
+from kdistill.config import load_config
 from kdistill.lm.suite import llama
+from kdistill.tasks.causal_lm.run import run_lm
 
 LICENSES = Path("/usr/share/common-licenses")
 GNU = ("GPL-1", "GPL-2", "GPL-3", "LGPL-2", "LGPL-2.1", "LGPL-3", "GFDL-1.2", "GFDL-1.3")
@@ -74,7 +75,7 @@ def run(cfg: dict) -> dict:
     if done.is_file():
         return json.loads(done.read_text())
     t0 = time.perf_counter()
-    res = run_lm(load_lm_config(base=cfg), resume=True, log=lambda s: None)
+    res = run_lm(load_config(base=cfg), resume=True, log=lambda s: None)
     print(f"{cfg['output']['name']}: val ppl {res['final']['val']['ppl']:.4f} ({time.perf_counter() - t0:.0f} s)",
           flush=True)
     return res

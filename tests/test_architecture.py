@@ -348,8 +348,11 @@ def test_the_recipes_in_architecture_md_run_as_printed():
 
     text = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert len(blocks) == 4
+    assert len(blocks) == 5
     for code in blocks:
         exec(compile(code, "ARCHITECTURE.md", "exec"), {})
     assert "logit_l2" in METHODS and "parity" in DATASETS and "two_steps" in SCHEMES and "wide_mlp" in TEACHER_KINDS
+    from kdistill.task import TASKS
+
+    assert "regression" in TASKS
     assert len(load_dataset("parity", n=40).train) == 30

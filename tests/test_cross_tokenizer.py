@@ -15,11 +15,13 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
+from kdistill.config import load_config  # noqa: E402
 from kdistill.errors import ConfigError  # noqa: E402
-from kdistill.lm import ByteTokenizer, build_causal_lm, load_lm_config, load_text_dataset, run_lm  # noqa: E402
+from kdistill.lm import ByteTokenizer, build_causal_lm, load_text_dataset  # noqa: E402
 from kdistill.lm.cross_tokenizer import CrossTokenizerTeacher, encode_like, span_groups, token_spans  # noqa: E402
 from kdistill.lm.models import load_tokenizer  # noqa: E402
 from kdistill.methods._cross import gold_loss, merge_groups, sorted_l1, uld_loss  # noqa: E402
+from kdistill.tasks.causal_lm.run import run_lm  # noqa: E402
 from kdistill.teachers import TeacherOutput  # noqa: E402
 
 TINY = {"model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
@@ -98,7 +100,7 @@ def test_loss_is_zero_for_the_same_model_and_tokenizer(corpus, bpe):
 
 
 def _cfg(corpus, tmp_path, name, teacher, method, tokenizer="byte", epochs=3, **lm):
-    return load_lm_config(base={
+    return load_config(base={
         "task": "causal-lm",
         "data": {"train": str(corpus), "block_size": 24, "batch_size": 16, "val_split": 0.2, "separator": "%"},
         "tokenizer": tokenizer, "teacher": teacher, "student": {"model": "hf-config", "kwargs": TINY},

@@ -12,13 +12,15 @@ import torch
 
 pytest.importorskip("transformers")
 
+from kdistill.config import load_config  # noqa: E402
 from kdistill.errors import ConfigError, DataError  # noqa: E402
-from kdistill.lm import ByteTokenizer, build_causal_lm, load_lm_config, load_text_dataset, run_lm  # noqa: E402
+from kdistill.lm import ByteTokenizer, build_causal_lm, load_text_dataset  # noqa: E402
 from kdistill.lm.data import records_dataset  # noqa: E402
 from kdistill.lm.generate import complete_rows, sample  # noqa: E402
 from kdistill.lm.models import check_same_tokenizer, load_tokenizer  # noqa: E402
 from kdistill.lm.onpolicy import OnPolicyDistiller  # noqa: E402
 from kdistill.methods import build_term  # noqa: E402
+from kdistill.tasks.causal_lm.run import run_lm  # noqa: E402
 
 TINY = {"model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
         "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 64}
@@ -168,7 +170,7 @@ def _config(corpus, tmp_path, **over):
     }
     for k, v in over.items():
         raw[k] = v if not isinstance(v, dict) else {**raw.get(k, {}), **v}
-    return load_lm_config(base=raw)
+    return load_config(base=raw)
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +194,7 @@ def test_run_supervised_then_teacher_folder_and_resume_exact(corpus, tmp_path):
     assert res["train_step_time_s"] <= res["train_time_s"]
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["final"]["val"]["ppl"] == val["ppl"]
-    teacher_dir = tmp_path / "run" / "teacher" / "model"
+    teacher_dir = tmp_path / "run" / "teacher"
     # the trained teacher as hf:PATH; a run extended by --resume equals one trained at once
     # (constant learning rate: a cosine schedule depends on the planned number of epochs)
     t = {"model": f"hf:{teacher_dir}"}

@@ -12,8 +12,9 @@ import torch
 pytest.importorskip("transformers")
 datasets = pytest.importorskip("datasets")
 
+from kdistill.config import load_config  # noqa: E402
 from kdistill.errors import ConfigError, DataError  # noqa: E402
-from kdistill.lm import ByteTokenizer, load_lm_config, load_text_dataset  # noqa: E402
+from kdistill.lm import ByteTokenizer, load_text_dataset  # noqa: E402
 from kdistill.lm.data import chat_tokens, records_dataset  # noqa: E402
 
 CHAT = [
@@ -139,7 +140,7 @@ def test_config_maps_columns():
     def cfg(*overrides):  # a fresh base each time: overrides write into the base's sections
         base = {"task": "causal-lm", "data": {"train": "x.parquet"}, "tokenizer": "byte",
                 "student": {"model": "hf-config"}}
-        return load_lm_config(base=base, overrides=list(overrides))
+        return load_config(base=base, overrides=list(overrides))
 
     assert cfg("data.messages_column=conv").data.columns() == {"messages": "conv"}
     assert cfg("data.completion_column=answer").data.columns() == {"prompt": "prompt", "completion": "answer"}
@@ -210,14 +211,14 @@ def test_cli_reports_a_bad_chat_record_in_one_line(tmp_path, capsys):
 def test_sequence_level_run_prompts_a_chat_up_to_its_last_reply(tmp_path):
     """The teacher completes each conversation from its last assistant header: the transfer
     set's prompts are the chat's turns before the last reply."""
-    from kdistill.lm import run_lm
+    from kdistill.tasks.causal_lm.run import run_lm
 
     recs = [{"messages": [{"role": "user", "content": f"say {w}"}, {"role": "assistant", "content": w}]}
             for w in ("cat", "dog", "sun", "sea", "map", "pen", "cup", "hat")]
     data = _write_jsonl(tmp_path / "chat.jsonl", recs)
     tiny = {"model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
             "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 64}
-    cfg = load_lm_config(base={
+    cfg = load_config(base={
         "task": "causal-lm", "data": {"train": str(data), "val": str(data), "block_size": 32, "batch_size": 8},
         "tokenizer": "byte", "teacher": {"model": "hf-config", "kwargs": tiny, "train": {"epochs": 1}},
         "student": {"model": "hf-config", "kwargs": tiny}, "method": {"name": "ce"},

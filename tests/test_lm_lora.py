@@ -13,12 +13,14 @@ import torch
 pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
+from kdistill.config import load_config  # noqa: E402
 from kdistill.errors import ConfigError  # noqa: E402
-from kdistill.lm import ByteTokenizer, build_causal_lm, load_lm_config, run_lm  # noqa: E402
+from kdistill.lm import ByteTokenizer, build_causal_lm  # noqa: E402
 from kdistill.lm.chunked import LMDistiller, decoder_and_head  # noqa: E402
 from kdistill.lm.generate import sample  # noqa: E402
 from kdistill.lm.lora import apply_lora  # noqa: E402
 from kdistill.methods import create  # noqa: E402
+from kdistill.tasks.causal_lm.run import run_lm  # noqa: E402
 
 TINY = {"model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
         "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 64}
@@ -90,7 +92,7 @@ def test_merged_folder_and_adapter_give_the_same_logits(tmp_path):
 
 
 def _config(corpus, tmp_path, name, epochs, teacher):
-    return load_lm_config(base={
+    return load_config(base={
         "task": "causal-lm", "tokenizer": "byte",
         "data": {"train": str(corpus), "block_size": 24, "batch_size": 16, "val_split": 0.2, "separator": "%"},
         "teacher": {"model": f"hf:{teacher}"},
@@ -119,7 +121,9 @@ def test_lora_run_saves_both_and_resumes_exactly(corpus, tmp_path):
     from kdistill.lm.metrics import lm_metrics
 
     text = load_text_dataset(str(corpus), ByteTokenizer(), block_size=24, prompt_tokens=6, separator="%")
-    _, val = text.split(0.2, 0)  # the run's validation rows (val_split 0.2, split_seed 0)
+    from kdistill.data import split
+
+    _, val = split(text, 0.2, 0)  # the run's validation rows (val_split 0.2, split_seed 0)
     assert abs(lm_metrics(merged, val, 64, "cpu")["nll"] - straight["final"]["val"]["nll"]) < 1e-5
 
 
@@ -127,9 +131,9 @@ def test_bad_peft_settings(corpus, tmp_path):
     raw = {"task": "causal-lm", "data": {"train": "t.txt"}, "teacher": {"model": "hf:t", "peft": {"r": 4}},
            "student": {"model": "hf-config"}}
     with pytest.raises(ConfigError, match="teacher.peft"):
-        load_lm_config(base=raw)
+        load_config(base=raw)
     with pytest.raises(ConfigError, match="r"):
-        load_lm_config(base={**raw, "teacher": None, "student": {"model": "hf-config", "peft": {"r": 0}}})
+        load_config(base={**raw, "teacher": None, "student": {"model": "hf-config", "peft": {"r": 0}}})
     student, _ = build_causal_lm("hf-config", TINY, 257, seed=3)
     with pytest.raises(ConfigError, match="student.peft"):
         apply_lora(student, {**LORA, "target_modules": ["no_such_layer"]}, 0)

@@ -19,9 +19,15 @@ pytest.importorskip("transformers")
 
 from safetensors.torch import load_file  # noqa: E402
 
-from kdistill.lm import ByteTokenizer, build_causal_lm, load_lm_config, run_lm  # noqa: E402
-from kdistill.lm.experiment import build_distiller, build_student, load_data  # noqa: E402
+from kdistill.config import load_config  # noqa: E402
+from kdistill.lm import ByteTokenizer, build_causal_lm  # noqa: E402
 from kdistill.methods._token import token_loss  # noqa: E402
+from kdistill.tasks.causal_lm.run import (  # noqa: E402
+    build_distiller,
+    build_student,
+    load_data,
+    run_lm,
+)
 from kdistill.teachers import TeacherOutput  # noqa: E402
 
 TINY = {"model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
@@ -75,7 +81,7 @@ def _torchrun(cfg_file: Path, run_dir: Path, *sets: str) -> subprocess.Completed
 
 
 def _one_process(tmp: Path, raw: dict, name: str, **over) -> dict:
-    cfg = load_lm_config(base={**raw, **over})
+    cfg = load_config(base={**raw, **over})
     return run_lm(cfg, run_dir=tmp / name, log=_silent)
 
 
@@ -126,7 +132,7 @@ def test_two_processes_end_like_one(lm_setup, strategy):
 @pytest.mark.slow
 def test_two_processes_train_the_teacher_and_write_the_cache_once(lm_setup):
     """An hf-config teacher trained in the run (DDP too) and a top-k teacher cache: the main
-    process writes teacher/model and teacher_cache/, the other reads them; the end is the
+    process writes teacher/ and teacher_cache/, the other reads them; the end is the
     1-process run's."""
     tmp, cfg_file, raw = lm_setup
     over = {"teacher": {"model": "hf-config", "kwargs": TINY, "train": {"epochs": 1, "lr": 0.03}},
@@ -141,7 +147,7 @@ def test_two_processes_train_the_teacher_and_write_the_cache_once(lm_setup):
     assert two["teacher"]["val"]["nll"] == pytest.approx(one["teacher"]["val"]["nll"], rel=1e-4)
     from kdistill.lm.cache import module_fingerprint
 
-    saved, _ = build_causal_lm(f"hf:{tmp / 'two_cache' / 'teacher' / 'model'}", {}, 257)
+    saved, _ = build_causal_lm(f"hf:{tmp / 'two_cache' / 'teacher'}", {}, 257)
     assert two["teacher"]["cache"]["teacher"] == module_fingerprint(saved)  # the cache of the saved teacher
     assert not list((tmp / "two_cache" / "teacher_cache").glob(".*"))  # no half-written files left
 
@@ -179,7 +185,7 @@ def test_gradient_checkpointing_same_loss_and_gradients(lm_setup):
     tmp, _, raw = lm_setup
     grads, losses = [], []
     for ckpt in (False, True):
-        cfg = load_lm_config(base={**raw, "lm": {**raw["lm"], "gradient_checkpointing": ckpt}})
+        cfg = load_config(base={**raw, "lm": {**raw["lm"], "gradient_checkpointing": ckpt}})
         tok = ByteTokenizer()
         train, _ = load_data(cfg, tok)
         teacher, _ = build_causal_lm(cfg.teacher.model, {}, tok.vocab_size)

@@ -106,9 +106,9 @@ def lm_setup(tmp_path_factory):
 
 
 def _lm_cfg(root, folders, weighting, name, **extra):
-    from kdistill.lm import load_lm_config
+    from kdistill.config import load_config
 
-    return load_lm_config(base={
+    return load_config(base={
         "task": "causal-lm", "data": {"train": str(root / "r.jsonl"), "block_size": 24, "batch_size": 8,
                                       "val_split": 0.2},
         "tokenizer": "byte", "student": {"model": "hf-config", "kwargs": TINY}, "method": {"name": "forward_kl"},
@@ -121,8 +121,8 @@ def _lm_cfg(root, folders, weighting, name, **extra):
 
 def test_routing_sends_each_record_to_its_teacher(lm_setup):
     from kdistill.lm import ByteTokenizer, build_causal_lm
-    from kdistill.lm.experiment import load_data
     from kdistill.lm.multi_teacher import multi_teacher
+    from kdistill.tasks.causal_lm.run import load_data
 
     root, folders = lm_setup
     cfg = _lm_cfg(root, folders, "route", "unit")
@@ -151,7 +151,7 @@ def test_routing_sends_each_record_to_its_teacher(lm_setup):
 
 def test_lm_runs_with_several_teachers(lm_setup):
     root, folders = lm_setup
-    from kdistill.lm import run_lm
+    from kdistill.tasks.causal_lm.run import run_lm
 
     for weighting in ("route", "entropy"):
         res = run_lm(_lm_cfg(root, folders, weighting, weighting), log=lambda s: None)
@@ -169,8 +169,8 @@ def test_lm_runs_with_several_teachers(lm_setup):
 def test_members_from_their_caches_mix_like_the_live_members(lm_setup):
     from kdistill.lm import ByteTokenizer, build_causal_lm
     from kdistill.lm.cache import write_lm_cache
-    from kdistill.lm.experiment import load_data
     from kdistill.lm.multi_teacher import multi_teacher
+    from kdistill.tasks.causal_lm.run import load_data
 
     root, folders = lm_setup
     tok = ByteTokenizer()
@@ -189,8 +189,8 @@ def test_members_from_their_caches_mix_like_the_live_members(lm_setup):
         live = multi_teacher(live_cfg, tok, train, lambda s: None)[1](batch)
         cached = multi_teacher(cached_cfg, tok, train, lambda s: None)[1](batch)
         torch.testing.assert_close(cached.logits, live.logits, atol=5e-3, rtol=0)
-    from kdistill.lm import load_lm_config
+    from kdistill.config import load_config
 
     with pytest.raises(ConfigError, match="one of the two"):
-        load_lm_config(base={"task": "causal-lm", "data": {"train": "x"}, "student": {"model": "hf-config"},
+        load_config(base={"task": "causal-lm", "data": {"train": "x"}, "student": {"model": "hf-config"},
                              "teacher": {"kind": "multi", "members": [{"model": "hf:a", "cache": "b"}, {"cache": "c"}]}})

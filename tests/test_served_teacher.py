@@ -24,11 +24,13 @@ import torch
 
 pytest.importorskip("transformers")
 
+from kdistill.config import load_config  # noqa: E402
 from kdistill.errors import ConfigError, DataError  # noqa: E402
-from kdistill.lm import ByteTokenizer, build_causal_lm, load_lm_config, load_text_dataset, run_lm  # noqa: E402
+from kdistill.lm import ByteTokenizer, build_causal_lm, load_text_dataset  # noqa: E402
 from kdistill.lm.cache import LMCachedTeacher, write_lm_cache  # noqa: E402
 from kdistill.lm.served import ServedClient, fill_served_cache  # noqa: E402
 from kdistill.lm.teacher_config import ServedTeacherConfig  # noqa: E402
+from kdistill.tasks.causal_lm.run import run_lm  # noqa: E402
 
 TINY = {"model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
         "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 64}
@@ -235,7 +237,7 @@ def test_server_down_and_slow_are_one_message(corpus, tmp_path):
 
 
 def _run_cfg(corpus, tmp_path, teacher, name, **lm):
-    return load_lm_config(base={
+    return load_config(base={
         "task": "causal-lm",
         "data": {"train": str(corpus), "block_size": 24, "batch_size": 16, "val_split": 0.2, "separator": "%"},
         "tokenizer": "byte", "teacher": teacher, "student": {"model": "hf-config", "kwargs": TINY},

@@ -15,7 +15,8 @@ from kdistill.config import validate_config
 from kdistill.errors import ConfigError
 from kdistill.evaluate import _configured_teacher
 from kdistill.runs import TeacherContext, prepare_data
-from kdistill.runs.grid import _reuse_teacher, plan_methods, teacher_key
+from kdistill.runs.grid import image_reuse_teacher as _reuse_teacher
+from kdistill.runs.grid import plan_methods, teacher_key
 from kdistill.runs.preflight import check_epochs, preflight
 from kdistill.teachers import TEACHER_KINDS, ModuleTeacher, register_teacher_kind
 

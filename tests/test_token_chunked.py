@@ -159,17 +159,17 @@ def test_a_model_with_scaled_logits_falls_back_to_full_logits():
 
 
 def test_auto_chunk_and_the_setting():
-    from kdistill.lm import load_lm_config
+    from kdistill.config import load_config
     from kdistill.methods._token_chunked import auto_chunk
 
     assert [auto_chunk(v) for v in (257, 32768, 131072, 1 << 22)] == [1024, 512, 128, 16]
     base = {"task": "causal-lm", "data": {"train": "t.txt"}, "student": {"model": "hf-config"}}
-    assert load_lm_config(base=base).lm.loss_chunk == "auto"
-    assert load_lm_config(base=base, overrides=["lm.loss_chunk=64"]).lm.loss_chunk == 64
-    assert load_lm_config(base=base, overrides=["lm.loss_chunk=null"]).lm.loss_chunk is None
+    assert load_config(base=base).lm.loss_chunk == "auto"
+    assert load_config(base=base, overrides=["lm.loss_chunk=64"]).lm.loss_chunk == 64
+    assert load_config(base=base, overrides=["lm.loss_chunk=null"]).lm.loss_chunk is None
     for bad in ("0", "many"):
         with pytest.raises(ConfigError, match="loss_chunk"):
-            load_lm_config(base=base, overrides=[f"lm.loss_chunk={bad}"])
+            load_config(base=base, overrides=[f"lm.loss_chunk={bad}"])
 
 
 def test_auto_keeps_full_logits_for_a_small_batch(monkeypatch):

@@ -8,7 +8,7 @@ their accuracy (Hinton, Vinyals & Dean 2015 and the work after it).
     >>> out = distiller(batch)   # {"loss", "logits", "loss_ce", "loss_kd"}
 """
 
-from . import data, losses, methods, metrics, models
+from . import data, losses, methods, metrics, models, tasks  # tasks: registers image-classification, causal-lm
 from .config import RunConfig, load_config
 from .errors import KdistillError
 from .losses import kd_loss, soft_targets
@@ -50,5 +50,6 @@ __all__ = [
     "metrics",
     "models",
     "soft_targets",
+    "tasks",
     "train",
 ]

@@ -38,10 +38,10 @@ from .engine.trainer import Trainer
 from .errors import ConfigError, ShapeError, did_you_mean
 from .methods import create
 from .metrics import classification_metrics, predict_logits
-from .runs import run_experiment
 from .runs.build import check_model, with_num_data
 from .runs.folder import write_json
 from .runs.preflight import check_method, check_splits
+from .task import DEFAULT_TASK, task_named
 
 DataLike = Any  # a torch Dataset, a DataLoader, an (x, y) pair of tensors or arrays, or an ArrayDataset
 
@@ -150,6 +150,7 @@ def train(
     overrides: Iterable[str] = (),
     quiet: bool = False,
     log: Callable[[str], None] | None = None,
+    task: str | None = None,
     **train_settings: Any,
 ) -> dict[str, Any]:
     """Train a student and return the run's results.
@@ -175,6 +176,8 @@ def train(
             unknown keyword is an error naming it.
         run_dir: where checkpoints and ``metrics.jsonl`` go (default ``runs/api-<time>``).
         quiet: print nothing (``log`` receives the lines otherwise; default ``print``).
+        task: the kind of run (``"causal-lm"``...), for a config that does not say
+            ``task:`` itself; the object form trains image classifiers.
 
     Returns:
         ``{"final": {"test": {...}}, "best": ..., "teacher": {...}, "run_dir", ...}``; the
@@ -184,6 +187,8 @@ def train(
     if config is not None:
         if student is not None or teacher is not None or train_data is not None:
             raise ConfigError("Give either a config or objects (student, teacher, data), not both.")
+        if task is not None:
+            overrides = [f"task={task}", *overrides]
         if isinstance(config, RunConfig):
             cfg = load_config(None, list(overrides), base=config.model_dump(mode="json")) if overrides else config
         elif isinstance(config, dict):
@@ -192,11 +197,9 @@ def train(
             cfg = load_config(config, list(overrides))
         if quiet:
             cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"progress": False})})
-        if cfg.scheme:
-            from .schemes import run_scheme
-
-            return run_scheme(cfg, run_dir=run_dir, log=say)
-        return run_experiment(cfg, run_dir=run_dir, log=say)
+        return task_named(cfg.task).run(cfg, run_dir=run_dir, log=say)  # the task's own run
+    if task is not None and task != DEFAULT_TASK:
+        raise ConfigError(f"task {task!r}: give a config (a dict or a YAML path); objects train image classifiers.")
     return _train_objects(student, teacher, train_data, test_data, val_data, method, num_classes, epochs,
                           batch_size, run_dir, say, quiet, train_settings)
 

@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from .data.decode import DecodeOptions
 from .data.recipe import RecipeConfig
 from .errors import ConfigError, KdistillError, did_you_mean
+from .task import DEFAULT_TASK, task_named
 
 # limits on a config document (see the module docstring); generous for any real config
 MAX_CONFIG_BYTES = 1 << 20
@@ -245,6 +246,12 @@ class OutputConfig(Strict):
 
 
 class RunConfig(Strict):
+    """The one run config. ``task`` picks the kind of run (:mod:`kdistill.task`); a task whose
+    sections differ (``causal-lm``: text data, ``hf:`` models, an ``lm`` section) validates
+    the document as its own subclass of this class, so every config is a ``RunConfig``."""
+
+    #: the kind of run (a registered task); the default is left out of config.yaml
+    task: str = DEFAULT_TASK
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig | None = None
     student: ModelConfig
@@ -259,10 +266,26 @@ class RunConfig(Strict):
         check_method(v)
         return {"name": "kd", **v} if isinstance(v, dict) else v
 
+    @field_validator("task")
+    @classmethod
+    def _task(cls, v):
+        try:
+            task_named(v)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+        return v
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        out = handler(self)
+        if isinstance(out, dict) and out.get("task") == DEFAULT_TASK:
+            out.pop("task")  # config.yaml of an image run reads as before tasks existed
+        return out
+
     def teacher_train(self) -> TrainConfig:
         """The teacher's train settings: the run's, overridden by ``teacher.train``."""
         base = self.train.model_dump()
-        base.update(self.teacher.train if self.teacher else {})
+        base.update(getattr(self.teacher, "train", None) or {})  # served/multi LM teachers have none
         return TrainConfig(**base)
 
     def method_names(self) -> list[str]:
@@ -456,14 +479,16 @@ def _model_at(model: type[BaseModel], loc: list[str]) -> type[BaseModel] | None:
 
 
 def validate_config(raw: Any) -> RunConfig:
-    """A :class:`RunConfig` from a parsed document, or a :class:`ConfigError`."""
+    """A :class:`RunConfig` (the class of the document's ``task``) from a parsed document,
+    or a :class:`ConfigError`."""
     if not isinstance(raw, dict):
         raise ConfigError(f"A config must be a mapping of sections, got {type(raw).__name__}.")
     check_structure(raw)
+    cls = task_named(raw.get("task", DEFAULT_TASK)).config  # the task validates its own sections
     try:
-        return RunConfig.model_validate(raw)
+        return cls.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, RunConfig)) from None
+        raise ConfigError(_format_errors(e, cls)) from None
     except (TypeError, ValueError, OverflowError, RecursionError) as e:
         raise ConfigError(f"Invalid configuration: {e}") from None
 
@@ -525,3 +550,13 @@ def parse_ints(text: str, what: str) -> tuple[int, ...]:
             f"without the batch dimension; 1,40 for a sequence); got {text!r}."
         )
     return values
+
+
+def run_task(run_dir: str | Path):
+    """The :class:`kdistill.task.Task` of a run folder (its ``config.yaml``'s ``task``; the
+    default task for folders written before tasks existed)."""
+    f = Path(run_dir) / "config.yaml"
+    if not f.is_file():
+        raise ConfigError(f"{run_dir} is not a run folder (no config.yaml).")
+    raw = read_config_file(f)
+    return task_named(raw.get("task", DEFAULT_TASK) if isinstance(raw, dict) else DEFAULT_TASK)

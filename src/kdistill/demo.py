@@ -189,8 +189,8 @@ def run_lm_demo(out: str | Path = "runs", corpus: str | Path | None = None, teac
     import torch
 
     from .errors import DataError
-    from .lm.experiment import evaluate_lm_run
     from .lm.suite import fortunes_min, llama, teacher_model, train_student, train_teacher
+    from .task import task_named
 
     t0 = time.perf_counter()
     if corpus is not None and not Path(corpus).exists():
@@ -227,7 +227,7 @@ def run_lm_demo(out: str | Path = "runs", corpus: str | Path | None = None, teac
                             cache_k=cache_k if cached else None, log=keep, **opts)
         val = res["final"]["val"]
         if "agreement" not in val:  # trained alone: compare with the teacher afterwards
-            val = evaluate_lm_run(res["run_dir"], teacher)["val"]
+            val = task_named("causal-lm").evaluate(Path(res["run_dir"]), teacher=teacher)["val"]
         rows[name] = _lm_row(res, val, student_layers, s_epochs)
         log(f"      validation perplexity {rows[name]['val_ppl']:.3f}")
 

@@ -17,7 +17,7 @@ from .app import TrustCodeOpt, app, console
 @app.command("export")
 def export_cmd(
     run_dir: Annotated[Path, typer.Argument(help="A finished run folder.")],
-    format: Annotated[str, typer.Option("--format", "-f", help="onnx, torchscript or safetensors.")] = "onnx",
+    format: Annotated[Optional[str], typer.Option("--format", "-f", help="onnx, torchscript or safetensors (image runs; default onnx); hf (causal-LM runs, the default there).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output file (folder for safetensors); default RUN_DIR/export/.")] = None,
     exporter: Annotated[str, typer.Option(help="ONNX exporter: auto (torch.export, then legacy), dynamo or legacy.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the export.json entry.")] = False,
@@ -27,9 +27,12 @@ def export_cmd(
 ) -> None:
     """Export the run's student and check it against PyTorch on the test set (writes export.json)."""
     if int8 or int8_method is not None:
+        from ..config import run_task
         from ..quantize import export_int8
 
-        entry = export_int8(run_dir, int8_method, format=format, out=out, trust_code=trust_code)
+        run_task(run_dir).require("quantize")
+
+        entry = export_int8(run_dir, int8_method, format=format or "onnx", out=out, trust_code=trust_code)
         if as_json:
             print(json.dumps(entry, indent=2))
             return
@@ -37,9 +40,10 @@ def export_cmd(
                       f"PyTorch {entry['parity']['top1_agreement']:.2%}, with the float student "
                       f"{entry['parity_float']['top1_agreement']:.2%}", highlight=False)
         return
-    from ..export import export_run
+    from ..config import run_task
 
-    entry = export_run(run_dir, format=format, out=out, exporter=exporter, trust_code=trust_code)
+    options = {"format": format} if format is not None else {}
+    entry = run_task(run_dir).export(run_dir, out=out, exporter=exporter, trust_code=trust_code, **options)
     if as_json:
         print(json.dumps(entry, indent=2))
         return
@@ -52,7 +56,8 @@ def export_cmd(
         ("bytes", f"{entry['file_bytes']:,}"),
         ("runtime", entry["runtime"]),
         *([("exporter", f"{entry['exporter']} (opset {entry.get('opset')})")] if "exporter" in entry else []),
-        (f"max |logit diff| ({p['samples']} test samples)", f"{p['max_abs_diff']:.3g}"),
+        (f"max |logit diff| ({p['samples']} {'validation rows' if entry['format'] == 'hf' else 'test samples'})",
+         f"{p['max_abs_diff']:.3g}"),
         ("top-1 agreement", f"{p['top1_agreement']:.4%}"),
     ]
     for k, v in rows:
@@ -82,13 +87,16 @@ def profile_cmd(
 
         if run_dir is None:
             raise ConfigError("--int8 profiles a run folder's int8 students; give the run folder.")
+        from ..config import run_task
+
+        run_task(run_dir).require("quantize")
         res = profile_int8(run_dir, parse_ints(batch_sizes, "--batch-sizes"), repeats, warmup, trust_code=trust_code)
         if as_json:
             print(json.dumps(res, indent=2))
         else:
             console.print(int8_table(res))
         return
-    from ..profile import profile_run, profile_table, profile_zoo_model
+    from ..profile import profile_table, profile_zoo_model
 
     sizes = parse_ints(batch_sizes, "--batch-sizes")
     if (run_dir is None) == (model is None):
@@ -105,10 +113,21 @@ def profile_cmd(
         result = profile_zoo_model(model, parse_ints(input_shape, "--input-shape"), num_classes, kw,
                                    sizes, repeats, warmup, onnx, threads)
     else:
-        result = profile_run(run_dir, sizes, repeats, warmup, onnx=onnx, teacher=teacher, threads=threads,
-                             trust_code=trust_code)
+        from ..config import run_task
+
+        result = run_task(run_dir).profile(run_dir, batch_sizes=sizes, repeats=repeats, warmup=warmup, onnx=onnx,
+                                           teacher=teacher, threads=threads, trust_code=trust_code)
     if as_json:
         print(json.dumps(result, indent=2, default=str))
+        return
+    if "rows" in result:  # a task's own table (causal-LM: prefill and per-token latency)
+        table = Table(title=f"profile of {run_dir}")
+        for c in result["columns"]:
+            table.add_column(c, justify="left" if c == "model" else "right")
+        for r in result["rows"]:
+            table.add_row(*r)
+        console.print(table)
+        console.print(f"Wrote {Path(run_dir) / 'profile.json'}", highlight=False)
         return
     console.print(profile_table(result))
     console.print(f"ONNX Runtime: {result['student']['onnx']}", highlight=False)
@@ -124,8 +143,35 @@ def predict_cmd(
     trust_code: TrustCodeOpt = False,
 ) -> None:
     """Batch inference with the saved student: writes logits, probs and pred."""
+    from ..config import run_task
     from ..predict import predict
+
+    if source.is_dir() and (source / "config.yaml").is_file():
+        run_task(source).require("predict")
 
     res = predict(source, inputs, out, batch_size=batch_size, trust_code=trust_code)
     console.print(f"Predicted {res['samples']} samples ({res['num_classes']} classes, {res['backend']}) "
                   f"-> {res['out']}", highlight=False)
+
+
+@app.command("generate")
+def generate_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run folder of a task that generates (causal-lm).")],
+    prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="A prompt (repeatable).")],
+    max_new_tokens: Annotated[int, typer.Option(min=1, max=4096, help="Tokens to generate per prompt.")] = 48,
+    temperature: Annotated[float, typer.Option(min=0.0, max=100.0, help="0: greedy; else sampled.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed of the sampling.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the completions as JSON.")] = False,
+) -> None:
+    """The run's student completing prompts."""
+    from rich.markup import escape
+
+    from ..config import run_task
+
+    out = run_task(run_dir).generate(run_dir, list(prompt), max_new_tokens=max_new_tokens, temperature=temperature,
+                                     seed=seed)
+    if as_json:
+        print(json.dumps(out, indent=2))
+        return
+    for o in out:
+        console.print(f"[bold]{escape(o['prompt'])}[/]{escape(o['completion'])}", highlight=False)

@@ -32,8 +32,10 @@ def quantize_cmd(
     trust_code: TrustCodeOpt = False,
 ) -> None:
     """Quantize the run's student to int8 into RUN_DIR/int8/METHOD/ (accuracy, size, latency in quantize.json)."""
+    from ..config import run_task
     from ..quantize import quantize_run
 
+    run_task(run_dir).require("quantize")
     res = quantize_run(run_dir, method, teacher=teacher, calib=calib, epochs=epochs, lr=lr, batch_size=batch_size,
                        alpha=alpha, temperature=temperature, keep_float=keep_float or (), allow_float=allow_float,
                        seed=seed, reduce_range=not full_range, onnx=onnx, log=log if not as_json else (lambda s: None), trust_code=trust_code)

@@ -57,91 +57,43 @@ def train(
 ) -> None:
     """Train one run (the teacher first, if it has no checkpoint). Everything is checked before anything trains."""
     from ..config import load_config
-    from ..lm.config import is_lm_config
-    from ..runs import run_experiment
+    from ..distributed import is_main_process
+    from ..task import task_named
 
-    if is_lm_config(config, set_ or []):  # task: causal-lm (see kdistill.lm)
-        from ..lm import load_lm_config, run_lm
-
-        lm_cfg = load_lm_config(config, set_ or [])  # a mistake in the config is reported here
-        if check:
-            log(f"OK: {config} is a valid causal-LM config (its models are loaded when training starts).")
-            return
-        result = run_lm(lm_cfg, run_dir=run_dir, resume=resume, log=(lambda line: None) if quiet else log)
-        from ..distributed import is_main_process
-
-        if is_main_process():  # several processes (torchrun) print one table
-            print_lm_summary(result)
-        return
     cfg = load_config(config, [*(set_ or []), *(["train.progress=false"] if quiet else [])])
-    say = (lambda line: None) if quiet else log
+    task = task_named(cfg.task)  # the kind of run (`task:` in the config) does the work
     if resume:
-        from ..runs import check_resumable
-
-        check_resumable(cfg, run_dir)
+        task.check_resume(cfg, run_dir)
     if check:
-        from ..schemes import check_run
-
-        log(f"Checking {config} (nothing is trained):")
-        check_run(cfg, trust=trust_checkpoint, log=log)
+        log(f"Checking {config} (task {task.name}; nothing is trained):")
+        task.check(cfg, log, trust=trust_checkpoint)
         log("OK: the run can start.")
         return
-    if cfg.scheme:
-        from ..schemes import run_scheme
-
-        result = run_scheme(cfg, run_dir=run_dir, resume=resume, log=say, trust=trust_checkpoint)
-    else:
-        result = run_experiment(cfg, run_dir=run_dir, resume=resume, log=say, trust=trust_checkpoint)
-    print_run_summary(result)
+    result = task.run(cfg, run_dir=run_dir, resume=resume, log=(lambda line: None) if quiet else log,
+                      trust=trust_checkpoint)
+    if is_main_process():  # several processes (torchrun) print one table
+        print_summary(task.summary(result), result)
 
 
-def print_run_summary(result: dict) -> None:
-    table = Table(title=f"run {result.get('name', '')}")
-    for col in ("model", "params", "test acc (last)", "test acc (best)", "agreement", "ECE"):
+def print_summary(summary: tuple[str, list[str], list[list[str]]], result: dict) -> None:
+    title, cols, rows = summary
+    table = Table(title=title)
+    for col in cols:
         table.add_column(col)
-    t = result.get("teacher") or {}
-    if t.get("metrics"):
-        m = t["metrics"]["test"]
-        table.add_row(f"teacher {t.get('model', '')}", f"{t.get('params', '')}", f"{m['acc']:.4f}", "", "", f"{m['ece']:.4f}")
-    s = result.get("student", {})
-    fin = result.get("final", {}).get("test", {})
-    best = result.get("best", {}).get("test", {})
-    if fin:
-        table.add_row(f"student {s.get('model', '')}", f"{s.get('params', '')}", f"{fin['acc']:.4f}",
-                      f"{best.get('acc', float('nan')):.4f}", f"{fin.get('agreement', float('nan')):.4f}", f"{fin['ece']:.4f}")
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
     if "run_dir" in result:
         console.print(f"Run folder: {result['run_dir']}")
-
-
-def print_lm_summary(result: dict) -> None:
-    table = Table(title=f"causal-LM run ({result['regime']})")
-    for col in ("model", "params", "val ppl", "val token acc", "agreement"):
-        table.add_column(col)
-    t = result.get("teacher") or {}
-    if t.get("val"):
-        table.add_row("teacher", f"{t['params']:,}", f"{t['val']['ppl']:.3f}", f"{t['val']['acc']:.4f}", "")
-    fin = result.get("final", {}).get("val", {})
-    if fin:
-        agree = f"{fin['agreement']:.4f}" if "agreement" in fin else ""
-        table.add_row("student", f"{result['student']['params']:,}", f"{fin['ppl']:.3f}", f"{fin['acc']:.4f}", agree)
-    console.print(table)
-    console.print(f"Run folder: {result['run_dir']}")
 
 
 @app.command("eval")
 def eval_(run_dir: Annotated[Path, typer.Argument(help="A finished run folder.")],
           trust_code: TrustCodeOpt = False) -> None:
     """Re-evaluate a saved run's student (and teacher) on its test set."""
-    from ..evaluate import evaluate_run
-    from ..lm.config import is_lm_config
+    from ..config import run_task
 
-    if is_lm_config(run_dir / "config.yaml"):  # a causal-LM run folder
-        from ..lm.experiment import evaluate_lm_run
-
-        console.print_json(json.dumps(evaluate_lm_run(run_dir)))
-        return
-    out = evaluate_run(run_dir, trust_code=trust_code)
+    out = run_task(run_dir).evaluate(run_dir, trust_code=trust_code)
     console.print_json(json.dumps(out))
 
 

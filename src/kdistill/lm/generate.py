@@ -39,7 +39,7 @@ def _cached_steps(model: nn.Module, ids: Tensor, new_tokens: int, temperature: f
 
 def _cache_kwargs(out) -> dict:
     """The cache of a forward's output as the next call's keyword (``cache`` since
-    transformers 5.x; ``past_key_values`` before)."""
+    transformers 5 on; ``past_key_values`` before)."""
     if "cache" in out.keys():
         return {"cache": out["cache"]}
     return {"past_key_values": out.past_key_values}

@@ -189,7 +189,9 @@ def build_causal_lm(model: str, kwargs: dict[str, Any], vocab_size: int, seed: i
     if model.startswith("hf:"):
         path = Path(model.removeprefix("hf:"))
         if not (path / "config.json").is_file():
-            raise ConfigError(f"{str(path)!r} is not a Hugging Face model folder (no config.json).")
+            inside = [f"hf:{path / d}" for d in ("student", "teacher", "teacher/model") if (path / d / "config.json").is_file()]
+            hint = f" It is a run folder: its models are {' and '.join(inside)}." if inside else ""
+            raise ConfigError(f"{str(path)!r} is not a Hugging Face model folder (no config.json).{hint}")
         try:
             hf = transformers.AutoModelForCausalLM.from_pretrained(
                 str(path), local_files_only=True, trust_remote_code=False, dtype=torch.float32)

@@ -1,5 +1,5 @@
 """A causal-LM run's served teacher (``teacher: {kind: served, ...}``): what
-:func:`kdistill.lm.experiment.run_lm` trains from when the teacher runs elsewhere."""
+:func:`kdistill.tasks.causal_lm.run.run_lm` trains from when the teacher runs elsewhere."""
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
 """One teacher trained once, then students learning from it: the causal-LM comparison that
 ``kdistill demo --lm`` and ``benchmarks/lm_fortunes.py`` both run.
 
-Every model is a ``kdistill.lm`` run (:func:`~kdistill.lm.experiment.run_lm`, the run
-``kdistill train`` makes) in a folder of ``out``:
+Every model is a ``causal-lm`` task run (the run ``kdistill train`` makes) in a folder of ``out``:
 
 * ``out/teacher``: the teacher, an ``hf-config`` model trained with cross-entropy; its
   weights are ``out/teacher/student`` (an ``hf:`` folder, :func:`teacher_model`);
@@ -22,9 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..config import load_config
 from ..errors import DataError
-from .config import load_lm_config
-from .experiment import run_lm
+from ..task import task_named
 
 #: Debian's fortune files (package fortunes-min): fortunes, literature, riddles
 FORTUNES = "/usr/share/games/fortunes"
@@ -95,7 +94,8 @@ def _run(raw: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
     if done.is_file():
         log(f"Reusing the finished run in {done.parent}.")
         return json.loads(done.read_text())
-    return run_lm(load_lm_config(base=raw), resume=True, log=log)
+    cfg = load_config(base=raw)
+    return task_named(cfg.task).run(cfg, resume=True, log=log)
 
 
 def train_teacher(corpus: str | Path, out: str | Path, model: dict[str, Any], epochs: int, seed: int = 0,

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..atomic import atomic_write_json
-from ..config import load_config
+from ..config import load_config, run_task
 from ..engine.checkpoint import state_dict_tensors
 from ..errors import CheckpointError, ConfigError
 from ..losses import kd_loss
@@ -51,6 +51,7 @@ def int8_dir(run_dir: str | Path, method: str) -> Path:
 def _config(run_dir: Path):
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir} has no config.yaml, so its training and test data cannot be rebuilt.")
+    run_task(run_dir).require("quantize")  # int8 of image classifiers; another task's run says so
     return load_config(run_dir / "config.yaml")
 
 

@@ -20,15 +20,16 @@ from typing import Any
 
 from ..atomic import atomic_write_text
 from ..errors import ConfigError
+from ..task import task_named
 from . import plots
 from .tables import (
-    COLUMNS,
     SCRATCH,
     TEACHER,
     RunFolderError,
     RunRecord,
     aggregate,
     collect_runs,
+    columns,
     find_run_dirs,
     flatten,
     load_run,
@@ -57,6 +58,10 @@ def render_markdown(blocks: list[Block]) -> str:
             out.append(b[1])
         elif kind == "img":
             out.append(f"![{b[2]}]({b[1]})\n\n*{b[2]}*")
+        elif kind == "grid":  # ("grid", columns, rows): a table of its own
+            cell = lambda c: str(c).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+            lines = ["| " + " | ".join(b[1]) + " |", "|" + "---|" * len(b[1])]
+            out.append("\n".join(lines + ["| " + " | ".join(cell(c) for c in r) + " |" for r in b[2]]))
     return "\n\n".join(out) + "\n"
 
 
@@ -87,8 +92,13 @@ def render_html(blocks: list[Block], title: str, root: Path, agg: dict[str, Any]
             parts.append(f"<p>{html.escape(b[1]).replace('**', '')}</p>")
         elif kind == "ul":
             parts.append("<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in b[1]) + "</ul>")
+        elif kind == "grid":
+            head = "".join(f"<th>{html.escape(c)}</th>" for c in b[1])
+            body = "".join("<tr>" + "".join(f"<td style=\"text-align:left;white-space:pre-wrap\">"
+                                            f"{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in b[2])
+            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
         elif kind == "table" and agg is not None:
-            head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
+            head = "".join(f"<th>{html.escape(c)}</th>" for c in columns(agg))
             body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in table_rows(agg))
             parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
         elif kind == "img":
@@ -109,7 +119,10 @@ def summary_blocks(agg: dict[str, Any], title: str) -> list[Block]:
         (
             "p",
             f"Dataset {d.get('name')}: {d.get('num_classes')} classes, {d.get('train')} training and "
-            f"{d.get('test')} test samples. Generated {time.strftime('%Y-%m-%d %H:%M:%S %Z')}.",
+            f"{d.get('test')} test samples. Generated {time.strftime('%Y-%m-%d %H:%M:%S %Z')}."
+            if d.get("test") is not None else
+            f"Data {d.get('name')}: {d.get('num_classes')} tokens in the vocabulary, {d.get('train')} training and "
+            f"{d.get('val')} validation rows. Generated {time.strftime('%Y-%m-%d %H:%M:%S %Z')}.",
         ),
         ("table", markdown_table(agg)),
         ("p", table_legend(agg)),
@@ -260,6 +273,61 @@ def _cost_points(agg: dict[str, Any], key: str) -> list[dict[str, Any]]:
     return pts
 
 
+def _records(root: Path, log: Callable[[str], None]) -> tuple[list[RunRecord], list[dict[str, str]], str]:
+    """The finished runs of a run folder or a compare folder, the skipped ones, a title."""
+    if not root.is_dir():
+        raise ConfigError(f"{root} is not a folder; give a run folder or a compare folder.")
+    if (root / "results.json").exists():
+        try:
+            return [load_run(root)], [], f"kdistill run {root.name}"
+        except RunFolderError as e:
+            raise ConfigError(f"{root}: {e}.") from None
+    dirs = find_run_dirs(root)
+    if not dirs:
+        raise ConfigError(f"{root} holds no run folders (no sub-folder with results.json).")
+    records, skipped = collect_runs(dirs)
+    if not records:
+        reasons = "; ".join(f"{s['run']}: {s['reason']}" for s in skipped)
+        raise ConfigError(f"No usable run folder in {root} ({reasons}).")
+    for s in skipped:
+        log(f"report: skipping {s['run']}: {s['reason']}")
+    return records, skipped, f"kdistill comparison {root.name}"
+
+
+def _curves_figure(records: list[RunRecord], root: Path) -> list[tuple[str, str]]:
+    """Learning curves of the teacher and every group, on the task's headline metric."""
+    hl = records[0].headline
+    curves = []
+    tc = _teacher_curves(records)
+    if tc is not None:
+        curves.append(tc)
+    for g, rs in _groups(records).items():
+        curves.append(plots.Curve(g if len(records) > 1 else "student", [r.metrics for r in rs],
+                                  SCRATCH if g == SCRATCH else "method"))
+    if not any(c.runs and any(c.runs) for c in curves):
+        return []
+    words = f"{hl.words} (%)" if hl.percent else hl.words
+    plots.learning_curves(curves, root / "plots" / "learning_curves.png", hl.column, 100.0 if hl.percent else 1.0,
+                          words)
+    return [("plots/learning_curves.png", f"Learning curves: training objective and {hl.split} NLL (left), "
+             f"{hl.words} (right) per epoch; bands span the seeds.")]
+
+
+def _cost_figures(agg: dict[str, Any], root: Path) -> list[tuple[str, str]]:
+    """Accuracy against parameters and latency, with the Pareto front."""
+    figs = []
+    for key, name, xlabel in (
+        ("params", "acc_vs_params.png", "parameters (count, log scale)"),
+        ("latency_ms_p50", "acc_vs_latency.png", "CPU latency at batch size 1 (ms, median, log scale)"),
+    ):
+        pts = _cost_points(agg, key)
+        if sum(p["x"] is not None for p in pts) >= 1:
+            plots.accuracy_vs_cost(pts, xlabel, root / "plots" / name, "accuracy vs cost (last epoch, 95% CI)")
+            figs.append((f"plots/{name}", f"Test accuracy against {xlabel.split(' (')[0]}; the line is the "
+                         "Pareto front (nothing is both cheaper and more accurate)."))
+    return figs
+
+
 def build_report(path: str | Path, log: Callable[[str], None] = print, calibration: bool = True,
                  trust_code: Any = False) -> dict[str, Any]:
     """Write ``report.md``, ``report.html`` and ``plots/*.png`` into ``path``.
@@ -267,7 +335,8 @@ def build_report(path: str | Path, log: Callable[[str], None] = print, calibrati
     Args:
         path: a finished run folder or a compare/sweep folder of run folders.
         log: prints one line (skipped folders, plots that could not be made).
-        calibration: rebuild networks and data for the reliability and per-class plots.
+        calibration: rebuild networks and data for the reliability and per-class plots
+            (tasks that have them: image classification).
         trust_code: ``True``, or the model names the user gave (a grid's configs), to allow
             run records that name an importable model factory (see
             :func:`kdistill.models.require_trusted`); refused otherwise.
@@ -276,91 +345,30 @@ def build_report(path: str | Path, log: Callable[[str], None] = print, calibrati
         ``{"markdown", "html", "plots", "aggregate"}`` (paths and the aggregate).
     """
     root = Path(path)
-    if not root.is_dir():
-        raise ConfigError(f"{root} is not a folder; give a run folder or a compare folder.")
-    if (root / "results.json").exists():
-        try:
-            records, skipped = [load_run(root)], []
-        except RunFolderError as e:
-            raise ConfigError(f"{root}: {e}.") from None
-        title = f"kdistill run {root.name}"
-    else:
-        dirs = find_run_dirs(root)
-        if not dirs:
-            raise ConfigError(f"{root} holds no run folders (no sub-folder with results.json).")
-        records, skipped = collect_runs(dirs)
-        if not records:
-            reasons = "; ".join(f"{s['run']}: {s['reason']}" for s in skipped)
-            raise ConfigError(f"No usable run folder in {root} ({reasons}).")
-        title = f"kdistill comparison {root.name}"
-    for s in skipped:
-        log(f"report: skipping {s['run']}: {s['reason']}")
+    records, skipped, title = _records(root, log)
+    task = task_named(records[0].task)
     agg = aggregate(records, skipped)
     (root / "plots").mkdir(exist_ok=True)
-    figs: list[tuple[str, str]] = []
-
-    curves = []
-    tc = _teacher_curves(records)
-    if tc is not None:
-        curves.append(tc)
-    for g, rs in _groups(records).items():
-        curves.append(
-            plots.Curve(
-                g if len(records) > 1 else "student",
-                [r.metrics for r in rs],
-                SCRATCH if g == SCRATCH else "method",
-            )
-        )
-    if any(c.runs and any(c.runs) for c in curves):
-        plots.learning_curves(curves, root / "plots" / "learning_curves.png")
-        figs.append(
-            (
-                "plots/learning_curves.png",
-                "Learning curves: training objective and test NLL (left), "
-                "test accuracy (right) per epoch; bands span the seeds.",
-            )
-        )
-    for key, name, xlabel in (
-        ("params", "acc_vs_params.png", "parameters (count, log scale)"),
-        ("latency_ms_p50", "acc_vs_latency.png", "CPU latency at batch size 1 (ms, median, log scale)"),
-    ):
-        pts = _cost_points(agg, key)
-        if sum(p["x"] is not None for p in pts) >= 1:
-            plots.accuracy_vs_cost(pts, xlabel, root / "plots" / name, "accuracy vs cost (last epoch, 95% CI)")
-            figs.append(
-                (
-                    f"plots/{name}",
-                    f"Test accuracy against {xlabel.split(' (')[0]}; the line is the "
-                    "Pareto front (nothing is both cheaper and more accurate).",
-                )
-            )
-    hm = _heatmap(records, agg, root)
-    if hm:
-        figs.append(hm)
-    if calibration:
+    figs = _curves_figure(records, root)
+    if task.headline.percent:  # the cost plots and the sweep heatmap draw a percentage
+        figs += _cost_figures(agg, root)
+        hm = _heatmap(records, agg, root)
+        figs += [hm] if hm else []
+    if calibration and task.calibration:
         figs += _calibration(records, root, log, trust_code)
-
     blocks = summary_blocks(agg, title)
     if figs:
         blocks.append(("h2", "Plots"))
         blocks += [("img", p, cap) for p, cap in figs]
-    blocks += [
-        ("h2", "Runs"),
-        (
-            "ul",
-            [
-                f"{r.name}: seed {r.seed}, method {', '.join(r.results.get('method', []))}, "
-                f"train time {r.results.get('train_time_s', '?')} s"
-                for r in records
-            ],
-        ),
-    ]
+    blocks += task.report_blocks(records)
+    blocks += [("h2", "Runs"), ("ul", [_run_line(r) for r in records])]
     md, page = root / "report.md", root / "report.html"
     atomic_write_text(md, render_markdown(blocks))
     atomic_write_text(page, render_html(blocks, title, root, agg))
-    return {
-        "markdown": str(md),
-        "html": str(page),
-        "plots": [str(root / p) for p, _ in figs],
-        "aggregate": agg,
-    }
+    return {"markdown": str(md), "html": str(page), "plots": [str(root / p) for p, _ in figs], "aggregate": agg}
+
+
+def _run_line(r: RunRecord) -> str:
+    method = r.results.get("method", [])
+    names = [m.get("name", "?") if isinstance(m, dict) else str(m) for m in method]
+    return f"{r.name}: seed {r.seed}, method {', '.join(names)}, train time {r.results.get('train_time_s', '?')} s"

@@ -80,25 +80,29 @@ def _series(runs: list[list[dict]], key: str, scale: float = 1.0):
     return xs, mean, [min(per_epoch[x]) for x in xs], [max(per_epoch[x]) for x in xs]
 
 
-def learning_curves(curves: list[Curve], path: Path) -> Path:
-    """Training loss and test accuracy per epoch; a band spans the seeds' min to max."""
+def learning_curves(curves: list[Curve], path: Path, metric: str = "test_acc", scale: float = 100.0,
+                    words: str = "test accuracy (%)") -> Path:
+    """Training loss and the headline metric (``metric``, a metrics.jsonl column, times
+    ``scale``; test accuracy in percent by default) per epoch; a band spans the seeds' min
+    to max. The dotted line is the NLL of the metric's split."""
     fig, axes = _figure(11, 4.2, ncols=2)
     ax_loss, ax_acc = axes[0]
+    split = metric.split("_")[0]
     for i, c in enumerate(curves):
         color = _color(i, c.role)
         style = "--" if c.role == "teacher" else "-"
-        for ax, key, scale in ((ax_loss, "train_loss", 1.0), (ax_acc, "test_acc", 100.0)):
-            xs, mean, lo, hi = _series(c.runs, key, scale)
+        for ax, key, sc in ((ax_loss, "train_loss", 1.0), (ax_acc, metric, scale)):
+            xs, mean, lo, hi = _series(c.runs, key, sc)
             if not xs:
                 continue
             ax.plot(xs, mean, style, color=color, marker="o", ms=3, label=f"{c.label} (n={len(c.runs)})")
             if len(c.runs) > 1:
                 ax.fill_between(xs, lo, hi, color=color, alpha=0.15, lw=0)
-        xs, mean, _, _ = _series(c.runs, "test_nll")
+        xs, mean, _, _ = _series(c.runs, f"{split}_nll")
         if xs:
             ax_loss.plot(xs, mean, ":", color=color, lw=1)
-    ax_loss.set(xlabel="epoch", ylabel="loss (nats)", title="training objective (solid/dashed), test NLL (dotted)")
-    ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy per epoch")
+    ax_loss.set(xlabel="epoch", ylabel="loss (nats)", title=f"training objective (solid/dashed), {split} NLL (dotted)")
+    ax_acc.set(xlabel="epoch", ylabel=words, title=f"{words.split(' (')[0]} per epoch")
     from matplotlib.ticker import MaxNLocator
 
     for ax in (ax_loss, ax_acc):

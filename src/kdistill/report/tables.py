@@ -19,13 +19,14 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..config import parse_yaml
 from ..errors import ConfigError
 from ..runs.grid import SCRATCH
+from ..task import DEFAULT_TASK, TASKS, Headline
 
 TEACHER = "teacher"
 _CELL = re.compile(r"^(?P<group>.+)-s(?P<seed>-?\d+)$")
@@ -134,10 +135,19 @@ class RunRecord:
     group: str
     seed: int
     notes: list[str] = field(default_factory=list)
+    #: the metric of the run's task that compare and report show (test accuracy for images)
+    headline: Headline = field(default_factory=Headline)
+    task: str = DEFAULT_TASK
 
     @property
     def name(self) -> str:
         return self.path.name
+
+    def score(self, which: str = "final") -> Any:
+        """The headline metric at the last epoch (``final``) or the best one (``best``)."""
+        if which == "best" and not self.headline.selects_best:
+            return best_of(self.metrics, self.headline)
+        return _get(self.results, which, self.headline.split, self.headline.key)
 
     def test(self, which: str = "final") -> dict[str, Any]:
         return (self.results.get(which) or {}).get("test") or {}
@@ -184,6 +194,14 @@ class RunRecord:
         return None
 
 
+def best_of(rows: list[dict[str, Any]], hl: Headline) -> float | None:
+    """The best per-epoch value of the headline (``<split>_<key>`` in metrics.jsonl rows)."""
+    vals = [r[hl.column] for r in rows if _is_number(r.get(hl.column))]
+    if not vals:
+        return None
+    return max(vals) if hl.higher_is_better else min(vals)
+
+
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -220,11 +238,16 @@ def load_run(path: str | Path) -> RunRecord:
         raise RunFolderError("results.json is damaged (not valid JSON)") from None
     if not isinstance(results, dict):
         raise RunFolderError("results.json is not a JSON object")
+    task = results.get("task", DEFAULT_TASK)
+    if not isinstance(task, str) or task not in TASKS:
+        raise RunFolderError(f"results.json names task {task!r}, which is not registered here")
+    hl = TASKS.get(task).headline
+    where = f"final.{hl.split}.{hl.key}"
     missing = [k for k in ("dataset", "final", "student") if not isinstance(results.get(k), dict)]
-    if missing or "acc" not in (results["final"].get("test") or {}):
-        raise RunFolderError(f"results.json lacks {', '.join(missing) or 'final.test.acc'}")
-    if not _is_number(results["final"]["test"]["acc"]):
-        raise RunFolderError("results.json: final.test.acc is not a number")
+    if missing or hl.key not in (results["final"].get(hl.split) or {}):
+        raise RunFolderError(f"results.json lacks {', '.join(missing) or where}")
+    if not _is_number(results["final"][hl.split][hl.key]):
+        raise RunFolderError(f"results.json: {where} is not a number")
     metrics, bad = read_metrics(path / "metrics.jsonl")
     notes = [f"{bad} damaged line(s) in metrics.jsonl skipped"] if bad else []
     if not (path / "metrics.jsonl").is_file():
@@ -242,7 +265,7 @@ def load_run(path: str | Path) -> RunRecord:
         group = m.group("group")
     else:
         group = path.name
-    return RunRecord(path, results, metrics, config if isinstance(config, dict) else {}, group, seed, notes)
+    return RunRecord(path, results, metrics, config if isinstance(config, dict) else {}, group, seed, notes, hl, task)
 
 
 def find_run_dirs(root: str | Path) -> list[Path]:
@@ -288,8 +311,11 @@ def check_compatible(records: list[RunRecord]) -> dict[str, Any]:
     first = records[0]
     ref = first.results["dataset"]
     for r in records[1:]:
+        if r.task != first.task:
+            raise ConfigError(f"Runs {first.name!r} and {r.name!r} are runs of different tasks ({first.task} vs "
+                              f"{r.task}); compare them separately.")
         d = r.results["dataset"]
-        for key in ("name", "num_classes", "test"):
+        for key in ("name", "num_classes", first.headline.split):
             if d.get(key) != ref.get(key):
                 raise ConfigError(
                     f"Runs {first.name!r} and {r.name!r} used different data ({key} {ref.get(key)!r} vs "
@@ -304,7 +330,7 @@ def check_compatible(records: list[RunRecord]) -> dict[str, Any]:
                 f"Runs {other.name!r} and {r.name!r} have the same seed {r.seed} but different training data "
                 f"(fingerprints {fa} vs {fb}); they cannot be paired. Compare them separately."
             )
-    return {k: ref.get(k) for k in ("name", "num_classes", "train", "test", "val")}
+    return {k: ref.get(k) for k in ("name", "num_classes", "train", "test", "val")} | {"task": first.task}
 
 
 # -- aggregation ---------------------------------------------------------------------------
@@ -327,27 +353,30 @@ def group_order(records: list[RunRecord]) -> list[str]:
 
 def _teacher_row(records: list[RunRecord]) -> dict[str, Any] | None:
     teachers: dict[str, list[RunRecord]] = {}
+    hl = records[0].headline
     for r in records:
-        if _get(r.teacher, "metrics", "test", "acc") is not None:
+        if _get(r.teacher, "metrics", hl.split, hl.key) is not None:
             teachers.setdefault(r.teacher_key(), []).append(r)
     if not teachers:
         return None
     last, best, ece, lat, seeds, names = [], [], [], [], [], []
     for rs in teachers.values():
         r = rs[0]
-        m = r.teacher["metrics"]["test"]
-        last.append(m["acc"])
+        m = r.teacher["metrics"][hl.split]
+        last.append(m[hl.key])
         ece.append(m.get("ece"))
         seeds.append(r.seed)
         tdir = next((d for d in (x.teacher_dir() for x in rs) if d is not None), None)
         names.append(tdir.parent.name if tdir is not None else r.name)
         b = None
-        if tdir is not None:
+        if tdir is not None and not hl.selects_best:
+            b = best_of(read_metrics(tdir / "metrics.jsonl")[0], hl)
+        elif tdir is not None:
             try:
-                b = _get(json.loads((tdir / "results.json").read_text()), "best", "test", "acc")
+                b = _get(json.loads((tdir / "results.json").read_text()), "best", hl.split, hl.key)
             except (ValueError, OSError):
                 b = None
-        best.append(m["acc"] if b is None else b)
+        best.append(m[hl.key] if b is None else b)
         lat.append(next((v for v in (x.teacher_latency() for x in rs) if v is not None), None))
     any_r = next(iter(teachers.values()))[0]
     lat_ok = [v for v in lat if v is not None]
@@ -376,12 +405,9 @@ def aggregate(records: list[RunRecord], skipped: list[dict[str, str]] | None = N
     groups = group_order(records)
     by_group = {g: sorted((r for r in records if r.group == g), key=lambda r: r.seed) for g in groups}
     scratch = by_group.get(SCRATCH, [])
-    scratch_last = {r.seed: r.test("final")["acc"] for r in scratch}
-    scratch_best = {
-        r.seed: _get(r.results, "best", "test", "acc")
-        for r in scratch
-        if _get(r.results, "best", "test", "acc") is not None
-    }
+    hl = records[0].headline
+    scratch_last = {r.seed: r.score("final") for r in scratch}
+    scratch_best = {r.seed: r.score("best") for r in scratch if r.score("best") is not None}
     rows = []
     t = _teacher_row(records)
     if t is not None:
@@ -391,12 +417,8 @@ def aggregate(records: list[RunRecord], skipped: list[dict[str, str]] | None = N
         dup = {r.seed for r in rs if sum(x.seed == r.seed for x in rs) > 1}
         if dup:
             raise ConfigError(f"Group {g!r} has several runs with seed(s) {sorted(dup)}; rename one of them.")
-        last = {r.seed: r.test("final")["acc"] for r in rs}
-        best = {
-            r.seed: _get(r.results, "best", "test", "acc")
-            for r in rs
-            if _get(r.results, "best", "test", "acc") is not None
-        }
+        last = {r.seed: r.score("final") for r in rs}
+        best = {r.seed: r.score("best") for r in rs if r.score("best") is not None}
         lat = [_get(r.results, "student", "latency_ms_cpu_b1", "p50") for r in rs]
         lat = [v for v in lat if v is not None]
         is_scratch = g == SCRATCH
@@ -413,8 +435,8 @@ def aggregate(records: list[RunRecord], skipped: list[dict[str, str]] | None = N
                 "last_acc": summarize(list(last.values())),
                 "diff_last": None if is_scratch or not scratch else paired_difference(last, scratch_last),
                 "diff_best": None if is_scratch or not scratch_best else paired_difference(best, scratch_best),
-                "agreement": summarize([r.test("final").get("agreement") for r in rs]),
-                "ece": summarize([r.test("final").get("ece") for r in rs]),
+                "agreement": summarize([_get(r.results, "final", hl.split, "agreement") for r in rs]),
+                "ece": summarize([_get(r.results, "final", hl.split, "ece") for r in rs]),
                 "params": rs[0].results["student"].get("params"),
                 "bytes": rs[0].results["student"].get("bytes"),
                 "latency_ms_p50": sum(lat) / len(lat) if lat else None,
@@ -425,6 +447,8 @@ def aggregate(records: list[RunRecord], skipped: list[dict[str, str]] | None = N
     notes = [f"{r.name}: {n}" for r in records for n in r.notes]
     return {
         "dataset": dataset,
+        #: the compared metric (rows' best_acc/last_acc hold it: accuracy for images)
+        "headline": asdict(hl),
         "rows": rows,
         "best_selected_on": sorted(selected),
         "skipped": skipped or [],
@@ -468,10 +492,34 @@ def pct(stat: dict | None, diff: bool = False) -> str:
     return s
 
 
-def fmt_std(stat: dict | None) -> str:
+def fmt_std(stat: dict | None, scale: float = 100.0) -> str:
     if not stat or stat.get("std") is None:
         return "-"
-    return f"{100 * stat['std']:.2f}"
+    return f"{scale * stat['std']:.2f}" if scale == 100.0 else f"{stat['std']:.3f}"
+
+
+def plain(stat: dict | None, diff: bool = False) -> str:
+    """``"67.192 ± 1.104"`` (a plain number, 95% half-width) or ``"67.192"`` for one seed."""
+    if not stat or stat.get("mean") is None:
+        return "-"
+    s = f"{stat['mean']:{'+' if diff else ''}.3f}"
+    if stat.get("half_width") is not None:
+        s += f" ± {stat['half_width']:.3f}"
+    return s
+
+
+def _headline(agg: dict[str, Any]) -> Headline:
+    return Headline(**agg["headline"]) if agg.get("headline") else Headline()
+
+
+def columns(agg: dict[str, Any]) -> list[str]:
+    """The table's columns: :data:`COLUMNS` for a percent metric (accuracy), else the
+    metric's own label (``best ppl``...)."""
+    hl = _headline(agg)
+    if hl.percent:
+        return COLUMNS
+    return ["model", "n", f"best {hl.label}", f"last {hl.label}", "std", "Δ vs scratch", "agreement %", "ECE %",
+            "params", "latency ms"]
 
 
 def fmt_num(v: Any, spec: str = ",") -> str:
@@ -497,16 +545,18 @@ COLUMNS = [
 def table_rows(agg: dict[str, Any]) -> list[list[str]]:
     """The comparison table as strings, one list per row (columns: :data:`COLUMNS`)."""
     out = []
+    hl = _headline(agg)
+    num = pct if hl.percent else plain
     for row in agg["rows"]:
         label = row["label"] if row["role"] != SCRATCH else "scratch (CE)"
         out.append(
             [
                 f"{label} [{row.get('model')}]",
                 str(row["n"]),
-                pct(row["best_acc"]),
-                pct(row["last_acc"]),
-                fmt_std(row["last_acc"]),
-                pct(row["diff_last"], diff=True),
+                num(row["best_acc"]),
+                num(row["last_acc"]),
+                fmt_std(row["last_acc"], 100.0 if hl.percent else 1.0),
+                num(row["diff_last"], diff=True),
                 pct(row["agreement"]),
                 pct(row["ece"]),
                 fmt_num(row["params"]),
@@ -517,7 +567,8 @@ def table_rows(agg: dict[str, Any]) -> list[list[str]]:
 
 
 def markdown_table(agg: dict[str, Any]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    cols = columns(agg)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in table_rows(agg)]
     return "\n".join(lines)
 
@@ -526,6 +577,16 @@ def table_legend(agg: dict[str, Any]) -> str:
     """What the columns mean, including how 'best' was selected."""
     sel = agg.get("best_selected_on") or []
     warn = " Best epoch was selected on the **test** set (no validation split): optimistic." if "test" in sel else ""
+    hl = _headline(agg)
+    if not hl.percent:
+        better = "higher" if hl.higher_is_better else "lower"
+        return (
+            f"{hl.label} is the {hl.words} ({better} is better): mean ± half-width of the 95% Student-t interval "
+            f"over seeds (std is the sample std, ddof=1, of the last-epoch value; best is each run's best epoch). "
+            f"Δ vs scratch is the paired "
+            f"difference of the last-epoch {hl.label} to the scratch student (cross-entropy alone) over the same "
+            "seeds. Agreement is top-1 agreement with the teacher (per token for a language model)."
+        )
     return (
         "Accuracies are test-set top-1 in percent: mean ± half-width of the 95% Student-t interval over "
         "seeds (std is the sample std, ddof=1, of the last-epoch accuracy). Δ vs scratch is the paired "
@@ -539,7 +600,7 @@ def rich_table(agg: dict[str, Any], title: str = "comparison"):
     from rich.table import Table
 
     table = Table(title=title)
-    for c in COLUMNS:
+    for c in columns(agg):
         table.add_column(c, justify="left" if c == "model" else "right")
     for r in table_rows(agg):
         table.add_row(*r)

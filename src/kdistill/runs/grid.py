@@ -14,8 +14,8 @@ from typing import Any
 
 from ..config import RunConfig, dump_config, parse_yaml, validate_config
 from ..errors import ConfigError, Interrupted, KdistillError
+from ..task import task_named
 from ..teachers import TEACHER_KINDS
-from .experiment import run_experiment
 
 #: the group of the student trained with cross-entropy alone, which every method is compared with
 SCRATCH = "scratch"
@@ -182,18 +182,24 @@ def plan_sweep(cfg: RunConfig, grid: dict[str, list[Any]], seeds: list[int]) -> 
 
 # -- running -------------------------------------------------------------------------------
 def teacher_key(cell: Cell, mode: str) -> str | None:
-    """Cells with the same key share one trained teacher; ``None``: nothing to share (no
-    teacher, or a kind that makes its own: its ``share_key`` hook decides)."""
-    t = cell.cfg.teacher
+    """Cells with the same key share one trained teacher; ``None``: nothing to share (the
+    cell's task decides; an image run asks its teacher kind)."""
+    return task_named(cell.cfg.task).teacher_key(cell.cfg, mode)
+
+
+def image_teacher_key(cfg: RunConfig, mode: str) -> str | None:
+    """An image run's teacher key: its teacher kind's ``share_key`` hook (``None``: no
+    teacher, or a kind that makes its own)."""
+    t = cfg.teacher
     hook = TEACHER_KINDS.get(t.kind).share_key if t is not None else None
-    return hook(cell.cfg, mode) if hook is not None else None
+    return hook(cfg, mode) if hook is not None else None
 
 
-def _teacher_paths(cell_dir: Path, cfg: RunConfig) -> Any:
+def image_teacher_paths(cell_dir: Path, cfg: RunConfig) -> Any:
     return TEACHER_KINDS.get(cfg.teacher.kind).shared(cell_dir, cfg)
 
 
-def _reuse_teacher(cfg: RunConfig, shared: Any) -> RunConfig:
+def image_reuse_teacher(cfg: RunConfig, shared: Any) -> RunConfig:
     return TEACHER_KINDS.get(cfg.teacher.kind).reuse(cfg, shared)
 
 
@@ -256,9 +262,10 @@ def run_cells(
     for i, cell in enumerate(cells, 1):
         cell_dir = out / cell.name
         cfg = cell.cfg
+        task = task_named(cfg.task)
         key = teacher_key(cell, teacher)
         if key is not None and key in trained:
-            cfg = _reuse_teacher(cfg, trained[key])
+            cfg = task.reuse_teacher(cfg, trained[key])
         _check_cell_config(cell_dir, cfg)
         if (cell_dir / "results.json").is_file():
             log(f"[{i}/{len(cells)}] {cell.name}: finished earlier, skipped")
@@ -266,7 +273,7 @@ def run_cells(
         else:
             log(f"[{i}/{len(cells)}] {cell.name}: running")
             try:
-                run_experiment(cfg, run_dir=cell_dir, resume=True, log=log, trust=trust)
+                task.run(cfg, run_dir=cell_dir, resume=True, log=log, trust=trust)
             except Interrupted:
                 raise  # a checkpoint was saved; the same command resumes the grid
             except KdistillError as e:
@@ -276,10 +283,12 @@ def run_cells(
                 continue
             ran += 1
         if key is not None and key not in trained:
-            trained[key] = _teacher_paths(cell_dir, cfg)
+            found = task.trained_teacher(cell_dir, cfg)
+            if found:  # (a cell that needed no teacher leaves the training to the next one)
+                trained[key] = found
         t = cfg.teacher
         ckpt = None
-        if t is not None and t.model:
+        if t is not None and t.model and hasattr(t, "checkpoint"):  # a zoo teacher, by checkpoint
             ckpt = t.checkpoint or (trained[key][0] if key in trained else None)
         if ckpt and ckpt not in measured:
             measured.add(ckpt)

@@ -1,7 +1,9 @@
-"""The configuration of a causal-LM run (``task: causal-lm``), separate from the image one.
+"""The configuration of a causal-LM run (``task: causal-lm``): :class:`LMRunConfig`, the
+:class:`kdistill.config.RunConfig` of this task.
 
-It reuses the ``train`` and ``output`` sections and the method check of
-:mod:`kdistill.config`; ``data``, ``teacher``, ``student`` and ``lm`` are its own::
+It keeps RunConfig's ``train`` and ``output`` sections and method check; ``data``,
+``teacher``, ``student`` are narrowed to text and ``hf:`` models, and ``tokenizer`` and
+``lm`` are its own::
 
     task: causal-lm
     data: {train: corpus.txt, val_split: 0.1, block_size: 64, batch_size: 16}
@@ -14,24 +16,12 @@ It reuses the ``train`` and ``output`` sections and the method check of
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from ..config import (
-    OutputConfig,
-    Strict,
-    TrainConfig,
-    check_method,
-    check_structure,
-    format_errors,
-    parse_override,
-    read_config_file,
-    read_raw_config,
-)
-from ..errors import ConfigError
-from .teacher_config import MultiTeacherConfig, ServedTeacherConfig
+from ...config import RunConfig, Strict, TrainConfig, check_method
+from ...lm.teacher_config import MultiTeacherConfig, ServedTeacherConfig
 
 TASK = "causal-lm"
 
@@ -164,7 +154,7 @@ class LMConfig(Strict):
     loss_chunk: Annotated[int, Field(ge=1)] | Literal["auto"] | None = "auto"
 
 
-class LMRunConfig(Strict):
+class LMRunConfig(RunConfig):
     task: Literal["causal-lm"] = TASK
     data: LMDataConfig
     tokenizer: str | None = None
@@ -173,8 +163,6 @@ class LMRunConfig(Strict):
     student: LMModelConfig
     method: dict[str, Any] | list[dict[str, Any]] = Field(default_factory=lambda: {"name": "forward_kl"})
     lm: LMConfig = Field(default_factory=LMConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    output: OutputConfig = Field(default_factory=OutputConfig)
 
     @field_validator("method")
     @classmethod
@@ -184,6 +172,8 @@ class LMRunConfig(Strict):
 
     @model_validator(mode="after")
     def _cache_regime(self):
+        if self.scheme:
+            raise ValueError("scheme: schemes train image students; a causal-LM run has none")
         if self.lm.cache_k is not None and self.lm.regime != "supervised":
             raise ValueError("lm.cache_k (a teacher cache) needs lm.regime: supervised; sequence-level and "
                              "on-policy runs score new text with the live teacher")
@@ -205,36 +195,3 @@ class LMRunConfig(Strict):
     def method_terms(self) -> list[dict[str, Any]]:
         m = self.method
         return [dict(m)] if isinstance(m, dict) else [dict(t) for t in m]
-
-    def teacher_train(self) -> TrainConfig:
-        base = self.train.model_dump()
-        base.update(getattr(self.teacher, "train", None) or {})
-        return TrainConfig(**base)
-
-
-def is_lm_config(path: str | Path | None, overrides=()) -> bool:
-    """Whether a config file (with overrides) asks for ``task: causal-lm``."""
-    task = None
-    if path is not None and Path(path).is_file():
-        try:
-            raw = read_config_file(path)
-        except ConfigError:
-            return False  # an image-run config, or a bad file that load_config then reports
-        task = raw.get("task") if isinstance(raw, dict) else None
-    for text in overrides:
-        key, value = parse_override(text)
-        if key == "task":
-            task = value
-    return task == TASK
-
-
-def load_lm_config(path: str | Path | None = None, overrides=(), base: dict | None = None) -> LMRunConfig:
-    """Read, override and validate a causal-LM run config (errors as for image runs)."""
-    raw = read_raw_config(path, overrides, base)
-    check_structure(raw)  # --set values and dicts from Python get the file's limits too
-    try:
-        return LMRunConfig.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(format_errors(e, LMRunConfig)) from None
-    except (TypeError, ValueError, OverflowError, RecursionError) as e:
-        raise ConfigError(f"Invalid configuration: {e}") from None

@@ -16,21 +16,22 @@ from typing import Any
 import torch
 import yaml
 
-from ..atomic import atomic_write_json, atomic_write_text
-from ..data import split
-from ..devices import resolve_device
-from ..distributed import is_main_process, main_process_first, sync_processes
-from ..engine.trainer import Trainer, get_accelerator
-from ..errors import ConfigError
-from ..methods import Distiller, build_term, create
-from .chunked import LMDistiller
+from ...atomic import atomic_write_json, atomic_write_text
+from ...data import split
+from ...devices import resolve_device
+from ...distributed import is_main_process, main_process_first, sync_processes
+from ...engine.trainer import Trainer, get_accelerator
+from ...errors import ConfigError
+from ...lm.chunked import LMDistiller
+from ...lm.cross_tokenizer import cross_methods, cross_teacher
+from ...lm.data import TokenDataset, load_text_dataset, records_dataset
+from ...lm.generate import complete_rows, sample
+from ...lm.metrics import lm_metrics
+from ...lm.models import CausalLM, build_causal_lm, check_same_tokenizer, folder_tokenizer, load_tokenizer
+from ...lm.onpolicy import OnPolicyDistiller
+from ...methods import Distiller, build_term, create
 from .config import LMRunConfig
-from .cross_tokenizer import cross_methods, cross_teacher
-from .data import TokenDataset, load_text_dataset, records_dataset
-from .generate import complete_rows, sample
-from .metrics import lm_metrics
-from .models import CausalLM, build_causal_lm, check_same_tokenizer, folder_tokenizer, load_tokenizer
-from .onpolicy import OnPolicyDistiller
+from .positions import check_positions
 
 
 def run_dir_for(cfg: LMRunConfig, run_dir: str | Path | None) -> Path:
@@ -66,7 +67,7 @@ def load_data(cfg: LMRunConfig, tok) -> tuple[TokenDataset, TokenDataset]:
 
 
 def train_lm(model: CausalLM, distiller: Distiller, train: TokenDataset, val: TokenDataset, cfg_train, cfg: LMRunConfig,
-             run_dir: Path, resume: bool, log, teacher: CausalLM | None) -> dict[str, Any]:
+             run_dir: Path, resume: bool, log, teacher: CausalLM | None, role: str = "student") -> dict[str, Any]:
     ebs = cfg.data.eval_batch_size
 
     def metrics_fn(student, ds):
@@ -74,21 +75,22 @@ def train_lm(model: CausalLM, distiller: Distiller, train: TokenDataset, val: To
         return lm_metrics(student, ds, ebs, device, teacher)
 
     trainer = Trainer(distiller, train, {"val": val}, cfg_train, run_dir, cfg.data.batch_size, ebs, None, None, log,
-                      cfg.model_dump(mode="json"), metrics_fn=metrics_fn)
+                      cfg.model_dump(mode="json"), metrics_fn=metrics_fn, role=role)
     return trainer.fit(resume=resume)
 
 
 def prepare_teacher(cfg: LMRunConfig, tok, train: TokenDataset, val: TokenDataset, run_dir: Path, resume: bool,
                     log) -> tuple[CausalLM | None, dict[str, Any]]:
     """The teacher network (frozen by the distiller), trained first with cross-entropy when it
-    is an ``hf-config`` model; saved as ``run_dir/teacher/model`` (reused on ``--resume``)."""
+    is an ``hf-config`` model; saved as the Hugging Face folder ``run_dir/teacher`` (beside
+    its metrics.jsonl; usable as ``hf:RUN/teacher``, reused on ``--resume``)."""
     t = cfg.teacher
     if t is None:
         return None, {}
     t_tok = folder_tokenizer(t.model) or tok
     if not cross_methods(cfg):  # uld and gold take a teacher with another tokenizer
         check_same_tokenizer(t_tok, tok, cfg.lm.regime)
-    saved = run_dir / "teacher" / "model"
+    saved = teacher_folder(run_dir)
     if t.model.startswith("hf:"):
         net, record = build_causal_lm(t.model, {}, t_tok.vocab_size)
         net.tokenizer = t_tok
@@ -102,13 +104,25 @@ def prepare_teacher(cfg: LMRunConfig, tok, train: TokenDataset, val: TokenDatase
             net.gradient_checkpointing()
         log(f"Training the teacher ({record['params']:,} parameters) for {tcfg.epochs} epochs.")
         ce = LMDistiller.wrap(create("ce", net), cfg.lm.loss_chunk)
-        res = train_lm(net, ce, train, val, tcfg, cfg, run_dir / "teacher", resume, log, None)
+        res = train_lm(net, ce, train, val, tcfg, cfg, run_dir / "teacher", resume, log, None, role="teacher")
         if is_main_process():  # every process holds the same trained teacher; one writes it
             net.save(saved, tok)
+            atomic_write_json(saved / "results.json", {"task": "causal-lm", "role": "teacher", **res})
         record |= {"trained_in_run": True, "train_time_s": res["train_time_s"]}
+    weights = Path(t.model.removeprefix("hf:")) if t.model.startswith("hf:") else saved
+    # where the weights are: runs sharing one teacher share this (compare's teacher row)
+    record["checkpoint"] = str((weights / "model.safetensors").resolve())
     if t_tok.identity() == tok.identity():  # the same vocabulary: the teacher's perplexity compares
         record["val"] = lm_metrics(net, val, cfg.data.eval_batch_size, next(net.parameters()).device)
+        record["metrics"] = {"val": record["val"]}  # where compare and report read a teacher's numbers
     return net, record
+
+
+def teacher_folder(run_dir: Path) -> Path:
+    """The teacher's Hugging Face folder of a run: ``RUN/teacher`` (``RUN/teacher/model`` in
+    run folders written before the task seam)."""
+    old = run_dir / "teacher" / "model"
+    return old if (old / "config.json").is_file() else run_dir / "teacher"
 
 
 def sequence_transfer(teacher: CausalLM, train: TokenDataset, tok, cfg: LMRunConfig, run_dir: Path, log) -> TokenDataset:
@@ -183,7 +197,7 @@ def build_distiller(cfg: LMRunConfig, student: CausalLM, teacher: CausalLM | Non
 
 
 def _needs_teacher(terms_cfg) -> bool:
-    from ..methods import METHODS
+    from ...methods import METHODS
 
     return any(METHODS.get(t.get("name")).needs_teacher for t in terms_cfg)
 
@@ -204,7 +218,7 @@ def build_student(cfg: LMRunConfig, tok) -> tuple[CausalLM, dict[str, Any]]:
     student, record = build_causal_lm(cfg.student.model, cfg.student.kwargs, tok.vocab_size, seed=cfg.train.seed,
                                       eos_id=tok.eos_id)
     if cfg.student.peft is not None:  # LoRA: only the adapters train (kdistill.lm.lora)
-        from .lora import apply_lora
+        from ...lm.lora import apply_lora
 
         record |= apply_lora(student, cfg.student.peft.model_dump(), cfg.train.seed)
     if cfg.lm.gradient_checkpointing:
@@ -213,33 +227,31 @@ def build_student(cfg: LMRunConfig, tok) -> tuple[CausalLM, dict[str, Any]]:
     return student, record
 
 
-def run_lm(cfg: LMRunConfig, run_dir: str | Path | None = None, resume: bool = False,
-           log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train one causal-LM run and return its results (also written to ``results.json``)."""
+def open_lm_run(cfg: LMRunConfig, run_dir: str | Path | None, resume: bool) -> Path:
+    """The run folder, with its config.yaml (written by the main process)."""
     path = run_dir_for(cfg, run_dir)
     if (path / "results.json").exists() and not resume:
         raise ConfigError(f"Run folder {path} already holds a finished run; pick another output.name or pass --resume.")
     path.mkdir(parents=True, exist_ok=True)
-    main = is_main_process()
-    if not main:  # several processes (torchrun): one writes the run folder and speaks
-        log = _silent
-    else:
+    if is_main_process():
         atomic_write_text(path / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    # start the process group (if any) now: the main process writes transfer sets and
-    # caches before any Trainer exists, and the others wait for them
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        get_accelerator(resolve_device(cfg.train.device), cfg.train.precision, cfg.train.fsdp)
+    return path
+
+
+def text_and_tokenizer(cfg: LMRunConfig, log) -> tuple[Any, TokenDataset, TokenDataset]:
+    """The run's tokenizer and its training and validation rows, every model's position
+    limit checked against ``data.block_size`` first (one message, before anything trains)."""
     tok = resolve_tokenizer(cfg)
     check_same_tokenizer(folder_tokenizer(cfg.student.model), tok, "supervised")
+    check_positions(cfg, tok)
     train, val = load_data(cfg, tok)
     log(f"Text: {len(train)} training rows ({train.targets():,} target tokens), {len(val)} validation rows.")
-    needs_teacher = _needs_teacher(cfg.method_terms()) or cfg.lm.regime != "supervised"
-    if needs_teacher and cfg.teacher is None:
-        raise ConfigError(f"lm.regime {cfg.lm.regime!r} with method(s) "
-                          f"{[t.get('name') for t in cfg.method_terms()]} needs a teacher section.")
-    served = getattr(cfg.teacher, "kind", None) is not None  # served or several: kdistill.lm.served_run
-    teacher, t_record = prepare_teacher(cfg, tok, train, val, path, resume, log) if needs_teacher and not served \
-        else (None, {})
+    return tok, train, val
+
+
+def check_teacher_use(cfg: LMRunConfig, teacher, tok) -> bool:
+    """Whether the teacher shares the student's vocabulary; refuses token-level methods
+    across vocabularies."""
     same_vocab = teacher is not None and getattr(teacher, "tokenizer", tok).identity() == tok.identity()
     if teacher is not None and not same_vocab and _needs_teacher(cfg.method_terms()) and not cross_methods(cfg):
         raise ConfigError(
@@ -248,47 +260,93 @@ def run_lm(cfg: LMRunConfig, run_dir: str | Path | None = None, resume: bool = F
             f"{[t.get('name') for t in cfg.method_terms()]} compare next-token distributions over one vocabulary. "
             "Use method: {name: ce} (training on the teacher's completions), or one shared tokenizer."
         )
-    if cfg.lm.regime == "sequence" and not served:
-        train = sequence_transfer(teacher, train, tok, cfg, path, log)
-    dist_teacher = teacher if same_vocab or teacher is None or not cross_methods(cfg) else cross_teacher(cfg, teacher, tok)
-    if cfg.lm.cache_k is not None and not served:
-        from .cache import LMCachedTeacher, write_lm_cache
+    return same_vocab
 
-        folder = Path(cfg.lm.cache_dir) if cfg.lm.cache_dir else path / "teacher_cache"
-        # the main process writes the cache; the others, after it, find it and check its fingerprints
-        with main_process_first():
-            t_record["cache"] = write_lm_cache(teacher, train, tok, cfg.lm.cache_k, folder, cfg.data.eval_batch_size,
-                                               log)
-        dist_teacher = LMCachedTeacher(folder, train)
+
+def needs_teacher(cfg: LMRunConfig) -> bool:
+    """A teacher is used: a method needs one, or the regime writes or scores with one."""
+    need = _needs_teacher(cfg.method_terms()) or cfg.lm.regime != "supervised"
+    if need and cfg.teacher is None:
+        raise ConfigError(f"lm.regime {cfg.lm.regime!r} with method(s) "
+                          f"{[t.get('name') for t in cfg.method_terms()]} needs a teacher section.")
+    return need
+
+
+def cached_teacher(cfg: LMRunConfig, teacher, train: TokenDataset, tok, path: Path, t_record: dict, log):
+    """The live teacher, or (``lm.cache_k``) the top-k cache of it, written once."""
+    if cfg.lm.cache_k is None:
+        return teacher
+    from ...lm.cache import LMCachedTeacher, write_lm_cache
+
+    folder = Path(cfg.lm.cache_dir) if cfg.lm.cache_dir else path / "teacher_cache"
+    # the main process writes the cache; the others, after it, find it and check its fingerprints
+    with main_process_first():
+        t_record["cache"] = write_lm_cache(teacher, train, tok, cfg.lm.cache_k, folder, cfg.data.eval_batch_size, log)
+    return LMCachedTeacher(folder, train)
+
+
+def run_lm(cfg: LMRunConfig, run_dir: str | Path | None = None, resume: bool = False,
+           log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train one causal-LM run and return its results (also written to ``results.json``)."""
+    path = open_lm_run(cfg, run_dir, resume)
+    main = is_main_process()
+    log = log if main else _silent  # several processes (torchrun): one writes the run folder and speaks
+    # start the process group (if any) now: the main process writes transfer sets and
+    # caches before any Trainer exists, and the others wait for them
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        get_accelerator(resolve_device(cfg.train.device), cfg.train.precision, cfg.train.fsdp)
+    tok, train, val = text_and_tokenizer(cfg, log)
+    served = getattr(cfg.teacher, "kind", None) is not None  # served or several: kdistill.lm.served_run
+    need = needs_teacher(cfg)
+    teacher, t_record = prepare_teacher(cfg, tok, train, val, path, resume, log) if need and not served else (None, {})
+    same_vocab = check_teacher_use(cfg, teacher, tok)
     if served:
-        from .served_run import other_teacher
+        from ...lm.served_run import other_teacher
 
         train, dist_teacher, t_record = other_teacher(cfg, tok, train, path, log)
+    else:
+        if cfg.lm.regime == "sequence":
+            train = sequence_transfer(teacher, train, tok, cfg, path, log)
+        dist_teacher = cached_teacher(cfg, teacher, train, tok, path, t_record, log)
+        if teacher is not None and not same_vocab and cross_methods(cfg):
+            dist_teacher = cross_teacher(cfg, teacher, tok)
     student, s_record = build_student(cfg, tok)
     distiller = build_distiller(cfg, student, dist_teacher, train, tok)
     res = train_lm(student, distiller, train, val, cfg.train, cfg, path, resume, log, teacher if same_vocab else None)
     if main:
         student.save(path / "student", tok)
-    new = cfg.lm.max_new_tokens or 48
-    result = {
-        "task": "causal-lm",
-        "run_dir": str(path),
-        "regime": cfg.lm.regime,
-        "method": cfg.method_terms(),
-        "tokenizer": tok.kind,
-        "data": {"train_rows": len(train), "val_rows": len(val), "train_tokens": train.targets(),
-                 "val_tokens": val.targets(), "block_size": cfg.data.block_size},
-        "teacher": t_record,
-        "student": s_record,
-        **res,
-        "samples": student_samples(student, tok, cfg.lm.sample_prompts, new) if cfg.lm.sample_prompts else [],
-    }
+    result = lm_results(cfg, path, tok, train, val, t_record, s_record, res, student)
     if isinstance(distiller, OnPolicyDistiller):
         result["on_policy_draws"] = int(distiller.draws)
     if main:
         atomic_write_json(path / "results.json", result)
     sync_processes()  # the run folder is complete when any process returns
     return result
+
+
+def lm_results(cfg: LMRunConfig, path: Path, tok, train: TokenDataset, val: TokenDataset, t_record: dict,
+               s_record: dict, res: dict, student: CausalLM) -> dict[str, Any]:
+    """``results.json`` of a causal-LM run: what compare, report and the readers use."""
+    new = cfg.lm.max_new_tokens or 48
+    s_record = s_record | {"bytes": sum(p.numel() * p.element_size() for p in student.parameters())}
+    return {
+        "task": "causal-lm",
+        "name": path.name,
+        "run_dir": str(path),
+        "seed": cfg.train.seed,
+        "regime": cfg.lm.regime,
+        "method": cfg.method_terms(),
+        "tokenizer": tok.kind,
+        "data": {"train_rows": len(train), "val_rows": len(val), "train_tokens": train.targets(),
+                 "val_tokens": val.targets(), "block_size": cfg.data.block_size},
+        # the one shape every task's runs share (compare pairs runs on it)
+        "dataset": {"name": Path(cfg.data.train).name, "num_classes": tok.vocab_size, "train": len(train),
+                    "val": len(val), "fingerprint": train.fingerprint()},
+        "teacher": t_record,
+        "student": s_record,
+        **res,
+        "samples": student_samples(student, tok, cfg.lm.sample_prompts, new) if cfg.lm.sample_prompts else [],
+    }
 
 
 def _silent(line: str) -> None:
@@ -300,18 +358,18 @@ def evaluate_lm_run(run_dir: str | Path, teacher: str | None = None) -> dict[str
     with the same tokenizer) on the run's validation text (``kdistill eval``). ``teacher``
     (``hf:PATH``): compare with this model instead of the run's own teacher (a student
     trained alone has none)."""
-    from .config import load_lm_config
+    from ...config import load_config
 
     path = Path(run_dir)
     if not (path / "student" / "config.json").is_file():
         raise ConfigError(f"{path} holds no finished causal-LM run (no student/ folder).")
-    cfg = load_lm_config(path / "config.yaml")
+    cfg = load_config(path / "config.yaml")
     tok = load_tokenizer(f"hf:{path / 'student'}")
     _, val = load_data(cfg, tok)
     student, _ = build_causal_lm(f"hf:{path / 'student'}", {}, tok.vocab_size)
     src = teacher
     if src is None and cfg.teacher is not None:
-        src = cfg.teacher.model if cfg.teacher.model.startswith("hf:") else f"hf:{path / 'teacher' / 'model'}"
+        src = cfg.teacher.model if cfg.teacher.model.startswith("hf:") else f"hf:{teacher_folder(path)}"
     teacher = None
     if src is not None:
         t_tok = folder_tokenizer(src)
