@@ -208,3 +208,25 @@ def test_on_policy_distiller_chunked_equals_full():
     g_ref = torch.autograd.grad(ref, list(student.parameters()))
     for a, r in zip(torch.autograd.grad(got, list(student.parameters())), g_ref):
         torch.testing.assert_close(a, r, atol=1e-6, rtol=1e-5)
+
+
+def test_lm_metrics_in_chunks_equal_full_logits(monkeypatch):
+    import kdistill.lm.metrics as metrics
+    from kdistill.lm import ByteTokenizer
+    from kdistill.lm.data import records_dataset
+
+    student, _ = build_causal_lm("hf-config", TINY, 257, seed=1)
+    teacher, _ = build_causal_lm("hf-config", TINY, 257, seed=2)
+    recs = [{"prompt": "the cat ", "completion": "sat on a mat " * (i % 3 + 1)} for i in range(6)]
+    data = records_dataset(recs, ByteTokenizer(), block_size=40, name="r")
+    full = metrics.lm_metrics(student, data, 4, "cpu", teacher)
+    monkeypatch.setattr(metrics, "AUTO_ELEMENTS", 1)  # every batch in chunks
+    monkeypatch.setattr(metrics, "auto_chunk", lambda vocab: 7)
+    called = []
+    real = metrics.head_input
+    monkeypatch.setattr(metrics, "head_input", lambda *a: called.append(1) or real(*a))
+    chunked = metrics.lm_metrics(student, data, 4, "cpu", teacher)
+    assert len(called) >= 2  # the hidden-state path ran, for student and teacher
+    assert chunked.keys() == full.keys() and chunked["tokens"] == full["tokens"] > 0
+    for k in full:
+        assert chunked[k] == pytest.approx(full[k], rel=1e-6, abs=1e-7), k
