@@ -67,14 +67,43 @@ def main(argv: list[str] | None = None) -> int:
                           "Finished results were not touched; free space or fix permissions, then re-run "
                           "(add --resume to continue a run).", highlight=False, soft_wrap=True)
         return 1
-    except Exception as e:  # click's usage errors
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            return e.exit_code
-        if isinstance(e, click.exceptions.Abort):
-            return 1
-        raise
+    except Exception as e:  # click's usage errors (typer vendors its own click)
+        code = _click_error(e)
+        if code is None:
+            raise
+        return code
     return 0
+
+
+def _click_classes(name: str) -> tuple[type, ...]:
+    """``name`` from click and from typer's vendored copy, whichever are installed."""
+    found = []
+    for mod in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            found.append(getattr(__import__(mod, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(found)
+
+
+def _click_error(e: Exception) -> int | None:
+    """A usage mistake (unknown flag or command, missing argument, a value of the wrong
+    type) as one line with the command's usage, exit 2; ``None`` for anything else."""
+    if isinstance(e, _click_classes("NoArgsIsHelpError")):
+        e.show()
+        return 0
+    if isinstance(e, _click_classes("Abort")):
+        return 1
+    if not isinstance(e, _click_classes("ClickException")):
+        return None
+    ctx = getattr(e, "ctx", None)
+    usage = ""
+    if ctx is not None:
+        import re
+
+        usage = re.sub(r"\{(\w+)\}", lambda m: m.group(1).upper(), " ".join(ctx.get_usage().split()))
+        usage = f" ({usage.replace('Usage: ', 'usage: ')}; see {ctx.command_path} --help)"
+    message = " ".join(e.format_message().split())
+    err_console.print(f"[bold red]error:[/] {message}{usage}", highlight=False, soft_wrap=True)
+    return 2 if isinstance(e, _click_classes("UsageError")) else e.exit_code
 
