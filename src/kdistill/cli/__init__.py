@@ -12,6 +12,7 @@ import warnings
 import typer
 
 from ..errors import KdistillError
+from ..safe_read import allow_remote_code, safetensors_os_error
 
 # each area module adds its commands when imported; this order is the order of `kdistill --help`
 # isort: off
@@ -36,6 +37,16 @@ def _format_warning(message, category, filename, lineno, line=None, _default=war
     return _default(message, category, filename, lineno, line)
 
 
+def _quiet_library_noise() -> None:
+    """torchao's "Failed to load ... .so" lines (optional kernels for other GPUs) and torch's
+    pytree deprecation notes are printed at import by every Hugging Face command; they say
+    nothing about the user's run."""
+    import logging
+
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning user errors into one message and an exit code.
 
@@ -47,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
     warnings.formatwarning = _format_warning
+    # Hugging Face loads may run a folder's own Python only with --trust-code (never by a prompt)
+    allow_remote_code("--trust-code" in (sys.argv[1:] if argv is None else argv))
+    _quiet_library_noise()
     try:
         app(args=argv, standalone_mode=False)
     except KdistillError as e:
@@ -59,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return 130
-    except OSError as e:
+    except (OSError, _safetensors_error()) as e:
+        e = safetensors_os_error(e) or e
         # disk full, unwritable folder, vanished file: say which and why; files are written
         # atomically, so nothing finished was replaced by a half-written one
         where = f" ({e.filename})" if e.filename else ""
@@ -73,6 +88,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return code
     return 0
+
+
+def _safetensors_error() -> type[BaseException]:
+    try:
+        from safetensors import SafetensorError
+    except ImportError:
+        return OSError
+    return SafetensorError
 
 
 def _click_classes(name: str) -> tuple[type, ...]:

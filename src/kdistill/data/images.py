@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DataError
+from ..safe_read import read_bytes
 from .loaders import Augment, epoch_order
 from .recipe import Recipe, RecipeConfig, center_crop
 
@@ -83,8 +84,7 @@ def decode(raw: Any, geo: Geometry) -> np.ndarray:
     in the DCT to the smallest size still >= ``load``), everything else by Pillow."""
     Image, ImageOps = _need_pillow()
     try:
-        if isinstance(raw, (str, Path)):
-            raw = Path(raw).read_bytes()
+        raw = _encoded(raw, Image)
         img = None
         if isinstance(raw, (bytes, bytearray, memoryview)):
             raw = bytes(raw)
@@ -110,7 +110,7 @@ def decode(raw: Any, geo: Geometry) -> np.ndarray:
         if img.size != (geo.load, geo.load):
             img = ImageOps.fit(img, (geo.load, geo.load), method=Image.BILINEAR)
         arr = np.asarray(img, dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError) as e:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError, DataError) as e:
         raise BadImage(str(e) or type(e).__name__) from None
     return arr[None] if arr.ndim == 2 else np.ascontiguousarray(arr.transpose(2, 0, 1))
 
@@ -455,13 +455,44 @@ def probe(raw: Any) -> tuple[int, int, int]:
     """``(width, height, channels)`` of one encoded image (header only)."""
     Image, _ = _need_pillow()
     try:
-        if isinstance(raw, (str, Path)):
-            raw = Path(raw).read_bytes()
+        raw = _encoded(raw, Image)
         img = Image.open(io.BytesIO(bytes(raw))) if isinstance(raw, (bytes, bytearray, memoryview)) else raw
         channels = 1 if img.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
         return img.size[0], img.size[1], channels
-    except (OSError, ValueError, SyntaxError) as e:
-        raise BadImage(str(e)) from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError, DataError) as e:
+        raise BadImage(str(e) or type(e).__name__) from None
+
+
+def _encoded(raw: Any, Image) -> Any:
+    """Encoded bytes (or a PIL image) from what a reader gave: a path is read through the
+    safe reader (a regular file of at most 256 MiB: no FIFO, no ``/dev/zero``); anything
+    else (an int, a list of floats in a parquet column) is not an image."""
+    if isinstance(raw, (str, Path)):
+        return read_bytes(raw, "image")
+    if isinstance(raw, (bytes, bytearray, memoryview)) or isinstance(raw, Image.Image):
+        return raw
+    raise BadImage(f"the cell holds {type(raw).__name__}, not an encoded image or a path")
+
+
+def probe_majority(name: str, samples: list[Any], channels: int | None) -> tuple[int, int, int]:
+    """``(width, height, channels)`` from a few training images: the size of the first
+    readable one, the channel count most of them have (said in a warning when they
+    disagree, unless ``channels`` is configured). Unreadable ones are passed over; none
+    readable is a :class:`DataError`."""
+    got, why = [], ""
+    for raw in samples:
+        try:
+            got.append(probe(raw))
+        except BadImage as e:
+            why = why or str(e)
+    if not got:
+        raise DataError(f"{name}: cannot read the first training image ({why}).")
+    counts = {c: sum(g[2] == c for g in got) for c in (1, 3)}
+    majority = 3 if counts[3] >= counts[1] else 1
+    if channels is None and counts[1] and counts[3]:
+        warnings.warn(f"{name}: of {len(got)} training images probed, {counts[3]} are colour and {counts[1]} grey; "
+                      f"using {majority} channel(s) for all (set data.options.channels to choose).", stacklevel=3)
+    return got[0][0], got[0][1], majority
 
 
 def channel_stats(batches, channels: int, size: int) -> tuple[list[float], list[float]]:
@@ -505,10 +536,7 @@ def image_splits(name: str, parts: dict[str, tuple[Any, Tensor]], num_classes: i
     from .arrays import DataSplits
 
     if size is None or channels is None:
-        try:
-            w, h, c = probe(first)
-        except BadImage as e:
-            raise DataError(f"{name}: cannot read the first training image ({e}).") from None
+        w, h, c = probe_majority(name, first if isinstance(first, list) else [first], channels)
         if size is None:
             size = min(w, h)
             resize = resize or size

@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ..errors import CheckpointError
+from ..safe_read import safetensors_os_error
 
 
 def _sha256(path: Path) -> str:
@@ -108,7 +109,7 @@ def save_checkpoint(
     final = checkpoint_path(root, kind, step)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{kind}-{step:09d}.{os.getpid()}."))
     try:
-        save_file(state_dict_tensors(model), str(tmp / "model.safetensors"))
+        save_tensors(state_dict_tensors(model), tmp / "model.safetensors")
         files = ["model.safetensors"]
         if train_state is not None:
             buf = io.BytesIO()
@@ -122,15 +123,37 @@ def save_checkpoint(
                 os.fsync(fh.fileno())
         _fsync_dir(tmp)
         if final.exists():
-            shutil.rmtree(final)
+            _remove_atomically(final)
         os.replace(tmp, final)
         _fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     for old in list_checkpoints(root, kind)[keep:]:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove_atomically(old)
     return final
+
+
+def _remove_atomically(folder: Path) -> None:
+    """Remove a checkpoint folder so that a kill never leaves half of it under its own name:
+    renamed first to ``.<name>.<pid>.tmp`` (litter :func:`remove_litter` removes once this
+    process is gone), then deleted."""
+    gone = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    os.replace(folder, gone)
+    shutil.rmtree(gone, ignore_errors=True)
+
+
+def save_tensors(tensors: dict[str, Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """``safetensors.save_file``, with a disk-full or permission failure raised as an
+    :class:`OSError` naming ``path`` (safetensors raises its own error type, which says
+    neither)."""
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except Exception as e:
+        err = safetensors_os_error(e, path)
+        if err is None:
+            raise
+        raise err from None
 
 
 # .<name>.<pid>.<tempfile's 8 random characters>[.tmp], or .<name>.<pid>.tmp

@@ -33,6 +33,7 @@ from ..losses import kd_loss
 from ..measure import summarize_times
 from ..metrics import accuracy, agreement
 from ..runs import load_saved, prepare_data, teacher_from_checkpoints
+from ..safe_read import QuantizeRecord, read_json
 from .backend import QuantizeError, quiet, torchao_pt2e
 from .core import METHODS, Quantized, quantize_model, rebuild_int8
 
@@ -291,7 +292,8 @@ def load_int8(run_dir: str | Path, method: str = "ptq", trust_code: bool = False
     folder = int8_dir(run_dir, method)
     if not (folder / "quantized.safetensors").is_file() or not (folder / "quantize.json").is_file():
         raise QuantizeError(f"{run_dir} has no {method} int8 student; run `kdistill quantize {run_dir} --method {method}` first.")
-    info = json.loads((folder / "quantize.json").read_text())
+    info = read_json(folder / "quantize.json", QuantizeRecord, error=QuantizeError,
+                     hint=f" Re-run `kdistill quantize {run_dir} --method {method}`.")
     student, record = load_saved(run_dir, "student", trust_code)
     prepared, int8 = rebuild_int8(student, record["input_shape"], load_file(str(folder / "quantized.safetensors")),
                                   bool(info.get("qat_graph")), info.get("keep_float") or (),

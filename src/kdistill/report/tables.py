@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import parse_yaml
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..runs.grid import SCRATCH
+from ..safe_read import ResultsRecord, read_json
 
 TEACHER = "teacher"
 _CELL = re.compile(r"^(?P<group>.+)-s(?P<seed>-?\d+)$")
@@ -215,11 +216,9 @@ def load_run(path: str | Path) -> RunRecord:
     if not res_file.is_file():
         raise RunFolderError("no results.json (unfinished or not a run folder)")
     try:
-        results = json.loads(res_file.read_text())
-    except (ValueError, OSError):
-        raise RunFolderError("results.json is damaged (not valid JSON)") from None
-    if not isinstance(results, dict):
-        raise RunFolderError("results.json is not a JSON object")
+        results = read_json(res_file, ResultsRecord)
+    except DataError as e:
+        raise RunFolderError(str(e).removeprefix(f"{res_file}").lstrip(": ") or "results.json is damaged") from None
     missing = [k for k in ("dataset", "final", "student") if not isinstance(results.get(k), dict)]
     if missing or "acc" not in (results["final"].get("test") or {}):
         raise RunFolderError(f"results.json lacks {', '.join(missing) or 'final.test.acc'}")

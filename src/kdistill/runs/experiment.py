@@ -12,7 +12,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..cache import CachedTeacher
 from ..config import RunConfig, TrainConfig, dump_config, validate_config
 from ..data import Augment, Dataset, DataSplits
 from ..devices import resolve_device
@@ -24,7 +23,7 @@ from ..methods import Distiller, create
 from ..metrics import classification_metrics
 from ..teacher_input import unwrap
 from ..teachers import TEACHER_KINDS, EnsembleTeacher, ModuleTeacher, Teacher, register_teacher_kind
-from .build import build_model, load_transfer, model_record, teacher_adapter, with_num_data
+from .build import build_model, load_transfer, model_record, open_teacher_cache, teacher_adapter, with_num_data
 from .folder import is_main_process, open_run_dir, save_model, sync_processes, write_json
 from .preflight import preflight
 
@@ -124,7 +123,7 @@ def default_teacher(options: dict, ctx: TeacherContext) -> tuple[Teacher, dict]:
     cfg, data, run_dir, resume, log, trust = ctx.cfg, ctx.data, ctx.run_dir, ctx.resume, ctx.log, ctx.trust
     t = cfg.teacher
     if t.cache is not None:
-        cached = CachedTeacher.open(t.cache, data.train, num_classes=data.num_classes)
+        cached = open_teacher_cache(t, data, trust)  # checked against the teacher when the config names it
         log(f"Teacher: cached outputs from {t.cache}.")
         return cached, {"cache": t.cache}
     members_cfg = t.ensemble or [t]

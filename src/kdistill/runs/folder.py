@@ -15,7 +15,7 @@ from torch import nn
 
 from ..config import RunConfig, dump_config
 from ..distributed import is_main_process, sync_processes  # noqa: F401 (re-exported by kdistill.runs)
-from ..engine.checkpoint import atomic_write_json, atomic_write_text, state_dict_tensors
+from ..engine.checkpoint import atomic_write_json, atomic_write_text, save_tensors, state_dict_tensors
 from ..errors import ConfigError
 
 
@@ -29,13 +29,15 @@ def write_json(path: Path, obj: Any) -> None:
 
 def save_model(run_dir: Path, model: nn.Module, record: dict[str, Any]) -> None:
     """``model.safetensors`` + ``model.json``: the deployable network and how to rebuild it."""
-    from safetensors.torch import save_file
-
     if not is_main_process():
         return
     run_dir = Path(run_dir)
     tmp = run_dir / f".model.safetensors.{os.getpid()}.tmp"
-    save_file(state_dict_tensors(model), str(tmp))
+    try:
+        save_tensors(state_dict_tensors(model), tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(run_dir / "model.safetensors")
     atomic_write_json(run_dir / "model.json", record)
 

@@ -29,7 +29,7 @@ from ..errors import ConfigError, DataError, KdistillError, ShapeError
 from ..measure import count_params
 from ..methods import create
 from ..models import check_name
-from .build import build_model, load_transfer, prepare_data, teacher_adapter, with_num_data
+from .build import build_model, load_transfer, open_teacher_cache, prepare_data, teacher_adapter, with_num_data
 
 
 @dataclass
@@ -138,10 +138,8 @@ def _teacher(cfg: RunConfig, data: DataSplits, trust: bool, lines: list[str]):
         lines.append(f"teacher: kind {t.kind!r}, made when the run starts")
         return None, []
     if t.cache is not None:
-        from ..cache import CachedTeacher
-
         lines.append(f"teacher: cache {t.cache}")
-        return CachedTeacher.open(t.cache, data.train, num_classes=data.num_classes), []
+        return open_teacher_cache(t, data, trust), []
     members = t.ensemble or [ModelConfig(model=t.model, kwargs=t.kwargs, checkpoint=t.checkpoint)]
     many = len(members) > 1
     adapt = teacher_adapter(t, data)
