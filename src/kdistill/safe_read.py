@@ -261,13 +261,13 @@ def shape_ok(shape: Any) -> bool:
 
 def safetensors_os_error(e: Exception, path: str | Path | None = None) -> OSError | None:
     """The :class:`OSError` inside a safetensors ``SafetensorError`` (disk full, permission:
-    safetensors reports them as ``IoError(Os { code: 28, ... })``), naming ``path``; ``None``
+    safetensors reports them as ``I/O error: No space left on device (os error 28)``), naming ``path``; ``None``
     when ``e`` is not such an error."""
     if type(e).__name__ != "SafetensorError":
         return None
     import re
 
-    m = re.search(r"code: (\d+)", str(e))
+    m = re.search(r"(?:code: |os error )(\d+)", str(e))
     code = int(m.group(1)) if m else 5  # EIO when safetensors does not say
     return OSError(code, os.strerror(code), None if path is None else str(path))
 

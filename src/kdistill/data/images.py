@@ -135,9 +135,7 @@ class _Decode(torch.utils.data.Dataset):
             row = int(self.rows[p])
             try:
                 x[k] = decode(self.reader.read(row), g)
-            except BadImage as e:
-                bad.append((k, self.reader.describe(row), str(e)))
-            except OSError as e:
+            except (BadImage, OSError, DataError) as e:  # DataError: a FIFO, a device, a link outside
                 bad.append((k, self.reader.describe(row), str(e)))
         return {"pos": torch.as_tensor(positions, dtype=torch.int64), "x": torch.from_numpy(x), "bad": bad}
 

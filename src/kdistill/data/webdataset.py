@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from ..safe_read import MAX_CLASSES
 from .datasets import register_dataset
 from .images import ImageSet, image_splits
 from .loaders import Augment
@@ -128,14 +129,7 @@ def index_shards(paths: list[Path], image_ext: str | None, label_ext: str | None
                             raise DataError(f"webdataset: sample {key!r} in {path.name} lacks an image "
                                             f"({image_ext or '/'.join(IMAGE_EXTS)}) or a label "
                                             f"({label_ext or '/'.join(LABEL_EXTS)}); it has {sorted(g)}.")
-                        lm = g[le]
-                        raw.seek(lm.offset_data)
-                        text = raw.read(lm.size).decode("utf-8", "replace").strip()
-                        try:
-                            labels.append(int(text))
-                        except ValueError:
-                            raise DataError(f"webdataset: label of {key!r} in {path.name} is {text!r}, "
-                                            "not an integer.") from None
+                        labels.append(_label(raw, g[le], key, path))
                         im = g[ie]
                         shard.append(s)
                         offset.append(im.offset_data)
@@ -234,3 +228,18 @@ def webdataset(root: str | None = None, train: str | list[str] | None = None, te
         if part is not None:
             part.order_mode = order
     return splits
+
+
+def _label(raw, member, key: str, path: Path) -> int:
+    """The decimal label of a ``.cls`` member: at most 32 bytes, an integer in
+    ``[0, MAX_CLASSES)`` (10**30 or a megabyte of digits is one :class:`DataError`)."""
+    raw.seek(member.offset_data)
+    text = raw.read(min(member.size, 32)).decode("utf-8", "replace").strip()
+    try:
+        value = int(text) if member.size <= 32 else None
+    except ValueError:
+        value = None
+    if value is None or not -1 <= value < MAX_CLASSES:  # -1: unlabelled
+        raise DataError(f"webdataset: label of {key!r} in {path.name} is {text[:24]!r}"
+                        f"{'...' if member.size > 24 else ''}, not an integer in [0, {MAX_CLASSES}).")
+    return value

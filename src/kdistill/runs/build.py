@@ -26,6 +26,9 @@ from ..teachers import EnsembleTeacher, ModuleTeacher, Teacher
 def prepare_data(cfg: RunConfig) -> DataSplits:
     """Load, subset, split and validate the run's data (the transfer set is separate)."""
     d = cfg.data
+    twice = sorted(set(d.options) & {"root", "resident", "workers", "resident_budget_mb"})
+    if twice:
+        raise ConfigError(f"data.options.{twice[0]} repeats the data section's own key; set data.{twice[0]} instead.")
     splits = load_dataset(d.name, root=d.root, resident=d.resident, workers=d.workers,
                           resident_budget_mb=d.resident_budget_mb, **d.options)
     train = splits.train
