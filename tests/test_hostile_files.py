@@ -571,7 +571,7 @@ def test_pruning_a_checkpoint_renames_before_deleting(tmp_path, monkeypatch):
     COUNTED.append("pruning")
 
 
-HOSTILE_CASES = 63  # the COUNTED.append calls a full run of this module makes
+HOSTILE_CASES = 67  # the COUNTED.append calls a full run of this module makes
 
 
 def test_zz_the_hostile_case_count(request):
@@ -580,3 +580,46 @@ def test_zz_the_hostile_case_count(request):
         pytest.skip("a subset of the module ran")
     assert len(COUNTED) <= HOSTILE_CASES
     print(f"\n{len(COUNTED)} hostile cases ran")
+
+
+def test_files_kdistill_writes_follow_the_umask(run, tmp_path):
+    """mkstemp's 0600 made shared run folders unreadable to colleagues."""
+    from kdistill.engine.checkpoint import atomic_write_json, save_checkpoint
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "x.json", {"a": 1})
+        ck = save_checkpoint(tmp_path / "ck", "last", 1, torch.nn.Linear(2, 2), {})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o644
+    assert ck.stat().st_mode & 0o777 == 0o755
+    assert (run / "run" / "results.json").stat().st_mode & 0o044  # the run folder's records too
+
+
+def test_an_interrupted_quantize_leaves_nothing_after_the_next_start(run, tmp_path):
+    from kdistill.engine.checkpoint import remove_litter
+    from kdistill.quantize.run import int8_dir
+
+    bad = _copy(run, tmp_path)
+    folder = int8_dir(bad, "ptq")
+    folder.mkdir(parents=True)
+    litter = folder / f".quantize.json.{_dead_pid()}.tmp"
+    litter.write_text("{")
+    assert remove_litter(folder) == [litter.name]  # quantize_run calls it on both folders first
+    COUNTED.append("quantize litter")
+
+
+@pytest.mark.parametrize("section,key,value", [("recipe", "flip", "yes"), ("train", "epochs", "on"),
+                                               ("train", "lr", "no")])
+def test_yes_no_where_a_number_belongs_is_refused(tmp_path, capsys, section, key, value):
+    """YAML reads yes/on as true: ``flip: yes`` silently became probability 1.0."""
+    text = yaml.safe_dump(CFG).replace("train:\n", "train:\n  PLACE\n") if section == "train" else yaml.safe_dump(CFG)
+    if section == "train":
+        text = text.replace(f"  {key}: {CFG['train'].get(key)}\n", "").replace("PLACE", f"{key}: {value}")
+    else:
+        text = text.replace("data:\n", f"data:\n  recipe:\n    {key}: {value}\n")
+    (tmp_path / "cfg.yaml").write_text(text)
+    err = _one_error(capsys, ["train", str(tmp_path / "cfg.yaml"), "--run-dir", str(tmp_path / "r")], code=2)
+    assert f"{key} takes a number, got true" in err or f"{key} takes a number, got false" in err
+    COUNTED.append(f"config {key}: {value}")

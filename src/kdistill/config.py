@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .data.recipe import RecipeConfig
 from .errors import ConfigError, KdistillError, did_you_mean
+from .safe_read import refuse_bool_numbers
 
 # limits on a config document (see the module docstring); generous for any real config
 MAX_CONFIG_BYTES = 1 << 20
@@ -39,6 +40,11 @@ NonNegFloat = Annotated[float, Field(ge=0, le=1e12, allow_inf_nan=False)]
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, data):
+        return refuse_bool_numbers(cls, data)
 
 
 class AugmentConfig(Strict):

@@ -306,3 +306,35 @@ def remove_dead_temps(folder: str | Path, stem: str) -> list[str]:
             p.unlink(missing_ok=True)
         removed.append(p.name)
     return removed
+
+
+def user_mode(mode: int) -> int:
+    """``mode`` less the process's umask: the permissions ``open`` would give a new file
+    (``mkstemp``/``mkdtemp`` give 0600/0700 whatever the umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mode & ~mask
+
+
+def _numeric(annotation: Any) -> bool:
+    """Whether a field's type takes numbers but not booleans."""
+    import types as pytypes
+    import typing
+
+    union = typing.get_origin(annotation) in (typing.Union, pytypes.UnionType)
+    types = set(typing.get_args(annotation)) if union else {annotation}
+    return bool(types & {int, float}) and bool not in types
+
+
+def refuse_bool_numbers(model: type[BaseModel], data: Any) -> Any:
+    """A ``model_validator(mode="before")`` body: a boolean where a number belongs is an
+    error, not 1.0 or 0 (YAML reads ``yes``/``no``/``on``/``off`` as booleans, so
+    ``flip: yes`` would mean "mirror every image")."""
+    if not isinstance(data, dict):
+        return data
+    for name, value in data.items():
+        field = model.model_fields.get(name)
+        if field is not None and isinstance(value, bool) and _numeric(field.annotation):
+            raise ValueError(f"{name} takes a number, got {str(value).lower()} (YAML reads yes/no/on/off as "
+                             f"true/false); write the number you mean")
+    return data

@@ -16,7 +16,7 @@ import torch
 
 from ..data import Augment, Dataset
 from ..errors import ConfigError, DataError
-from ..safe_read import remove_dead_temps
+from ..safe_read import remove_dead_temps, user_mode
 from ..teachers import ModuleTeacher, Teacher
 from .format import CACHE_FORMAT, DTYPES, row_keys, teacher_fingerprint
 
@@ -71,6 +71,7 @@ def cache_teacher(
         if log is not None:
             log(f"removed {name}, left by an interrupted cache-teacher")
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp"))
+    os.chmod(tmp, user_mode(0o777))
     try:
         writer = _ViewWriter(tmp, n, views, DTYPES[dtype], topk, list(dict.fromkeys(features)))
         view_params = writer.write(teacher, data, aug, seed, batch_size, device, log)

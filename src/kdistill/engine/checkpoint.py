@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ..errors import CheckpointError
-from ..safe_read import safetensors_os_error
+from ..safe_read import safetensors_os_error, user_mode
 
 
 def _sha256(path: Path) -> str:
@@ -63,6 +63,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), user_mode(0o666))  # mkstemp makes 0600: a shared run folder stays readable
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -108,6 +109,7 @@ def save_checkpoint(
     root.mkdir(parents=True, exist_ok=True)
     final = checkpoint_path(root, kind, step)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{kind}-{step:09d}.{os.getpid()}."))
+    os.chmod(tmp, user_mode(0o777))
     try:
         save_tensors(state_dict_tensors(model), tmp / "model.safetensors")
         files = ["model.safetensors"]

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import load_config
-from ..engine.checkpoint import atomic_write_json, state_dict_tensors
+from ..engine.checkpoint import atomic_write_json, remove_litter, state_dict_tensors
 from ..errors import CheckpointError, ConfigError
 from ..losses import kd_loss
 from ..measure import summarize_times
@@ -190,6 +190,8 @@ def quantize_run(run_dir: str | Path, method: str = "ptq", *, teacher: str = "te
     run_dir = Path(run_dir)
     if method not in METHODS:
         raise QuantizeError(f"Unknown quantization method {method!r}; choose one of {', '.join(METHODS)}.")
+    for folder in (run_dir, int8_dir(run_dir, method)):  # what an interrupted quantize left
+        remove_litter(folder)
     try:
         student, record = load_saved(run_dir, "student", trust_code)
     except CheckpointError as e:
