@@ -571,7 +571,7 @@ def test_pruning_a_checkpoint_renames_before_deleting(tmp_path, monkeypatch):
     COUNTED.append("pruning")
 
 
-HOSTILE_CASES = 67  # the COUNTED.append calls a full run of this module makes
+HOSTILE_CASES = 68  # the COUNTED.append calls a full run of this module makes
 
 
 def test_zz_the_hostile_case_count(request):
@@ -623,3 +623,42 @@ def test_yes_no_where_a_number_belongs_is_refused(tmp_path, capsys, section, key
     err = _one_error(capsys, ["train", str(tmp_path / "cfg.yaml"), "--run-dir", str(tmp_path / "r")], code=2)
     assert f"{key} takes a number, got true" in err or f"{key} takes a number, got false" in err
     COUNTED.append(f"config {key}: {value}")
+
+
+# ---- resume after SIGKILL ----------------------------------------------------------------
+
+def test_resume_after_sigkill_finds_the_unfinished_run_of_the_config(tmp_path, capsys):
+    """The README's `kdistill train CONFIG --resume` after a kill (no SIGTERM message naming
+    the folder): the newest unfinished run of the same config in output.dir is continued."""
+    import signal
+    import time
+
+    cfg = {**CFG, "train": {**CFG["train"], "epochs": 30},
+           "output": {"dir": str(tmp_path / "runs")}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "kdistill.cli", "train", "cfg.yaml", "-q"], cwd=tmp_path, env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((tmp_path / "runs").glob("*/checkpoints/last-*")):
+        time.sleep(0.2)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    (run,) = list((tmp_path / "runs").iterdir())
+    assert not (run / "results.json").exists()
+    # another config's unfinished run beside it is not a candidate
+    other = tmp_path / "runs" / run.name.replace(run.name[:15], "20000101-000000")
+    other.mkdir()
+    (other / "config.yaml").write_text((run / "config.yaml").read_text().replace("epochs: 30", "epochs: 7"))
+    assert main(["train", str(tmp_path / "cfg.yaml"), "--resume", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert (run / "results.json").is_file() and "Resuming" not in out  # -q: quiet
+    assert json.loads((run / "results.json").read_text())["final"]
+    # a second unfinished copy makes the choice ambiguous: refused, both named
+    twin = tmp_path / "runs" / ("29991231-235959" + run.name[15:])
+    twin.mkdir()
+    shutil.copy(run / "config.yaml", twin / "config.yaml")
+    (run / "results.json").rename(run / "results.bak")
+    err = _one_error(capsys, ["train", str(tmp_path / "cfg.yaml"), "--resume"], code=2)
+    assert "2 unfinished runs" in err and twin.name in err and "--run-dir" in err
+    COUNTED.append("resume after kill")

@@ -78,7 +78,10 @@ def train(
     if resume:
         from ..runs import check_resumable
 
-        check_resumable(cfg, run_dir)
+        found = check_resumable(cfg, run_dir)
+        if run_dir is None and not cfg.output.name:
+            say(f"Resuming {found}: the unfinished run of this config in {cfg.output.dir}/.")
+        run_dir = found
     if check:
         from ..schemes import check_run
 
