@@ -571,7 +571,7 @@ def test_pruning_a_checkpoint_renames_before_deleting(tmp_path, monkeypatch):
     COUNTED.append("pruning")
 
 
-HOSTILE_CASES = 68  # the COUNTED.append calls a full run of this module makes
+HOSTILE_CASES = 69  # the COUNTED.append calls a full run of this module makes
 
 
 def test_zz_the_hostile_case_count(request):
@@ -662,3 +662,37 @@ def test_resume_after_sigkill_finds_the_unfinished_run_of_the_config(tmp_path, c
     err = _one_error(capsys, ["train", str(tmp_path / "cfg.yaml"), "--resume"], code=2)
     assert "2 unfinished runs" in err and twin.name in err and "--run-dir" in err
     COUNTED.append("resume after kill")
+
+
+def test_an_empty_and_a_truncated_image_warn_once_each_naming_the_file_and_are_not_scored(tmp_path, recwarn):
+    from kdistill.data import load_dataset
+    from kdistill.metrics import classification_metrics, predict_logits
+
+    root = _folder(tmp_path, "empty")
+    raw = (root / "b" / "b5.png").read_bytes()
+    (root / "b" / "b5.png").write_bytes(raw[: len(raw) // 2])  # truncated
+    d = load_dataset("imagefolder", root=str(root), on_bad="skip", test_split=0.5, workers=0, size=8, channels=3)
+    for epoch in range(2):
+        list(d.train.loader(4, seed=0).iterate(epoch))
+    logits = predict_logits(lambda x: torch.ones(x.shape[0], 2), d.test, 4)
+    lines = [str(w.message) for w in recwarn if "skipping" in str(w.message)]
+    assert sorted(set(lines)) == sorted(lines) and len(lines) == 2, lines  # once per file
+    assert any("a/a0.png (the file is empty)" in m for m in lines) and not any("BytesIO" in m for m in lines)
+    labels = torch.cat([d.train.labels(), d.test.labels()])
+    assert int((labels == -1).sum()) == 2  # each skipped image reads -1 wherever it fell
+    scored = classification_metrics(logits, d.test.labels())
+    kept = d.test.labels() >= 0
+    assert scored["acc"] == pytest.approx(float((d.test.labels()[kept] == 0).float().mean()))
+    COUNTED.append("empty + truncated image")
+
+
+def test_metrics_leave_out_unread_samples():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]])
+    m = classification_metrics_of(logits, torch.tensor([0, -1, 0]))
+    assert m["acc"] == 1.0  # the -1 row (predicted 1) is not counted as a mistake
+
+
+def classification_metrics_of(logits, labels):
+    from kdistill.metrics import classification_metrics
+
+    return classification_metrics(logits, labels, logits.clone())

@@ -24,8 +24,10 @@ indices and ``(seed, epoch, b, rank)`` alone, so ``iterate(epoch, start)`` yield
 the batches a run that never stopped would have seen from ``start`` on.
 
 Unreadable images (``on_bad``): ``fail`` stops with the file named; ``skip`` drops it
-from training batches (a batch may be one smaller) and shows it as a black image to
-evaluation (so predictions stay aligned with labels), counting it in ``skipped``.
+from training batches (a batch may be one smaller) and from scoring: evaluation still
+predicts on it as a black image (so predictions stay aligned with labels), then its label
+reads ``-1`` (:meth:`ImageSet.labels`) and the metrics leave it out; it is counted in
+``skipped``, and warned about once per command.
 """
 
 from __future__ import annotations
@@ -111,7 +113,7 @@ def decode(raw: Any, geo: Geometry) -> np.ndarray:
             img = ImageOps.fit(img, (geo.load, geo.load), method=Image.BILINEAR)
         arr = np.asarray(img, dtype=np.uint8)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError, DataError) as e:
-        raise BadImage(str(e) or type(e).__name__) from None
+        raise BadImage(_why(e, raw)) from None
     return arr[None] if arr.ndim == 2 else np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
@@ -203,6 +205,7 @@ class ImageSet:
         self._pixels: Tensor | None = None
         self._bad = torch.zeros(len(self.rows), dtype=torch.bool)
         self.skipped: set[str] = set()
+        self.warned: set[str] = set()  # shared by the sets of one source: one warning per file and command
 
     # -- the protocol ------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -236,7 +239,9 @@ class ImageSet:
         return h.hexdigest()[:32]
 
     def labels(self) -> Tensor:
-        return self.y
+        """The labels; an image skipped as unreadable (``on_bad: skip``) so far is ``-1``,
+        which metrics leave out (it is dropped from scoring, not scored as a black image)."""
+        return self.y.masked_fill(self._bad, -1) if bool(self._bad.any()) else self.y
 
     def pixels(self, positions) -> Tensor:
         """uint8 ``(n, C, load, load)`` for dataset positions (bad images black)."""
@@ -292,6 +297,7 @@ class ImageSet:
         new._pixels = None if self._pixels is None else self._pixels[positions]
         new._bad = self._bad[positions]
         new.skipped = set(self.skipped)
+        new.warned = self.warned
         return new
 
     def select(self, index: Tensor) -> ImageSet:
@@ -340,8 +346,9 @@ class ImageSet:
         if self.on_bad == "fail":
             raise DataError(f"{self.name}: cannot decode image {what}: {why}. Remove or replace the file, or set "
                             "data.options.on_bad=skip to skip unreadable images (they are counted).")
-        if what not in self.skipped:
-            self.skipped.add(what)
+        self.skipped.add(what)
+        if what not in self.warned:
+            self.warned.add(what)
             warnings.warn(f"{self.name}: skipping unreadable image {what} ({why}).", stacklevel=3)
 
     def _resident_pixels(self) -> Tensor:
@@ -458,7 +465,17 @@ def probe(raw: Any) -> tuple[int, int, int]:
         channels = 1 if img.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
         return img.size[0], img.size[1], channels
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError, DataError) as e:
-        raise BadImage(str(e) or type(e).__name__) from None
+        raise BadImage(_why(e, raw)) from None
+
+
+def _why(e: BaseException, raw: Any) -> str:
+    """Why an image could not be read, without Pillow's ``<_io.BytesIO object at 0x...>``."""
+    if isinstance(raw, (bytes, bytearray, memoryview)) and len(raw) == 0:
+        return "the file is empty"
+    why = str(e) or type(e).__name__
+    if why.startswith("cannot identify image file"):
+        return "not an image format Pillow can read"
+    return why
 
 
 def _encoded(raw: Any, Image) -> Any:
@@ -543,6 +560,7 @@ def image_splits(name: str, parts: dict[str, tuple[Any, Tensor]], num_classes: i
     geo = Geometry(int(size), int(resize), int(channels))
     workers = default_workers() if workers is None else int(workers)
     common = dict(geo=geo, resident=resident, budget_mb=resident_budget_mb, workers=workers, on_bad=on_bad)
+    warned: set[str] = set()
     if isinstance(mean, str):
         if mean == "imagenet":
             if channels != 3:
@@ -551,6 +569,7 @@ def image_splits(name: str, parts: dict[str, tuple[Any, Tensor]], num_classes: i
         elif mean == "auto":
             probe_set = ImageSet(*parts["train"], num_classes, name, names, mean=[0.0] * channels,
                                  std=[1.0] * channels, **{**common, "resident": False})
+            probe_set.warned = warned
             mean, std = _stats(probe_set, stats_samples)
         else:
             raise DataError(f"{name}: mean must be 'auto', 'imagenet' or numbers, got {mean!r}.")
@@ -560,6 +579,8 @@ def image_splits(name: str, parts: dict[str, tuple[Any, Tensor]], num_classes: i
     std = [float(std)] * channels if isinstance(std, (int, float)) else list(std)
     sets = {k: cls(r, y, num_classes, name if k == "train" else f"{name}-{k}", names, mean=mean, std=std,
                         **common) for k, (r, y) in parts.items()}
+    for s in sets.values():
+        s.warned = warned
     return DataSplits(sets["train"], sets["test"], sets.get("val"))
 
 
