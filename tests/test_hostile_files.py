@@ -696,3 +696,17 @@ def classification_metrics_of(logits, labels):
     from kdistill.metrics import classification_metrics
 
     return classification_metrics(logits, labels, logits.clone())
+
+
+def test_without_a_terminal_a_progress_line_is_written_within_the_epoch(tmp_path, capsys, monkeypatch):
+    """A log file or a pipe got nothing for minutes within a long epoch."""
+    from kdistill.engine import progress
+
+    monkeypatch.setattr(progress, "LINE_S", 0.0)  # every step (30 s in use)
+    cfg = {**CFG, "train": {**CFG["train"], "progress": True}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(tmp_path / "cfg.yaml"), "--run-dir", str(tmp_path / "r")]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "img/s" in line]
+    assert [line.split(" · ")[0] for line in lines] == [f"student 1/1: step {s}/3" for s in (1, 2, 3)], lines
+    assert all("ETA 0:" in line and "loss " in line for line in lines)
+    assert lines[-1].split("ETA ")[1].startswith("0:00")  # nothing left after the last step
