@@ -571,7 +571,7 @@ def test_pruning_a_checkpoint_renames_before_deleting(tmp_path, monkeypatch):
     COUNTED.append("pruning")
 
 
-HOSTILE_CASES = 69  # the COUNTED.append calls a full run of this module makes
+HOSTILE_CASES = 71  # the COUNTED.append calls a full run of this module makes
 
 
 def test_zz_the_hostile_case_count(request):
@@ -710,3 +710,38 @@ def test_without_a_terminal_a_progress_line_is_written_within_the_epoch(tmp_path
     assert [line.split(" · ")[0] for line in lines] == [f"student 1/1: step {s}/3" for s in (1, 2, 3)], lines
     assert all("ETA 0:" in line and "loss " in line for line in lines)
     assert lines[-1].split("ETA ")[1].startswith("0:00")  # nothing left after the last step
+
+
+def _shard(path: Path, n: int, img: bytes, first: int = 0) -> list[int]:
+    """A tar shard of ``n`` samples; the byte offsets where each sample's members start."""
+    import tarfile
+
+    starts = []
+    with tarfile.open(path, "w") as tf:
+        for k in range(first, first + n):
+            starts.append(tf.offset)
+            for ext, data in (("png", img), ("cls", str(k % 2).encode())):
+                info = tarfile.TarInfo(f"{k:04d}.{ext}")
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    return starts
+
+
+@pytest.mark.parametrize("how", ["cut-at-member-boundary", "fewer-than-samples-per-shard"])
+def test_a_short_tar_shard_is_reported_and_counted(tmp_path, how):
+    from kdistill.data import load_dataset
+
+    _png(tmp_path / "i.png", True, 0)
+    img = (tmp_path / "i.png").read_bytes()
+    starts = _shard(tmp_path / "train-0.tar", 4 if how.startswith("cut") else 2, img)
+    _shard(tmp_path / "train-1.tar", 4, img, first=10)
+    _shard(tmp_path / "test-0.tar", 4, img)
+    if how.startswith("cut"):
+        os.truncate(tmp_path / "train-0.tar", starts[2])  # a copy that stopped after 2 whole samples
+    extra = {} if how.startswith("cut") else {"samples_per_shard": 4}
+    with pytest.warns(UserWarning, match="train-0.tar") as w:
+        d = load_dataset("webdataset", root=str(tmp_path), train="train-{0..1}.tar", test="test-0.tar", **extra)
+    assert len(d.train) == 6 and len([m for m in w if "train-0.tar" in str(m.message)]) == 1
+    assert any("train-0.tar" in s and ("2 of 4" in s or "after 2 samples" in s) for s in d.train.skipped)
+    assert not d.test.skipped  # whole shards say nothing
+    COUNTED.append(f"tar {how}")

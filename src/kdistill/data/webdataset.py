@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tarfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -195,7 +196,7 @@ def webdataset(root: str | None = None, train: str | list[str] | None = None, te
                classes: list[str] | None = None, num_classes: int | None = None, order: str = "global",
                size: int | None = None, resize: int | None = None, channels: int | None = None, mean=None,
                std=None, resident: bool | str = "auto", resident_budget_mb: float = 2048, workers: int | None = None,
-               on_bad: str = "fail", stats_samples: int = 1000):
+               on_bad: str = "fail", stats_samples: int = 1000, samples_per_shard: int | None = None):
     """Tar shards (see the module docstring); image options as ``imagefolder``.
 
     Args:
@@ -204,6 +205,9 @@ def webdataset(root: str | None = None, train: str | list[str] | None = None, te
         image_ext, label_ext: member extensions (default: the first image / ``cls`` found).
         classes: class names (label = position); or ``num_classes``; default: largest label + 1.
         order: ``global`` or ``shards``.
+        samples_per_shard: the samples every shard but the last of a split holds (WebDataset's
+            fixed-size shards); a shard with fewer was cut short. Without it a cut shard is still
+            found when it lacks the tar end-of-archive marker (cut at a member boundary).
     """
     if order not in ("global", "shards"):
         raise DataError(f"webdataset: order must be 'global' or 'shards', got {order!r}.")
@@ -218,16 +222,41 @@ def webdataset(root: str | None = None, train: str | list[str] | None = None, te
     k = len(classes) if classes else (num_classes or max(int(y.max()) for _, y in parts.values()) + 1)
     if k < 2:
         raise DataError(f"webdataset: {k} class(es); classification needs at least two.")
+    short = {n: short_shards(r, samples_per_shard) for n, (r, _) in parts.items()}
     parts = {n: (r, torch.from_numpy(y)) for n, (r, y) in parts.items()}
     splits = image_splits(f"webdataset:{base.name}", parts, k, list(classes) if classes else None,
                           first=parts["train"][0].read(0), size=size, resize=resize, channels=channels,
                           mean="auto" if mean is None else mean, std=std, resident=resident,
                           resident_budget_mb=resident_budget_mb, workers=workers, on_bad=on_bad,
                           stats_samples=stats_samples, cls=TarImageSet)
-    for part in (splits.train, splits.test, splits.val):
+    for name, part in (("train", splits.train), ("test", splits.test), ("val", splits.val)):
         if part is not None:
             part.order_mode = order
+            for note in short.get(name, []):  # reported once, counted with the skipped images
+                part.skipped.add(note)
+                warnings.warn(f"webdataset: {note}; training and scoring use what is there.", stacklevel=2)
     return splits
+
+
+def short_shards(reader: TarReader, samples_per_shard: int | None) -> list[str]:
+    """What is missing from the shards: a shard without the tar end-of-archive marker (two
+    zero blocks: a copy or download that stopped at a member boundary, which tarfile reads
+    without complaint), and with ``samples_per_shard``, a shard (but the last) with fewer."""
+    counts = np.bincount(reader.shard, minlength=len(reader.files))
+    notes = []
+    for s, path in enumerate(reader.files):
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            f.seek(max(size - 1024, 0))
+            tail = f.read(1024)
+        cut = size < 1024 or size % 512 or tail.count(0) != len(tail)
+        if samples_per_shard and s < len(reader.files) - 1 and counts[s] < samples_per_shard:
+            notes.append(f"shard {os.path.basename(path)} holds {counts[s]} of {samples_per_shard} samples "
+                         f"({samples_per_shard - counts[s]} missing: cut short?)")
+        elif cut:
+            notes.append(f"shard {os.path.basename(path)} ends without the tar end-of-archive marker: it was cut "
+                         f"short after {counts[s]} samples")
+    return notes
 
 
 def _label(raw, member, key: str, path: Path) -> int:
