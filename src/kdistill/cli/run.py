@@ -54,11 +54,15 @@ def train(
     trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help="Allow loading checkpoints that need pickle (runs code from the file).")] = False,
     check: Annotated[bool, typer.Option("--check", help="Only check the run (data, every network, taps, method terms) and exit; trains nothing.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or per-epoch lines (for logs): errors and the final table only.")] = False,
+    trust_code: Annotated[bool, typer.Option("--trust-code", help="Let Hugging Face model and tokenizer folders (hf:PATH) run their own Python (auto_map); only for folders you trust.")] = False,
 ) -> None:
     """Train one run (the teacher first, if it has no checkpoint). Everything is checked before anything trains."""
     from ..config import load_config
     from ..lm.config import is_lm_config
     from ..runs import run_experiment
+    from ..safe_read import allow_remote_code
+
+    allow_remote_code(trust_code)
 
     if is_lm_config(config, set_ or []):  # task: causal-lm (see kdistill.lm)
         from ..lm import load_lm_config, run_lm
