@@ -480,6 +480,14 @@ def test_an_hf_model_folder_with_its_own_code_never_runs_it_even_with_y_on_stdin
     assert not marker.exists(), "the folder's Python ran"
     assert rc == 2 and err.count("error:") == 1 and "Traceback" not in err and "[y/N]" not in err, err
     assert "Failed to load" not in err  # torchao's noise is not printed
+    # --trust-code is the one opt-in: then the folder's Python runs (and here stops the process)
+    os.environ["HF_MODULES_CACHE"], old = str(tmp_path / "modules"), os.environ.get("HF_MODULES_CACHE")
+    try:
+        rc, err, _ = _cli_subprocess(["profile", "--model", f"hf:{folder}", "--input-shape", "3,8,8", "--no-onnx",
+                                      "--trust-code"], tmp_path, timeout=180)
+    finally:
+        os.environ.pop("HF_MODULES_CACHE") if old is None else os.environ.__setitem__("HF_MODULES_CACHE", old)
+    assert marker.exists(), err[-2000:]
     COUNTED.append("hf model auto_map")
 
 
