@@ -217,8 +217,9 @@ def load_run(path: str | Path) -> RunRecord:
         raise RunFolderError("no results.json (unfinished or not a run folder)")
     try:
         results = read_json(res_file, ResultsRecord)
-    except DataError as e:
-        raise RunFolderError(str(e).removeprefix(f"{res_file}").lstrip(": ") or "results.json is damaged") from None
+    except DataError as e:  # not JSON, nested too deeply, not an object, a section that is no object
+        detail = str(e).removeprefix(str(res_file)).strip(" :.")
+        raise RunFolderError(f"results.json is damaged ({detail})") from None
     missing = [k for k in ("dataset", "final", "student") if not isinstance(results.get(k), dict)]
     if missing or "acc" not in (results["final"].get("test") or {}):
         raise RunFolderError(f"results.json lacks {', '.join(missing) or 'final.test.acc'}")
