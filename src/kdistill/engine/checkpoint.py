@@ -222,8 +222,10 @@ def verify(path: Path) -> dict[str, Any]:
     """``state.json`` of a checkpoint folder after checking every file's SHA-256."""
     try:
         meta = json.loads((path / "state.json").read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: state.json unreadable ({e}).") from None
+    except (OSError, ValueError, RecursionError) as e:
+        raise CheckpointError(f"{path}: state.json unreadable ({type(e).__name__}).") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("sha256", {}), dict):
+        raise CheckpointError(f"{path}: state.json is not a checkpoint record.")
     for name, digest in meta.get("sha256", {}).items():
         f = path / name
         if not f.is_file() or _sha256(f) != digest:

@@ -347,7 +347,7 @@ def export_int8(run_dir: str | Path, method: str | None = None, format: str = "o
     try:
         existing = json.loads(path.read_text())
         existing = existing if isinstance(existing, dict) else {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         existing = {}
     existing[f"onnx-int8-{method}"] = entry
     atomic_write_json(path, existing)

@@ -180,7 +180,7 @@ class RunRecord:
         if f.is_file():
             try:
                 return float(json.loads(f.read_text())["p50"])
-            except (ValueError, KeyError, TypeError, OSError):
+            except (ValueError, KeyError, TypeError, OSError, RecursionError):
                 return None
         return None
 
@@ -199,7 +199,7 @@ def read_metrics(path: Path) -> tuple[list[dict[str, Any]], int]:
             continue
         try:
             row = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             bad += 1
             continue
         if isinstance(row, dict) and "epoch" in row:
@@ -260,7 +260,7 @@ def find_run_dirs(root: str | Path) -> list[Path]:
     try:
         cells = json.loads((root / "compare.json").read_text())["plan"]["cells"]
         order = {c["name"]: i for i, c in enumerate(cells)}
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         pass
     return sorted(found, key=lambda p: order.get(p.name, len(order)))
 
@@ -345,7 +345,7 @@ def _teacher_row(records: list[RunRecord]) -> dict[str, Any] | None:
         if tdir is not None:
             try:
                 b = _get(json.loads((tdir / "results.json").read_text()), "best", "test", "acc")
-            except (ValueError, OSError):
+            except (ValueError, OSError, RecursionError):
                 b = None
         best.append(m["acc"] if b is None else b)
         lat.append(next((v for v in (x.teacher_latency() for x in rs) if v is not None), None))
