@@ -746,7 +746,26 @@ def test_a_short_tar_shard_is_reported_and_counted(tmp_path, how):
     COUNTED.append(f"tar {how}")
 
 
-HOSTILE_CASES = 71  # the COUNTED.append calls a full run of this module makes
+@pytest.mark.parametrize("case", ["object-array", "fifo", "1e12-classes", "not-a-zip"])
+def test_a_hostile_npz_dataset_is_one_line(tmp_path, capsys, case):
+    f = tmp_path / "d.npz"
+    x, y = np.zeros((8, 12), np.float32), np.arange(8) % 3
+    if case == "object-array":
+        np.savez(f, x_train=np.array([{"a": 1}] * 8, dtype=object), y_train=y, x_test=x, y_test=y)
+    elif case == "fifo":
+        os.mkfifo(f)
+    elif case == "1e12-classes":
+        np.savez(f, x_train=x, y_train=np.r_[y[:-1], 10**12], x_test=x, y_test=y)
+    else:
+        f.write_bytes(b"PK\x03\x04 not really")
+    cfg = {**CFG, "data": {"name": "npz", "options": {"path": str(f)}, "batch_size": 4}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    err = _one_error(capsys, ["train", str(tmp_path / "cfg.yaml"), "--run-dir", str(tmp_path / "r")], code=2)
+    assert "d.npz" in err
+    COUNTED.append(f"npz {case}")
+
+
+HOSTILE_CASES = 75  # the COUNTED.append calls a full run of this module makes
 
 
 def test_zz_the_hostile_case_count(request):
