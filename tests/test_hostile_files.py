@@ -508,6 +508,15 @@ def test_an_hf_tokenizer_with_its_own_code_never_runs_it(tmp_path, monkeypatch):
     COUNTED.append("hf tokenizer auto_map")
 
 
+def test_the_trust_code_opt_in_ends_with_its_command(run, capsys):
+    """An earlier `eval --trust-code` in the same process must not trust a later load."""
+    from kdistill.safe_read import remote_code_allowed
+
+    assert main(["eval", str(run / "run"), "--trust-code"]) == 0
+    capsys.readouterr()
+    assert remote_code_allowed() is False
+
+
 @pytest.mark.parametrize("kind", ["image", "causal-lm"])
 def test_pickled_weights_in_an_hf_folder_are_named_and_refused(tmp_path, kind, capsys):
     from kdistill.errors import ConfigError

@@ -50,6 +50,18 @@ def _quiet_library_noise() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning user errors into one message and an exit code.
 
+    ``--trust-code`` lets Hugging Face folders run their own Python for this command only:
+    the opt-in is withdrawn when it returns (a later call in the same process, or the
+    Python API after it, is not trusted by a flag given earlier)."""
+    try:
+        return _main(argv)
+    finally:
+        allow_remote_code(False)
+
+
+def _main(argv: list[str] | None = None) -> int:
+    """:func:`main` without withdrawing the ``--trust-code`` opt-in.
+
     The current folder is importable, as in other Python CLIs (``python -m``, uvicorn,
     pytest's rootdir): a config may name ``mypkg.nets:big`` for ``./mypkg/nets.py``."""
     import os
