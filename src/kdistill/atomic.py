@@ -16,6 +16,14 @@ from pathlib import Path
 from typing import Any
 
 
+def user_mode(mode: int) -> int:
+    """``mode`` less the process's umask: the permissions ``open`` would give a new file
+    (``mkstemp``/``mkdtemp`` give 0600/0700 whatever the umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mode & ~mask
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename inside ``path`` durable (where the platform allows opening a folder)."""
     try:
@@ -35,6 +43,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), user_mode(0o666))  # mkstemp makes 0600: a shared run folder stays readable
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

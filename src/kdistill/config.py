@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .data.decode import DecodeOptions
 from .data.recipe import RecipeConfig
 from .errors import ConfigError, KdistillError, did_you_mean
+from .safe_read import refuse_bool_numbers
 from .task import DEFAULT_TASK, task_named
 
 # limits on a config document (see the module docstring); generous for any real config
@@ -41,6 +42,11 @@ NonNegFloat = Annotated[float, Field(ge=0, le=1e12, allow_inf_nan=False)]
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, data):
+        return refuse_bool_numbers(cls, data)
 
 
 class AugmentConfig(Strict):

@@ -20,9 +20,9 @@ def evaluate_run(run_dir: str | Path, trust_code: bool = False) -> dict[str, Any
         raise ConfigError(f"{run_dir} is not a run folder (no config.yaml).")
     cfg = load_config(run_dir / "config.yaml")
     data = prepare_data(cfg)
-    labels = data.test.labels()
     student, _ = load_saved(run_dir, "student", trust_code)
     s_logits = predict_logits(student, data.test)
+    labels = data.test.labels()  # after reading the images: a skipped one reads -1, not scored
     out: dict[str, Any] = {"run_dir": str(run_dir)}
     t_logits = None
     teacher_dir = run_dir / "teacher"

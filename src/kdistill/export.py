@@ -219,7 +219,7 @@ def _merge_export_json(run_dir: Path, fmt: str, entry: dict[str, Any]) -> None:
         existing = json.loads(path.read_text())
         if not isinstance(existing, dict):
             existing = {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         existing = {}
     existing[fmt] = entry
     atomic_write_json(path, existing)

@@ -47,6 +47,10 @@ def kl_to_teacher(student_logits: Tensor, teacher_logits: Tensor) -> float:
 def classification_metrics(logits: Tensor, labels: Tensor, teacher_logits: Tensor | None = None) -> dict:
     """All metrics for one set of logits; agreement and KL when teacher logits are given."""
     logits, labels = logits.float().cpu(), labels.cpu()
+    keep = labels >= 0  # -1: a sample that could not be read (a skipped image): not scored
+    if not bool(keep.all()):
+        logits, labels = logits[keep], labels[keep]
+        teacher_logits = None if teacher_logits is None else teacher_logits[keep.to(teacher_logits.device)]
     out = {"acc": accuracy(logits, labels), "nll": nll(logits, labels), "ece": ece(logits, labels)}
     if teacher_logits is not None:
         t = teacher_logits.float().cpu()

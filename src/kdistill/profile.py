@@ -27,7 +27,6 @@ the student is smaller or faster).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import tempfile
@@ -40,9 +39,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import CheckpointError
+from .errors import CheckpointError, DataError
 from .measure import count_params, latency_ms, param_bytes, summarize_times  # noqa: F401  (re-exported)
 from .runs import load_saved, rebuild
+from .safe_read import ResultsRecord, read_json
 
 # Defaults: batch 1 is on-line serving, 64 a typical scoring batch; 10 warm-up passes let
 # allocators and ONNX Runtime's arena settle, 50 timed passes keep p95 meaningful.
@@ -245,8 +245,8 @@ def _teacher_sources(run_dir: Path, trust_code: bool = False) -> list[tuple[str,
         model, rec = load_saved(sub, what="teacher", trust_code=trust_code)
         return [(f"teacher {rec['model']}", model, (sub / "model.safetensors").stat().st_size)]
     try:
-        record = json.loads((run_dir / "results.json").read_text()).get("teacher") or {}
-    except (OSError, ValueError):
+        record = read_json(run_dir / "results.json", ResultsRecord).get("teacher") or {}
+    except (OSError, DataError):
         return []
     members = record.get("ensemble") or ([record] if record.get("model") else [])
     found = []

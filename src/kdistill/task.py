@@ -92,9 +92,11 @@ class Task:
         """``kdistill train --check``: build everything, train nothing; raise on a mistake."""
         raise self.unsupported("--check")
 
-    def check_resume(self, cfg: Any, run_dir: str | Path | None = None) -> None:
-        """``kdistill train --resume``: raise when there is nothing to resume (the grid resumes
-        its cells without this check: a missing cell folder is a fresh start there)."""
+    def check_resume(self, cfg: Any, run_dir: str | Path | None = None) -> Path | None:
+        """``kdistill train --resume``: the folder to continue (``None``: the one the run
+        would use anyway); raise when there is nothing to resume (the grid resumes its cells
+        without this check: a missing cell folder is a fresh start there)."""
+        return None
 
     def run(self, cfg: Any, run_dir: str | Path | None = None, resume: bool = False, log: Log = print,
             trust: bool = False) -> dict[str, Any]:

@@ -33,7 +33,6 @@ whose teacher output it does not have.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from torch import Tensor
 
 from ..data import Dataset
 from ..errors import DataError
+from ..safe_read import FKDMeta, read_json
 
 CACHE_FORMAT = 1
 DTYPES = {"fp32": np.float32, "fp16": np.float16}
@@ -90,10 +90,7 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     file = path / "meta.json"
     if not file.is_file():
         raise DataError(f"{path} is not a teacher cache (no meta.json); create one with `kdistill cache-teacher`.")
-    try:
-        meta = json.loads(file.read_text())
-    except ValueError:
-        raise DataError(f"{file} is damaged (not valid JSON); re-create the cache.") from None
+    meta = read_json(file, FKDMeta, hint=" Re-create the cache with `kdistill cache-teacher`.")
     if meta.get("format") != CACHE_FORMAT:
         raise DataError(
             f"{path} has cache format {meta.get('format')!r}; this version reads {CACHE_FORMAT}. Re-create it."

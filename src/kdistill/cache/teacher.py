@@ -14,6 +14,7 @@ from torch import Tensor
 
 from ..data import Augment, Dataset, StoredViews, augment_from_meta, views_augment
 from ..errors import ConfigError, DataError
+from ..safe_read import check_array, load_npy
 from ..teachers import TeacherOutput
 from .format import check_matches, nbytes_of, read_meta, row_keys, teacher_fingerprint
 
@@ -76,13 +77,10 @@ class CachedTeacher:
         if self.meta.get("combine"):
             names.append("members")
         names += [f"feature_{i}" for i in range(len(self.meta["features"]))]
-        try:
-            self._np = {n: np.load(f"{path}/{n}.npy", mmap_mode="r", allow_pickle=False) for n in names}
-        except (OSError, ValueError) as e:
-            raise DataError(f"Teacher cache {path} is incomplete or damaged ({e}); re-create it.") from None
+        self._np = _checked_arrays(self.path, self.meta, names)
         self.views = None
         if self.meta["augment"] is not None:
-            params = torch.from_numpy(np.load(f"{path}/views.npy", allow_pickle=False).astype(np.int64))
+            params = torch.from_numpy(_checked_views(self.path, self.meta).astype(np.int64))
             self.views = StoredViews(augment_from_meta(self.meta["augment"]), params)
         self.resident = nbytes_of(self._np) <= resident_limit if resident is None else resident
         self._t: dict[str, Tensor] = {}
@@ -163,8 +161,9 @@ class CachedTeacher:
         if self._lookup is None:
             self._lookup = {}
             for name in self.meta.get("eval_sets", {}):
-                keys = np.load(f"{self.path}/eval_{name}_keys.npy", allow_pickle=False)
-                logits = np.load(f"{self.path}/eval_{name}.npy", allow_pickle=False)
+                n = (self.meta["eval_sets"][name] or {}).get("length")
+                keys = check_array(load_npy(f"{self.path}/eval_{name}_keys.npy"), name, (n, 16), "u")
+                logits = check_array(load_npy(f"{self.path}/eval_{name}.npy"), name, (n, self.num_classes), "f")
                 self._eval[name] = torch.from_numpy(logits)
                 self._lookup.update({k.tobytes(): (name, r) for r, k in enumerate(keys)})
             if self._train_data is not None and self.views is None:
@@ -219,3 +218,43 @@ def stored_views(teacher: Any, augment: Augment | None):
             "or re-create the cache with `kdistill cache-teacher` under this config."
         )
     return teacher.views
+
+
+def _checked_arrays(path: str, meta: dict[str, Any], names: list[str]) -> dict[str, np.ndarray]:
+    """The cache's memory-mapped arrays, each checked against ``meta``: rows and views as
+    recorded, class indices inside the class count (a truncated, replaced or pickled array
+    is one :class:`DataError`)."""
+    n, views = int(meta["dataset"]["length"]), int(meta["views"])
+    try:
+        arrays = {name: load_npy(f"{path}/{name}.npy", mmap=True, what="teacher cache array") for name in names}
+    except DataError as e:
+        raise DataError(f"Teacher cache {path} is incomplete or damaged: {e} Re-create it.") from None
+    k = meta["topk"] or meta["num_classes"]
+    for name, a in arrays.items():
+        want: tuple[int | None, ...] = (n, views) + (None,) * max(a.ndim - 2, 0)
+        if name in ("logits", "topk_values", "topk_indices"):
+            want = (n, views, k)
+        check_array(a, f"{path}/{name}.npy", want, "iu" if name == "topk_indices" else "f")
+    if "topk_indices" in arrays:
+        check_array(np.asarray(arrays["topk_indices"]), f"{path}/topk_indices.npy", lo=0, hi=meta["num_classes"] - 1)
+    return arrays
+
+
+def _checked_views(path: str, meta: dict[str, Any]) -> np.ndarray:
+    """``views.npy``: integer view parameters ``(N, K, P)`` inside the input (a crop box
+    outside the image or an offset beyond the shift is refused)."""
+    n, views, aug = int(meta["dataset"]["length"]), int(meta["views"]), meta["augment"]
+    file = f"{path}/views.npy"
+    p = check_array(load_npy(file, what="view parameter"), file, (n, views, None), "iu")
+    if aug.get("kind") == "crop_flip":
+        h, w = (int(v) for v in meta["dataset"]["input_shape"][-2:])
+        top, left, bh, bw, flip = (p[..., i].astype(np.int64) for i in range(5)) if p.shape[-1] == 5 else [None] * 5
+        if top is None or not ((top >= 0) & (left >= 0) & (bh >= 1) & (bw >= 1) & (top + bh <= h) & (left + bw <= w)
+                               & ((flip == 0) | (flip == 1))).all():
+            raise DataError(f"{file}: crop boxes outside the {h}x{w} inputs (or not 5 numbers per view); "
+                            "re-create the cache.")
+    else:
+        shift = int(aug.get("shift") or 0)
+        check_array(p[..., :2] if p.shape[-1] == 3 else p, file, (n, views, 2), lo=0, hi=2 * shift)
+        check_array(p[..., 2], file, lo=0, hi=1)
+    return p

@@ -54,16 +54,23 @@ def train(
     trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help="Allow loading checkpoints that need pickle (runs code from the file).")] = False,
     check: Annotated[bool, typer.Option("--check", help="Only check the run (data, every network, taps, method terms) and exit; trains nothing.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or per-epoch lines (for logs): errors and the final table only.")] = False,
+    trust_code: Annotated[bool, typer.Option("--trust-code", help="Let Hugging Face model and tokenizer folders (hf:PATH) run their own Python (auto_map); only for folders you trust.")] = False,
 ) -> None:
     """Train one run (the teacher first, if it has no checkpoint). Everything is checked before anything trains."""
     from ..config import load_config
     from ..distributed import is_main_process
+    from ..safe_read import allow_remote_code
     from ..task import task_named
+
+    allow_remote_code(trust_code)
 
     cfg = load_config(config, [*(set_ or []), *(["train.progress=false"] if quiet else [])])
     task = task_named(cfg.task)  # the kind of run (`task:` in the config) does the work
     if resume:
-        task.check_resume(cfg, run_dir)
+        found = task.check_resume(cfg, run_dir)
+        if found is not None and run_dir is None and not cfg.output.name and not quiet:
+            log(f"Resuming {found}: the unfinished run of this config in {cfg.output.dir}/.")
+        run_dir = found or run_dir
     if check:
         log(f"Checking {config} (task {task.name}; nothing is trained):")
         task.check(cfg, log, trust=trust_checkpoint)

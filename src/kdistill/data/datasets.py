@@ -6,6 +6,7 @@ user's arrays) and ``synthetic`` (Gaussian clusters, for tests). Nothing is down
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 
 from .._registry import Registry
 from ..errors import DataError
+from ..safe_read import MAX_CLASSES, check_regular
 from .arrays import ArrayDataset, DataSplits
 from .decode import DECODE_FIELDS, DecodeOptions
 from .idx import read_idx
@@ -129,12 +131,14 @@ def npz(root: str | None = None, path: str | None = None, num_classes: int | Non
     Inputs are channels first (``N, C, ...``); a 2-D ``x`` of vectors is used as ``N, D``.
     """
     file = Path(path or root or "")
-    if not file.is_file():
+    if not file.exists():
         raise DataError(f"npz dataset: file {str(file)!r} not found; set data.options.path to your .npz file (relative to the folder you run from).")
-    try:
-        arrays = np.load(file, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise DataError(f"npz dataset {file}: cannot read it ({e}).") from None
+    check_regular(file, "array")  # a FIFO or a device is refused, not read
+    try:  # every array read here: an object array (pickle) fails inside the try
+        with np.load(file, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"npz dataset {file}: cannot read it ({str(e).splitlines()[0]}).") from None
     missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
     if missing:
         raise DataError(f"npz dataset {file}: missing arrays {missing}; it needs x_train, y_train, x_test, y_test.")
@@ -142,6 +146,9 @@ def npz(root: str | None = None, path: str | None = None, num_classes: int | Non
     if not np.issubdtype(y_all.dtype, np.integer):
         raise DataError(f"npz dataset {file}: labels must be integers, got {y_all.dtype}.")
     k = int(num_classes or (y_all.max() + 1))
+    if k > MAX_CLASSES:
+        raise DataError(f"npz dataset {file}: {k:,} classes (labels up to {y_all.max()}), more than the "
+                        f"{MAX_CLASSES:,} a classifier may have. Check the label encoding.")
     return DataSplits(
         ArrayDataset(torch.from_numpy(arrays["x_train"].astype(np.float32)), arrays["y_train"], k, file.stem),
         ArrayDataset(torch.from_numpy(arrays["x_test"].astype(np.float32)), arrays["y_test"], k, f"{file.stem}-test"),

@@ -277,52 +277,10 @@ def open_streaming(datasets, base: Path, fmt: str | None, data_files, image_colu
         raise DataError("hf: streaming reads images per batch; data.resident true needs streaming off.")
     if int(shuffle_buffer) < 1:
         raise DataError(f"hf: shuffle_buffer must be at least 1, got {shuffle_buffer}.")
-    if (base / "dataset_dict.json").is_file() or (base / "state.json").is_file() or fmt == "disk":
-        raise DataError(f"hf: {base} is a save_to_disk folder: streaming reads parquet, arrow or imagefolder "
-                        "files. A save_to_disk folder is already memory-mapped Arrow (nothing is copied): "
-                        "drop data.options.streaming.")
-    if fmt is None:
-        fmt = "parquet" if list(base.rglob("*.parquet")) else "arrow" if list(base.rglob("*.arrow")) else None
-        if fmt is None:
-            raise DataError(f"hf: no .parquet or .arrow files under {base}; for class sub-folders of images set "
-                            "data.options.format: imagefolder.")
-    if fmt not in ("parquet", "arrow", "imagefolder"):
-        raise DataError(f"hf: streaming reads format parquet, arrow or imagefolder, got {fmt!r}.")
-    if data_files is None and fmt != "imagefolder":
-        data_files = {}
-        for f in sorted(str(p) for p in base.rglob(f"*.{fmt}")):
-            stem = Path(f).name.lower()
-            split = next((s for s in ("train", "test", "validation", "val") if stem.startswith(s)), "train")
-            data_files.setdefault("validation" if split == "val" else split, []).append(f)
+    fmt, data_files = _stream_format(base, fmt, data_files)
     kw = dict(streaming=True, download_config=datasets.DownloadConfig(local_files_only=True))
-    try:
-        if fmt == "imagefolder":
-            dd = datasets.load_dataset("imagefolder", data_dir=str(base), **kw)
-        else:
-            dd = datasets.load_dataset(fmt, data_files=data_files, **kw)
-    except (FileNotFoundError, ValueError, OSError) as e:
-        raise DataError(f"hf: cannot open {base} as {fmt} files for streaming: {e}") from None
-    if isinstance(dd, datasets.IterableDataset):
-        dd = datasets.IterableDatasetDict({train_split: dd})
-    if train_split not in dd:
-        raise DataError(f"hf: no split {train_split!r} in {base}; it has {list(dd)}. Set data.options.train_split.")
-    tname = test_split_name or next((s for s in ("test", "validation", "val") if s in dd and s != train_split), None)
-    if tname is None or tname not in dd:
-        raise DataError(f"hf: streaming needs a test split among the files ({base} has {list(dd)}): name test "
-                        "files test*.parquet / test*.arrow (or a test/ folder), give data_files: {train: ..., "
-                        "test: ...}, or drop streaming to hold out test_split per class.")
-    train = dd[train_split]
-    names = None
-    cols = list(train.features) if train.features else None
-    for col in (image_column, label_column):
-        if cols is not None and col not in cols:
-            raise DataError(f"hf: {base} has no column {col!r}; columns are {cols}. "
-                            "Set data.options.image_column / label_column.")
-    feat = train.features[label_column] if train.features else None
-    if isinstance(feat, datasets.ClassLabel):
-        names = list(feat.names)
-    elif str(getattr(feat, "dtype", "int64"))[:3] not in ("int", "uin"):
-        raise DataError(f"hf: column {label_column!r} must hold integer labels, got {feat.dtype}.")
+    dd, tname = _stream_splits(datasets, base, fmt, data_files, train_split, test_split_name, kw)
+    names = _stream_columns(datasets, base, dd[train_split], image_column, label_column)
 
     def files_of(split):
         if fmt == "imagefolder":
@@ -341,18 +299,8 @@ def open_streaming(datasets, base: Path, fmt: str | None, data_files, image_colu
                for k, split in (("train", train_split), ("test", tname))}
     if len(sources["train"]) == 0:
         raise DataError(f"hf: the {train_split!r} split of {base} is empty.")
-    labels = {k: np.asarray(s.labels, dtype=np.int64) for k, s in sources.items()}
-    top = max(int(y.max(initial=-1)) for y in labels.values())
-    num_classes = len(names) if names else top + 1
-    for k, y in labels.items():
-        bad = (y < -1) | (y >= num_classes)  # -1: unlabelled
-        if bad.any():
-            raise DataError(f"hf: column {label_column!r} of the {k} split holds labels {sorted(set(y[bad].tolist()))[:5]} "
-                            f"outside [0, {num_classes}) (the class names: {names}).")
-    if num_classes < 2:
-        raise DataError(f"hf: {base} has {num_classes} class(es); classification needs at least two.")
-    first_row = next(iter(sources["train"].stream()))
-    first = _raw(first_row[image_column])
+    labels, num_classes = _stream_labels(base, sources, names, label_column)
+    first = _raw(next(iter(sources["train"].stream()))[image_column])
     if channels is None:
         try:
             channels = probe(first)[2]
@@ -371,3 +319,77 @@ def open_streaming(datasets, base: Path, fmt: str | None, data_files, image_colu
         for part in (splits.train, splits.test):
             part.mean, part.std = torch.tensor(m), torch.tensor(s)
     return splits
+
+
+def _stream_format(base: Path, fmt: str | None, data_files) -> tuple[str, Any]:
+    """The file format to stream (guessed from the files when unset) and the files per split."""
+    if (base / "dataset_dict.json").is_file() or (base / "state.json").is_file() or fmt == "disk":
+        raise DataError(f"hf: {base} is a save_to_disk folder: streaming reads parquet, arrow or imagefolder "
+                        "files. A save_to_disk folder is already memory-mapped Arrow (nothing is copied): "
+                        "drop data.options.streaming.")
+    if fmt is None:
+        fmt = "parquet" if list(base.rglob("*.parquet")) else "arrow" if list(base.rglob("*.arrow")) else None
+        if fmt is None:
+            raise DataError(f"hf: no .parquet or .arrow files under {base}; for class sub-folders of images set "
+                            "data.options.format: imagefolder.")
+    if fmt not in ("parquet", "arrow", "imagefolder"):
+        raise DataError(f"hf: streaming reads format parquet, arrow or imagefolder, got {fmt!r}.")
+    if data_files is None and fmt != "imagefolder":
+        data_files = {}
+        for f in sorted(str(p) for p in base.rglob(f"*.{fmt}")):
+            stem = Path(f).name.lower()
+            split = next((s for s in ("train", "test", "validation", "val") if stem.startswith(s)), "train")
+            data_files.setdefault("validation" if split == "val" else split, []).append(f)
+    return fmt, data_files
+
+
+def _stream_splits(datasets, base: Path, fmt: str, data_files, train_split: str, test_split_name: str | None,
+                   kw: dict) -> tuple[Any, str]:
+    """The streamed splits and the name of the test split."""
+    try:
+        if fmt == "imagefolder":
+            dd = datasets.load_dataset("imagefolder", data_dir=str(base), **kw)
+        else:
+            dd = datasets.load_dataset(fmt, data_files=data_files, **kw)
+    except (FileNotFoundError, ValueError, OSError) as e:
+        raise DataError(f"hf: cannot open {base} as {fmt} files for streaming: {e}") from None
+    if isinstance(dd, datasets.IterableDataset):
+        dd = datasets.IterableDatasetDict({train_split: dd})
+    if train_split not in dd:
+        raise DataError(f"hf: no split {train_split!r} in {base}; it has {list(dd)}. Set data.options.train_split.")
+    tname = test_split_name or next((s for s in ("test", "validation", "val") if s in dd and s != train_split), None)
+    if tname is None or tname not in dd:
+        raise DataError(f"hf: streaming needs a test split among the files ({base} has {list(dd)}): name test "
+                        "files test*.parquet / test*.arrow (or a test/ folder), give data_files: {train: ..., "
+                        "test: ...}, or drop streaming to hold out test_split per class.")
+    return dd, tname
+
+
+def _stream_columns(datasets, base: Path, train, image_column: str, label_column: str) -> list[str] | None:
+    """Check the columns exist and the labels are integers; the class names of a ClassLabel."""
+    cols = list(train.features) if train.features else None
+    for col in (image_column, label_column):
+        if cols is not None and col not in cols:
+            raise DataError(f"hf: {base} has no column {col!r}; columns are {cols}. "
+                            "Set data.options.image_column / label_column.")
+    feat = train.features[label_column] if train.features else None
+    if isinstance(feat, datasets.ClassLabel):
+        return list(feat.names)
+    if str(getattr(feat, "dtype", "int64"))[:3] not in ("int", "uin"):
+        raise DataError(f"hf: column {label_column!r} must hold integer labels, got {feat.dtype}.")
+    return None
+
+
+def _stream_labels(base: Path, sources: dict, names, label_column: str) -> tuple[dict[str, np.ndarray], int]:
+    """The labels per split and the class count, checked (``-1``: unlabelled)."""
+    labels = {k: np.asarray(s.labels, dtype=np.int64) for k, s in sources.items()}
+    top = max(int(y.max(initial=-1)) for y in labels.values())
+    num_classes = len(names) if names else top + 1
+    for k, y in labels.items():
+        bad = (y < -1) | (y >= num_classes)  # -1: unlabelled
+        if bad.any():
+            raise DataError(f"hf: column {label_column!r} of the {k} split holds labels {sorted(set(y[bad].tolist()))[:5]} "
+                            f"outside [0, {num_classes}) (the class names: {names}).")
+    if num_classes < 2:
+        raise DataError(f"hf: {base} has {num_classes} class(es); classification needs at least two.")
+    return labels, num_classes

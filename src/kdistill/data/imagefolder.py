@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from ..safe_read import read_bytes
 from .datasets import register_dataset
 from .decode import DecodeOptions, decodes_images
 from .images import image_splits, stratified_split
@@ -32,15 +33,18 @@ EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 class FolderReader:
     """Encoded bytes of files under ``root`` (picklable: the list of relative paths)."""
 
-    def __init__(self, root: Path, files: list[str], sizes: list[int]):
+    def __init__(self, root: Path, files: list[str], sizes: list[int], links_outside: bool = False):
         self.root, self.files, self.sizes = str(root), files, sizes
+        self.links_outside = links_outside
 
     def __len__(self) -> int:
         return len(self.files)
 
     def read(self, i: int) -> bytes:
-        with open(os.path.join(self.root, self.files[i]), "rb") as f:
-            return f.read()
+        """The file's bytes: a regular file of at most 256 MiB (a FIFO or a link to a device
+        is a bad image, not a hang), inside ``root`` unless ``links_outside``."""
+        return read_bytes(os.path.join(self.root, self.files[i]), "image",
+                          root=None if self.links_outside else self.root)
 
     def describe(self, i: int) -> str:
         return self.files[i]
@@ -53,7 +57,8 @@ class FolderReader:
         return h.digest()
 
     def subset(self, rows: np.ndarray) -> FolderReader:
-        return FolderReader(Path(self.root), [self.files[i] for i in rows], [self.sizes[i] for i in rows])
+        return FolderReader(Path(self.root), [self.files[i] for i in rows], [self.sizes[i] for i in rows],
+                            self.links_outside)
 
 
 def _images_in(folder: Path) -> list[tuple[str, int]]:
@@ -67,7 +72,8 @@ def _images_in(folder: Path) -> list[tuple[str, int]]:
     return out
 
 
-def scan(root: Path, folder: Path, classes: list[str] | None = None) -> tuple[FolderReader, np.ndarray, list[str]]:
+def scan(root: Path, folder: Path, classes: list[str] | None = None,
+         links_outside: bool = False) -> tuple[FolderReader, np.ndarray, list[str]]:
     """The images of ``folder``'s class sub-folders, their labels and the class names."""
     if not folder.is_dir():
         raise DataError(f"imagefolder: {folder} is not a folder.")
@@ -89,7 +95,7 @@ def scan(root: Path, folder: Path, classes: list[str] | None = None) -> tuple[Fo
             files.append(os.path.relpath(p, root))
             sizes.append(s)
             labels.append(names.index(c))
-    return FolderReader(root, files, sizes), np.asarray(labels, dtype=np.int64), names
+    return FolderReader(root, files, sizes, links_outside), np.asarray(labels, dtype=np.int64), names
 
 
 @register_dataset("imagefolder")
@@ -97,7 +103,8 @@ def scan(root: Path, folder: Path, classes: list[str] | None = None) -> tuple[Fo
 def imagefolder(root: str | None = None, train_dir: str = "train", test_dir: str | None = None,
                 val_dir: str | None = None, test_split: float = 0.2, split_seed: int = 0, size: int | None = None,
                 resize: int | None = None, channels: int | None = None, mean=None, std=None,
-                decode: DecodeOptions = DecodeOptions(), on_bad: str = "fail", stats_samples: int = 1000):
+                decode: DecodeOptions = DecodeOptions(), on_bad: str = "fail", stats_samples: int = 1000,
+                links_outside: bool = False):
     """Images in class sub-folders (see the module docstring).
 
     Args:
@@ -113,6 +120,8 @@ def imagefolder(root: str | None = None, train_dir: str = "train", test_dir: str
         mean, std: normalisation per channel (numbers), ``"imagenet"``, or ``"auto"``
             (the default: measured on ``stats_samples`` training images).
         on_bad: ``fail`` or ``skip`` unreadable images.
+        links_outside: follow symbolic links to files outside ``root`` (by default such a
+            link is an unreadable image: a shared folder cannot point kdistill elsewhere).
     """
     if not root:
         raise DataError("imagefolder: set data.root to the folder of class sub-folders.")
@@ -121,17 +130,17 @@ def imagefolder(root: str | None = None, train_dir: str = "train", test_dir: str
         raise DataError(f"imagefolder: data.root {str(base)!r} is not a folder.")
     parts = {}
     if (base / train_dir).is_dir():
-        reader, labels, names = scan(base, base / train_dir)
+        reader, labels, names = scan(base, base / train_dir, links_outside=links_outside)
         parts["train"] = (reader, labels)
         tdir = test_dir or next((d for d in ("test", "val") if (base / d).is_dir()), None)
         if tdir is None or not (base / tdir).is_dir():
             raise DataError(f"imagefolder: {base / train_dir} exists but no test folder; add {base}/test/<class>/... "
                             "or set data.options.test_dir.")
-        parts["test"] = scan(base, base / tdir, names)[:2]
+        parts["test"] = scan(base, base / tdir, names, links_outside)[:2]
         if val_dir:
-            parts["val"] = scan(base, base / val_dir, names)[:2]
+            parts["val"] = scan(base, base / val_dir, names, links_outside)[:2]
     else:
-        reader, labels, names = scan(base, base)
+        reader, labels, names = scan(base, base, links_outside=links_outside)
         if not 0 < test_split < 1:
             raise DataError(f"imagefolder: test_split must lie in (0, 1), got {test_split}.")
         keep, out = stratified_split(labels, test_split, split_seed)
@@ -144,6 +153,13 @@ def imagefolder(root: str | None = None, train_dir: str = "train", test_dir: str
     parts = {k: (r, torch.from_numpy(y)) for k, (r, y) in parts.items()}
     train_reader = parts["train"][0]
     return image_splits(
-        f"imagefolder:{base.name}", parts, len(names), names, first=Path(train_reader.root) / train_reader.files[0],
+        f"imagefolder:{base.name}", parts, len(names), names, first=_probe_paths(train_reader),
         size=size, resize=resize, channels=channels, mean="auto" if mean is None else mean, std=std,
         decode=decode, on_bad=on_bad, stats_samples=stats_samples)
+
+
+def _probe_paths(reader: FolderReader, n: int = 16) -> list[Path]:
+    """Up to ``n`` training images spread over the classes, whose majority gives the
+    default size and channel count (the first file alone may be the odd one out)."""
+    picks = np.unique(np.linspace(0, len(reader) - 1, min(n, len(reader))).astype(np.int64))
+    return [Path(reader.root) / reader.files[int(i)] for i in picks]

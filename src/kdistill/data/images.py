@@ -24,8 +24,10 @@ indices and ``(seed, epoch, b, rank)`` alone, so ``iterate(epoch, start)`` yield
 the batches a run that never stopped would have seen from ``start`` on.
 
 Unreadable images (``on_bad``): ``fail`` stops with the file named; ``skip`` drops it
-from training batches (a batch may be one smaller) and shows it as a black image to
-evaluation (so predictions stay aligned with labels), counting it in ``skipped``.
+from training batches (a batch may be one smaller) and from scoring: evaluation still
+predicts on it as a black image (so predictions stay aligned with labels), then its label
+reads ``-1`` (:meth:`ImageSet.labels`) and the metrics leave it out; it is counted in
+``skipped``, and warned about once per command.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DataError
+from ..safe_read import read_bytes
 from .decode import DecodeOptions, default_workers  # noqa: F401  (default_workers: re-exported)
 from .loaders import Augment, epoch_order
 from .recipe import Recipe, RecipeConfig, center_crop
@@ -84,8 +87,7 @@ def decode(raw: Any, geo: Geometry) -> np.ndarray:
     in the DCT to the smallest size still >= ``load``), everything else by Pillow."""
     Image, ImageOps = _need_pillow()
     try:
-        if isinstance(raw, (str, Path)):
-            raw = Path(raw).read_bytes()
+        raw = _encoded(raw, Image)
         img = None
         if isinstance(raw, (bytes, bytearray, memoryview)):
             raw = bytes(raw)
@@ -111,8 +113,8 @@ def decode(raw: Any, geo: Geometry) -> np.ndarray:
         if img.size != (geo.load, geo.load):
             img = ImageOps.fit(img, (geo.load, geo.load), method=Image.BILINEAR)
         arr = np.asarray(img, dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError) as e:
-        raise BadImage(str(e) or type(e).__name__) from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError, DataError) as e:
+        raise BadImage(_why(e, raw)) from None
     return arr[None] if arr.ndim == 2 else np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
@@ -136,9 +138,7 @@ class _Decode(torch.utils.data.Dataset):
             row = int(self.rows[p])
             try:
                 x[k] = decode(self.reader.read(row), g)
-            except BadImage as e:
-                bad.append((k, self.reader.describe(row), str(e)))
-            except OSError as e:
+            except (BadImage, OSError, DataError) as e:  # DataError: a FIFO, a device, a link outside
                 bad.append((k, self.reader.describe(row), str(e)))
         return {"pos": torch.as_tensor(positions, dtype=torch.int64), "x": torch.from_numpy(x), "bad": bad}
 
@@ -206,6 +206,7 @@ class ImageSet:
         self._pixels: Tensor | None = None
         self._bad = torch.zeros(len(self.rows), dtype=torch.bool)
         self.skipped: set[str] = set()
+        self.warned: set[str] = set()  # shared by the sets of one source: one warning per file and command
 
     # -- the protocol ------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -239,7 +240,9 @@ class ImageSet:
         return h.hexdigest()[:32]
 
     def labels(self) -> Tensor:
-        return self.y
+        """The labels; an image skipped as unreadable (``on_bad: skip``) so far is ``-1``,
+        which metrics leave out (it is dropped from scoring, not scored as a black image)."""
+        return self.y.masked_fill(self._bad, -1) if bool(self._bad.any()) else self.y
 
     def pixels(self, positions) -> Tensor:
         """uint8 ``(n, C, load, load)`` for dataset positions (bad images black)."""
@@ -295,6 +298,7 @@ class ImageSet:
         new._pixels = None if self._pixels is None else self._pixels[positions]
         new._bad = self._bad[positions]
         new.skipped = set(self.skipped)
+        new.warned = self.warned
         return new
 
     def select(self, index: Tensor) -> ImageSet:
@@ -332,8 +336,9 @@ class ImageSet:
         if self.on_bad == "fail":
             raise DataError(f"{self.name}: cannot decode image {what}: {why}. Remove or replace the file, or set "
                             "data.options.on_bad=skip to skip unreadable images (they are counted).")
-        if what not in self.skipped:
-            self.skipped.add(what)
+        self.skipped.add(what)
+        if what not in self.warned:
+            self.warned.add(what)
             warnings.warn(f"{self.name}: skipping unreadable image {what} ({why}).", stacklevel=3)
 
     def _resident_pixels(self) -> Tensor:
@@ -437,13 +442,54 @@ def probe(raw: Any) -> tuple[int, int, int]:
     """``(width, height, channels)`` of one encoded image (header only)."""
     Image, _ = _need_pillow()
     try:
-        if isinstance(raw, (str, Path)):
-            raw = Path(raw).read_bytes()
+        raw = _encoded(raw, Image)
         img = Image.open(io.BytesIO(bytes(raw))) if isinstance(raw, (bytes, bytearray, memoryview)) else raw
         channels = 1 if img.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
         return img.size[0], img.size[1], channels
-    except (OSError, ValueError, SyntaxError) as e:
-        raise BadImage(str(e)) from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError, DataError) as e:
+        raise BadImage(_why(e, raw)) from None
+
+
+def _why(e: BaseException, raw: Any) -> str:
+    """Why an image could not be read, without Pillow's ``<_io.BytesIO object at 0x...>``."""
+    if isinstance(raw, (bytes, bytearray, memoryview)) and len(raw) == 0:
+        return "the file is empty"
+    why = str(e) or type(e).__name__
+    if why.startswith("cannot identify image file"):
+        return "not an image format Pillow can read"
+    return why
+
+
+def _encoded(raw: Any, Image) -> Any:
+    """Encoded bytes (or a PIL image) from what a reader gave: a path is read through the
+    safe reader (a regular file of at most 256 MiB: no FIFO, no ``/dev/zero``); anything
+    else (an int, a list of floats in a parquet column) is not an image."""
+    if isinstance(raw, (str, Path)):
+        return read_bytes(raw, "image")
+    if isinstance(raw, (bytes, bytearray, memoryview)) or isinstance(raw, Image.Image):
+        return raw
+    raise BadImage(f"the cell holds {type(raw).__name__}, not an encoded image or a path")
+
+
+def probe_majority(name: str, samples: list[Any], channels: int | None) -> tuple[int, int, int]:
+    """``(width, height, channels)`` from a few training images: the size of the first
+    readable one, the channel count most of them have (said in a warning when they
+    disagree, unless ``channels`` is configured). Unreadable ones are passed over; none
+    readable is a :class:`DataError`."""
+    got, why = [], ""
+    for raw in samples:
+        try:
+            got.append(probe(raw))
+        except BadImage as e:
+            why = why or str(e)
+    if not got:
+        raise DataError(f"{name}: cannot read the first training image ({why}).")
+    counts = {c: sum(g[2] == c for g in got) for c in (1, 3)}
+    majority = 3 if counts[3] >= counts[1] else 1
+    if channels is None and counts[1] and counts[3]:
+        warnings.warn(f"{name}: of {len(got)} training images probed, {counts[3]} are colour and {counts[1]} grey; "
+                      f"using {majority} channel(s) for all (set data.options.channels to choose).", stacklevel=3)
+    return got[0][0], got[0][1], majority
 
 
 def channel_stats(batches, channels: int, size: int) -> tuple[list[float], list[float]]:
@@ -486,10 +532,7 @@ def image_splits(name: str, parts: dict[str, tuple[Any, Tensor]], num_classes: i
     from .arrays import DataSplits
 
     if size is None or channels is None:
-        try:
-            w, h, c = probe(first)
-        except BadImage as e:
-            raise DataError(f"{name}: cannot read the first training image ({e}).") from None
+        w, h, c = probe_majority(name, first if isinstance(first, list) else [first], channels)
         if size is None:
             size = min(w, h)
             resize = resize or size
@@ -498,6 +541,7 @@ def image_splits(name: str, parts: dict[str, tuple[Any, Tensor]], num_classes: i
     geo = Geometry(int(size), int(resize), int(channels))
     decode = replace(decode, workers=decode.worker_count())
     common = dict(geo=geo, decode=decode, on_bad=on_bad)
+    warned: set[str] = set()
     if isinstance(mean, str):
         if mean == "imagenet":
             if channels != 3:
@@ -506,6 +550,7 @@ def image_splits(name: str, parts: dict[str, tuple[Any, Tensor]], num_classes: i
         elif mean == "auto":
             probe_set = ImageSet(*parts["train"], num_classes, name, names, mean=[0.0] * channels,
                                  std=[1.0] * channels, **{**common, "decode": replace(decode, resident=False)})
+            probe_set.warned = warned
             mean, std = _stats(probe_set, stats_samples)
         else:
             raise DataError(f"{name}: mean must be 'auto', 'imagenet' or numbers, got {mean!r}.")
@@ -515,6 +560,8 @@ def image_splits(name: str, parts: dict[str, tuple[Any, Tensor]], num_classes: i
     std = [float(std)] * channels if isinstance(std, (int, float)) else list(std)
     sets = {k: cls(r, y, num_classes, name if k == "train" else f"{name}-{k}", names, mean=mean, std=std,
                         **common) for k, (r, y) in parts.items()}
+    for s in sets.values():
+        s.warned = warned
     return DataSplits(sets["train"], sets["test"], sets.get("val"))
 
 

@@ -42,12 +42,18 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
 from ..errors import ConfigError, DataError
+from ..safe_read import refuse_bool_numbers
 
 Frac = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, data):
+        return refuse_bool_numbers(cls, data)
 
 
 class CropConfig(_Strict):

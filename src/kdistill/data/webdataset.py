@@ -29,12 +29,14 @@ from __future__ import annotations
 import hashlib
 import os
 import tarfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import DataError
+from ..safe_read import MAX_CLASSES
 from .datasets import register_dataset
 from .decode import DecodeOptions, decodes_images
 from .images import ImageSet, image_splits
@@ -129,14 +131,7 @@ def index_shards(paths: list[Path], image_ext: str | None, label_ext: str | None
                             raise DataError(f"webdataset: sample {key!r} in {path.name} lacks an image "
                                             f"({image_ext or '/'.join(IMAGE_EXTS)}) or a label "
                                             f"({label_ext or '/'.join(LABEL_EXTS)}); it has {sorted(g)}.")
-                        lm = g[le]
-                        raw.seek(lm.offset_data)
-                        text = raw.read(lm.size).decode("utf-8", "replace").strip()
-                        try:
-                            labels.append(int(text))
-                        except ValueError:
-                            raise DataError(f"webdataset: label of {key!r} in {path.name} is {text!r}, "
-                                            "not an integer.") from None
+                        labels.append(_label(raw, g[le], key, path))
                         im = g[ie]
                         shard.append(s)
                         offset.append(im.offset_data)
@@ -202,7 +197,8 @@ def webdataset(root: str | None = None, train: str | list[str] | None = None, te
                val: str | list[str] | None = None, image_ext: str | None = None, label_ext: str | None = None,
                classes: list[str] | None = None, num_classes: int | None = None, order: str = "global",
                size: int | None = None, resize: int | None = None, channels: int | None = None, mean=None,
-               std=None, decode: DecodeOptions = DecodeOptions(), on_bad: str = "fail", stats_samples: int = 1000):
+               std=None, decode: DecodeOptions = DecodeOptions(), on_bad: str = "fail", stats_samples: int = 1000,
+               samples_per_shard: int | None = None):
     """Tar shards (see the module docstring); image options as ``imagefolder``.
 
     Args:
@@ -211,6 +207,9 @@ def webdataset(root: str | None = None, train: str | list[str] | None = None, te
         image_ext, label_ext: member extensions (default: the first image / ``cls`` found).
         classes: class names (label = position); or ``num_classes``; default: largest label + 1.
         order: ``global`` or ``shards``.
+        samples_per_shard: the samples every shard but the last of a split holds (WebDataset's
+            fixed-size shards); a shard with fewer was cut short. Without it a cut shard is still
+            found when it lacks the tar end-of-archive marker (cut at a member boundary).
     """
     if order not in ("global", "shards"):
         raise DataError(f"webdataset: order must be 'global' or 'shards', got {order!r}.")
@@ -225,12 +224,52 @@ def webdataset(root: str | None = None, train: str | list[str] | None = None, te
     k = len(classes) if classes else (num_classes or max(int(y.max()) for _, y in parts.values()) + 1)
     if k < 2:
         raise DataError(f"webdataset: {k} class(es); classification needs at least two.")
+    short = {n: short_shards(r, samples_per_shard) for n, (r, _) in parts.items()}
     parts = {n: (r, torch.from_numpy(y)) for n, (r, y) in parts.items()}
     splits = image_splits(f"webdataset:{base.name}", parts, k, list(classes) if classes else None,
                           first=parts["train"][0].read(0), size=size, resize=resize, channels=channels,
                           mean="auto" if mean is None else mean, std=std, decode=decode, on_bad=on_bad,
                           stats_samples=stats_samples, cls=TarImageSet)
-    for part in (splits.train, splits.test, splits.val):
+    for name, part in (("train", splits.train), ("test", splits.test), ("val", splits.val)):
         if part is not None:
             part.order_mode = order
+            for note in short.get(name, []):  # reported once, counted with the skipped images
+                part.skipped.add(note)
+                warnings.warn(f"webdataset: {note}; training and scoring use what is there.", stacklevel=2)
     return splits
+
+
+def short_shards(reader: TarReader, samples_per_shard: int | None) -> list[str]:
+    """What is missing from the shards: a shard without the tar end-of-archive marker (two
+    zero blocks: a copy or download that stopped at a member boundary, which tarfile reads
+    without complaint), and with ``samples_per_shard``, a shard (but the last) with fewer."""
+    counts = np.bincount(reader.shard, minlength=len(reader.files))
+    notes = []
+    for s, path in enumerate(reader.files):
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            f.seek(max(size - 1024, 0))
+            tail = f.read(1024)
+        cut = size < 1024 or size % 512 or tail.count(0) != len(tail)
+        if samples_per_shard and s < len(reader.files) - 1 and counts[s] < samples_per_shard:
+            notes.append(f"shard {os.path.basename(path)} holds {counts[s]} of {samples_per_shard} samples "
+                         f"({samples_per_shard - counts[s]} missing: cut short?)")
+        elif cut:
+            notes.append(f"shard {os.path.basename(path)} ends without the tar end-of-archive marker: it was cut "
+                         f"short after {counts[s]} samples")
+    return notes
+
+
+def _label(raw, member, key: str, path: Path) -> int:
+    """The decimal label of a ``.cls`` member: at most 32 bytes, an integer in
+    ``[0, MAX_CLASSES)`` (10**30 or a megabyte of digits is one :class:`DataError`)."""
+    raw.seek(member.offset_data)
+    text = raw.read(min(member.size, 32)).decode("utf-8", "replace").strip()
+    try:
+        value = int(text) if member.size <= 32 else None
+    except ValueError:
+        value = None
+    if value is None or not -1 <= value < MAX_CLASSES:  # -1: unlabelled
+        raise DataError(f"webdataset: label of {key!r} in {path.name} is {text[:24]!r}"
+                        f"{'...' if member.size > 24 else ''}, not an integer in [0, {MAX_CLASSES}).")
+    return value

@@ -34,9 +34,10 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 # the writers moved to the leaf module kdistill.atomic; imported here too for callers of the old place
-from ..atomic import atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: F401
+from ..atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, user_mode  # noqa: F401
 from ..atomic import fsync_dir as _fsync_dir
 from ..errors import CheckpointError
+from ..safe_read import safetensors_os_error
 
 
 def _sha256(path: Path) -> str:
@@ -74,8 +75,9 @@ def save_checkpoint(
     root.mkdir(parents=True, exist_ok=True)
     final = checkpoint_path(root, kind, step)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{kind}-{step:09d}.{os.getpid()}."))
+    os.chmod(tmp, user_mode(0o777))
     try:
-        save_file(state_dict_tensors(model), str(tmp / "model.safetensors"))
+        save_tensors(state_dict_tensors(model), tmp / "model.safetensors")
         files = ["model.safetensors"]
         if train_state is not None:
             buf = io.BytesIO()
@@ -89,15 +91,37 @@ def save_checkpoint(
                 os.fsync(fh.fileno())
         _fsync_dir(tmp)
         if final.exists():
-            shutil.rmtree(final)
+            _remove_atomically(final)
         os.replace(tmp, final)
         _fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     for old in list_checkpoints(root, kind)[keep:]:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove_atomically(old)
     return final
+
+
+def _remove_atomically(folder: Path) -> None:
+    """Remove a checkpoint folder so that a kill never leaves half of it under its own name:
+    renamed first to ``.<name>.<pid>.tmp`` (litter :func:`remove_litter` removes once this
+    process is gone), then deleted."""
+    gone = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    os.replace(folder, gone)
+    shutil.rmtree(gone, ignore_errors=True)
+
+
+def save_tensors(tensors: dict[str, Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """``safetensors.save_file``, with a disk-full or permission failure raised as an
+    :class:`OSError` naming ``path`` (safetensors raises its own error type, which says
+    neither)."""
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except Exception as e:
+        err = safetensors_os_error(e, path)
+        if err is None:
+            raise
+        raise err from None
 
 
 # .<name>.<pid>.<tempfile's 8 random characters>[.tmp], or .<name>.<pid>.tmp
@@ -164,8 +188,10 @@ def verify(path: Path) -> dict[str, Any]:
     """``state.json`` of a checkpoint folder after checking every file's SHA-256."""
     try:
         meta = json.loads((path / "state.json").read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: state.json unreadable ({e}).") from None
+    except (OSError, ValueError, RecursionError) as e:
+        raise CheckpointError(f"{path}: state.json unreadable ({type(e).__name__}).") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("sha256", {}), dict):
+        raise CheckpointError(f"{path}: state.json is not a checkpoint record.")
     for name, digest in meta.get("sha256", {}).items():
         f = path / name
         if not f.is_file() or _sha256(f) != digest:

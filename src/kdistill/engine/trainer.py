@@ -319,7 +319,7 @@ class Trainer:
         for line in path.read_text().splitlines():
             try:
                 row = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue  # a line cut by a kill
             # first-stage rows (no epoch) come before epoch 0 and are not redone on a resume
             if "epoch" not in row or row["epoch"] < epoch:

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from ..atomic import atomic_write_json
 from ..errors import ConfigError, DataError
 from ..methods import TokenTopK
+from ..safe_read import LMCacheMeta, check_array, load_npy, read_json
 from .data import TokenDataset
 
 FORMAT = "kdistill-lm-topk/1"
@@ -62,7 +63,7 @@ def write_lm_cache(teacher: torch.nn.Module, data: TokenDataset, tok, k: int, fo
     want = cache_meta(teacher, data, tok, k)
     meta_path = folder / "meta.json"
     if meta_path.is_file():
-        have = json.loads(meta_path.read_text())
+        have = read_json(meta_path, LMCacheMeta, hint=" Delete the cache folder to rebuild it.")
         keys = ("format", "k", "vocab", "rows", "block", "teacher", "tokenizer", "data")
         diff = [key for key in keys if have.get(key) != want[key]]
         if not diff:
@@ -97,22 +98,33 @@ def write_lm_cache(teacher: torch.nn.Module, data: TokenDataset, tok, k: int, fo
     return want
 
 
+def _checked_topk(folder: Path, meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """``values.npy`` and ``indices.npy``, memory-mapped, checked against ``meta``: shape
+    ``(rows, block, k)``, float values, integer indices inside the vocabulary (a truncated,
+    pickled or replaced array is one :class:`DataError`)."""
+    shape = (int(meta["rows"]), int(meta["block"]), int(meta["k"]))
+    values = check_array(load_npy(folder / "values.npy", mmap=True, what="LM cache"), folder / "values.npy",
+                         shape, "f")
+    indices = check_array(load_npy(folder / "indices.npy", mmap=True, what="LM cache"), folder / "indices.npy",
+                          shape, "iu")
+    check_array(np.asarray(indices), folder / "indices.npy", lo=0, hi=int(meta["vocab"]) - 1)
+    return values, indices
+
+
 class LMCachedTeacher:
     """A teacher that answers training batches from a top-k cache (rows at
     ``batch["index"]``); it returns :class:`~kdistill.methods._token.TokenTopK`."""
 
     def __init__(self, folder: str | Path, data: TokenDataset):
         folder = Path(folder)
-        try:
-            self.meta = json.loads((folder / "meta.json").read_text())
-        except (OSError, ValueError) as e:
-            raise DataError(f"No finished LM teacher cache in {folder}: {e}") from None
+        if not (folder / "meta.json").is_file():
+            raise DataError(f"No finished LM teacher cache in {folder} (no meta.json).")
+        self.meta = read_json(folder / "meta.json", LMCacheMeta, hint=" Delete the cache folder to rebuild it.")
         if self.meta.get("format") != FORMAT:
             raise DataError(f"{folder}: not an LM top-k cache (format {self.meta.get('format')!r}).")
         if self.meta["data"] != data.fingerprint():
             raise DataError(f"{folder}: the cache was made for other token data; rebuild it.")
-        self.values = np.load(folder / "values.npy", mmap_mode="r")
-        self.indices = np.load(folder / "indices.npy", mmap_mode="r")
+        self.values, self.indices = _checked_topk(folder, self.meta)
         self.num_classes = int(self.meta["vocab"])
         self.device = torch.device("cpu")
 

@@ -29,6 +29,7 @@ padding). :class:`TokenDataset` implements the dataset protocol of
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -37,6 +38,7 @@ import torch
 
 from ..data.tokens import IGNORE_INDEX, TokenDataset
 from ..errors import DataError, did_you_mean
+from ..safe_read import LIMITS, check_regular
 
 __all__ = ["BUILTIN_CHAT", "IGNORE_INDEX", "ROLES", "TokenDataset", "chat_tokens", "is_hf_dataset", "load_records",
            "load_text_dataset", "open_hf_dataset", "pack_text", "read_documents", "read_jsonl", "records_dataset"]
@@ -195,7 +197,8 @@ def chat_tokens(messages, tokenizer, where: str = "chat record") -> tuple[list[i
 def _record_tokens(r: dict, tokenizer, where: str) -> tuple[list[int], list[bool], int]:
     """``(ids, is_target, prompt_len)`` of one record."""
     if "prompt_ids" in r:
-        p, c = list(r["prompt_ids"]), list(r["completion_ids"])
+        p = _ids(r["prompt_ids"], tokenizer, where, "prompt_ids")
+        c = _ids(r.get("completion_ids"), tokenizer, where, "completion_ids")
     elif "messages" in r:
         return chat_tokens(r["messages"], tokenizer, where)
     elif "prompt" in r and "completion" in r:
@@ -236,20 +239,50 @@ def records_dataset(records: Iterable[dict], tokenizer, block_size: int, name: s
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSON Lines file; a line over the ``jsonl_line`` limit (16 MiB), not
+    UTF-8, or not a JSON object is one :class:`DataError` naming the line."""
     out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in _jsonl_lines(path):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
-        except ValueError as e:
-            raise DataError(f"{path}:{n}: not JSON ({e}).") from None
+        except (ValueError, RecursionError) as e:
+            raise DataError(f"{path}:{n}: not JSON ({type(e).__name__}: {str(e)[:80]}).") from None
         if not isinstance(rec, dict):
             raise DataError(f"{path}:{n}: a record must be a JSON object.")
         out.append(rec)
     if not out:
         raise DataError(f"{path} holds no records.")
     return out
+
+
+def _jsonl_lines(path: Path):
+    """``(line number, text)`` of a regular file, each line read with a bounded buffer."""
+    limit = LIMITS["jsonl_line"]
+    check_regular(path, "text")
+    with open(path, "rb") as f:
+        for n in itertools.count(1):
+            raw = f.readline(limit + 1)
+            if not raw:
+                return
+            if len(raw) > limit:
+                raise DataError(f"{path}:{n}: the line is longer than {limit >> 20} MiB; split the record "
+                                "(a record is cut to data.block_size tokens anyway).")
+            try:
+                yield n, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{n}: not UTF-8 text (byte {e.start} of the line).") from None
+
+
+def _ids(value, tokenizer, where: str, key: str) -> list[int]:
+    """Token ids given in a record: a list of integers inside the vocabulary."""
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise DataError(f"{where}: {key} must be a list of integer token ids.")
+    bad = [v for v in value if not 0 <= v < tokenizer.vocab_size]
+    if bad:
+        raise DataError(f"{where}: {key} holds {bad[0]}, outside the tokenizer's {tokenizer.vocab_size} tokens.")
+    return value
 
 
 def _need_datasets():

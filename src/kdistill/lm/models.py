@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..safe_read import refuse_pickled_weights, remote_code_allowed
 
 BYTE_FILE = "kdistill_tokenizer.json"
 
@@ -67,7 +68,8 @@ class HFTokenizer:
     def __init__(self, path: str | Path):
         transformers = require_transformers()
         try:
-            self.tok = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+            self.tok = transformers.AutoTokenizer.from_pretrained(
+                str(path), local_files_only=True, trust_remote_code=remote_code_allowed())
         except (OSError, ValueError) as e:
             raise ConfigError(f"No tokenizer could be read from {str(path)!r}: {e}") from None
         eos = self.tok.eos_token_id
@@ -192,9 +194,10 @@ def build_causal_lm(model: str, kwargs: dict[str, Any], vocab_size: int, seed: i
             inside = [f"hf:{path / d}" for d in ("student", "teacher", "teacher/model") if (path / d / "config.json").is_file()]
             hint = f" It is a run folder: its models are {' and '.join(inside)}." if inside else ""
             raise ConfigError(f"{str(path)!r} is not a Hugging Face model folder (no config.json).{hint}")
+        refuse_pickled_weights(path, ConfigError)
         try:
             hf = transformers.AutoModelForCausalLM.from_pretrained(
-                str(path), local_files_only=True, trust_remote_code=False, dtype=torch.float32)
+                str(path), local_files_only=True, trust_remote_code=remote_code_allowed(), dtype=torch.float32)
         except (OSError, ValueError) as e:
             raise ConfigError(f"The model in {str(path)!r} could not be loaded: {e}") from None
         record = {"model": model}

@@ -36,6 +36,7 @@ from torch import nn
 
 from .._registry import Registry
 from ..errors import ConfigError, UntrustedCodeError, did_you_mean
+from ..safe_read import refuse_pickled_weights, remote_code_allowed
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 register_model = MODELS.register
@@ -181,8 +182,10 @@ def _hf_model(name: str, num_classes: int, new_head: bool = False, **kwargs: Any
     extra = ({"num_labels": num_classes, "ignore_mismatched_sizes": True,
               "id2label": {i: str(i) for i in range(num_classes)}, "label2id": {str(i): i for i in range(num_classes)}}
              if new_head else {})
-    try:
-        model = AutoModelForImageClassification.from_pretrained(str(folder), local_files_only=True, **extra, **kwargs)
+    refuse_pickled_weights(folder, ConfigError)
+    try:  # never the folder's own Python unless --trust-code, and never a [y/N] prompt on stdin
+        model = AutoModelForImageClassification.from_pretrained(
+            str(folder), local_files_only=True, trust_remote_code=remote_code_allowed(), **extra, **kwargs)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"Model {name!r}: transformers cannot load {folder}: {str(e).splitlines()[0]}") from None
     return HFClassifier(model)

@@ -83,5 +83,5 @@ def read_profile(run_dir: str | Path) -> dict[str, Any] | None:
     path = Path(run_dir) / "int8" / "profile.json"
     try:
         return json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None

@@ -28,12 +28,13 @@ from torch import Tensor, nn
 
 from ..atomic import atomic_write_json
 from ..config import load_config, run_task
-from ..engine.checkpoint import state_dict_tensors
+from ..engine.checkpoint import remove_litter, state_dict_tensors
 from ..errors import CheckpointError, ConfigError
 from ..losses import kd_loss
 from ..measure import summarize_times
 from ..metrics import accuracy, agreement
 from ..runs import load_saved, prepare_data, teacher_from_checkpoints
+from ..safe_read import QuantizeRecord, read_json
 from .backend import QuantizeError, quiet, torchao_pt2e
 from .core import METHODS, Quantized, quantize_model, rebuild_int8
 
@@ -191,6 +192,8 @@ def quantize_run(run_dir: str | Path, method: str = "ptq", *, teacher: str = "te
     run_dir = Path(run_dir)
     if method not in METHODS:
         raise QuantizeError(f"Unknown quantization method {method!r}; choose one of {', '.join(METHODS)}.")
+    for folder in (run_dir, int8_dir(run_dir, method)):  # what an interrupted quantize left
+        remove_litter(folder)
     try:
         student, record = load_saved(run_dir, "student", trust_code)
     except CheckpointError as e:
@@ -293,7 +296,8 @@ def load_int8(run_dir: str | Path, method: str = "ptq", trust_code: bool = False
     folder = int8_dir(run_dir, method)
     if not (folder / "quantized.safetensors").is_file() or not (folder / "quantize.json").is_file():
         raise QuantizeError(f"{run_dir} has no {method} int8 student; run `kdistill quantize {run_dir} --method {method}` first.")
-    info = json.loads((folder / "quantize.json").read_text())
+    info = read_json(folder / "quantize.json", QuantizeRecord, error=QuantizeError,
+                     hint=f" Re-run `kdistill quantize {run_dir} --method {method}`.")
     student, record = load_saved(run_dir, "student", trust_code)
     prepared, int8 = rebuild_int8(student, record["input_shape"], load_file(str(folder / "quantized.safetensors")),
                                   bool(info.get("qat_graph")), info.get("keep_float") or (),
@@ -345,7 +349,7 @@ def export_int8(run_dir: str | Path, method: str | None = None, format: str = "o
     try:
         existing = json.loads(path.read_text())
         existing = existing if isinstance(existing, dict) else {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         existing = {}
     existing[f"onnx-int8-{method}"] = entry
     atomic_write_json(path, existing)

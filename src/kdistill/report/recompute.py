@@ -9,7 +9,6 @@ in ``results.json``). Anything that cannot be rebuilt is reported, not guessed.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from ..errors import KdistillError, UntrustedCodeError
 from ..metrics import predict_logits
 from ..runs import prepare_data, rebuild
 from ..runs.experiment import cpu_latency
+from ..safe_read import ModelRecord, read_json
 from .tables import RunRecord
 
 
@@ -51,10 +51,7 @@ def student_model(run: RunRecord, trust_code: Any = False) -> nn.Module:
     source = run.path / "results.json"
     if (run.path / "model.json").is_file():
         source = run.path / "model.json"
-        try:
-            record = json.loads((run.path / "model.json").read_text())
-        except ValueError:
-            pass
+        record = read_json(source, ModelRecord, error=RecomputeError)
     return build_saved_model(record, weights, trust_code, source)
 
 

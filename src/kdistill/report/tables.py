@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import parse_yaml
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..runs.grid import SCRATCH
+from ..safe_read import ResultsRecord, read_json
 from ..task import DEFAULT_TASK, TASKS, Headline
 
 TEACHER = "teacher"
@@ -189,7 +190,7 @@ class RunRecord:
         if f.is_file():
             try:
                 return float(json.loads(f.read_text())["p50"])
-            except (ValueError, KeyError, TypeError, OSError):
+            except (ValueError, KeyError, TypeError, OSError, RecursionError):
                 return None
         return None
 
@@ -216,7 +217,7 @@ def read_metrics(path: Path) -> tuple[list[dict[str, Any]], int]:
             continue
         try:
             row = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             bad += 1
             continue
         if isinstance(row, dict) and "epoch" in row:
@@ -233,11 +234,10 @@ def load_run(path: str | Path) -> RunRecord:
     if not res_file.is_file():
         raise RunFolderError("no results.json (unfinished or not a run folder)")
     try:
-        results = json.loads(res_file.read_text())
-    except (ValueError, OSError):
-        raise RunFolderError("results.json is damaged (not valid JSON)") from None
-    if not isinstance(results, dict):
-        raise RunFolderError("results.json is not a JSON object")
+        results = read_json(res_file, ResultsRecord)
+    except DataError as e:  # not JSON, nested too deeply, not an object, a section that is no object
+        detail = str(e).removeprefix(str(res_file)).strip(" :.")
+        raise RunFolderError(f"results.json is damaged ({detail})") from None
     task = results.get("task", DEFAULT_TASK)
     if not isinstance(task, str) or task not in TASKS:
         raise RunFolderError(f"results.json names task {task!r}, which is not registered here")
@@ -283,7 +283,7 @@ def find_run_dirs(root: str | Path) -> list[Path]:
     try:
         cells = json.loads((root / "compare.json").read_text())["plan"]["cells"]
         order = {c["name"]: i for i, c in enumerate(cells)}
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         pass
     return sorted(found, key=lambda p: order.get(p.name, len(order)))
 
@@ -374,7 +374,7 @@ def _teacher_row(records: list[RunRecord]) -> dict[str, Any] | None:
         elif tdir is not None:
             try:
                 b = _get(json.loads((tdir / "results.json").read_text()), "best", hl.split, hl.key)
-            except (ValueError, OSError):
+            except (ValueError, OSError, RecursionError):
                 b = None
         best.append(m[hl.key] if b is None else b)
         lat.append(next((v for v in (x.teacher_latency() for x in rs) if v is not None), None))

@@ -26,6 +26,9 @@ from ..teachers import EnsembleTeacher, ModuleTeacher, Teacher
 def prepare_data(cfg: RunConfig) -> DataSplits:
     """Load, subset, split and validate the run's data (the transfer set is separate)."""
     d = cfg.data
+    twice = sorted(set(d.options) & {"root", "resident", "workers", "resident_budget_mb"})
+    if twice:
+        raise ConfigError(f"data.options.{twice[0]} repeats the data section's own key; set data.{twice[0]} instead.")
     splits = load_dataset(d.name, root=d.root, decode=d.decode_options(), **d.options)
     train = splits.train
     if d.subset:
@@ -197,3 +200,16 @@ def teacher_from_checkpoints(t: TeacherConfig, data: DataSplits, trust: bool = F
     if not many:
         return ModuleTeacher(modules[0], data.num_classes)
     return EnsembleTeacher(modules, t.combine)
+
+
+def open_teacher_cache(t: TeacherConfig, data: DataSplits, trust: bool = False):
+    """The cached teacher ``t.cache``, refused unless made for ``data`` and, when the config
+    also names the teacher with checkpoints (``model`` + ``checkpoint``, or an ensemble),
+    by that teacher (weights fingerprint): a cache another teacher wrote is not used."""
+    from ..cache import CachedTeacher
+
+    members = t.ensemble or ([t] if t.model is not None else [])
+    known = None
+    if members and all(m.checkpoint for m in members):
+        known = teacher_from_checkpoints(t.model_copy(update={"cache": None}), data, trust)
+    return CachedTeacher.open(t.cache, data.train, num_classes=data.num_classes, teacher=known)

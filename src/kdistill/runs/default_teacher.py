@@ -10,13 +10,12 @@ from typing import Any
 
 import torch
 
-from ..cache import CachedTeacher
 from ..config import ModelConfig, RunConfig
 from ..data import DataSplits
 from ..measure import count_params
 from ..teacher_input import unwrap
 from ..teachers import EnsembleTeacher, ModuleTeacher, Teacher, register_teacher_kind
-from .build import build_model, model_record, teacher_adapter, teacher_from_checkpoints
+from .build import build_model, model_record, open_teacher_cache, teacher_adapter, teacher_from_checkpoints
 from .experiment import TeacherContext, train_model, write_teacher_config
 from .folder import save_model, sync_processes, write_json
 from .grid import _with
@@ -28,7 +27,7 @@ def _preflight(cfg: RunConfig, data: DataSplits, trust: bool, lines: list[str]):
     t = cfg.teacher
     if t.cache is not None:
         lines.append(f"teacher: cache {t.cache}")
-        return CachedTeacher.open(t.cache, data.train, num_classes=data.num_classes), []
+        return open_teacher_cache(t, data, trust), []  # checked against the teacher when the config names it
     members = t.ensemble or [ModelConfig(model=t.model, kwargs=t.kwargs, checkpoint=t.checkpoint)]
     many = len(members) > 1
     adapt = teacher_adapter(t, data)
@@ -50,7 +49,7 @@ def default_teacher(options: dict, ctx: TeacherContext) -> tuple[Teacher, dict]:
     cfg, data, run_dir, resume, log, trust = ctx.cfg, ctx.data, ctx.run_dir, ctx.resume, ctx.log, ctx.trust
     t = cfg.teacher
     if t.cache is not None:
-        cached = CachedTeacher.open(t.cache, data.train, num_classes=data.num_classes)
+        cached = open_teacher_cache(t, data, trust)  # checked against the teacher when the config names it
         log(f"Teacher: cached outputs from {t.cache}.")
         return cached, {"cache": t.cache}
     members_cfg = t.ensemble or [t]

@@ -8,7 +8,6 @@ refused unless the caller passes ``trust_code`` (see :func:`kdistill.models.requ
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from torch import nn
 from ..engine.checkpoint import load_into, load_weights
 from ..errors import CheckpointError
 from ..models import TrustCode, create_model, require_trusted
+from ..safe_read import ModelRecord, read_json, validate
 
 REQUIRED = ("model", "num_classes", "input_shape")
 
@@ -35,19 +35,14 @@ def read_model_record(folder: str | Path, what: str = "student") -> dict[str, An
             else " Train a run first (`kdistill train CONFIG`) and pass its folder."
         )
         raise CheckpointError(f"{folder} has no model.safetensors (no finished {what} model).{hint}")
-    try:
-        record = json.loads((folder / "model.json").read_text())
-    except FileNotFoundError:
+    if not (folder / "model.json").exists():
         raise CheckpointError(f"{folder} has model.safetensors but no model.json, so the {what} "
-                              "cannot be rebuilt; it is written at the end of a run.") from None
-    except (ValueError, UnicodeDecodeError):
-        raise CheckpointError(f"{folder / 'model.json'} is damaged (not valid JSON).") from None
-    if not isinstance(record, dict):
-        raise CheckpointError(f"{folder / 'model.json'} is not a JSON object; it cannot rebuild the {what}.")
+                              "cannot be rebuilt; it is written at the end of a run.")
+    record = read_json(folder / "model.json", error=CheckpointError)
     missing = [k for k in REQUIRED if k not in record]
     if missing:
         raise CheckpointError(f"{folder / 'model.json'} lacks {', '.join(missing)}; it cannot rebuild the {what}.")
-    return record
+    return validate(record, ModelRecord, folder / "model.json", CheckpointError)
 
 
 def model_from_record(record: dict[str, Any], trust_code: TrustCode = False, source: str | Path | None = None) -> nn.Module:

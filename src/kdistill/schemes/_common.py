@@ -69,7 +69,9 @@ class SchemeContext:
         if self.resume and path.is_file():
             try:
                 out = json.loads(path.read_text())
-            except ValueError:
+            except (ValueError, RecursionError):
+                return None
+            if not isinstance(out, dict):
                 return None
             self.log(f"Stage {name}: finished earlier, reusing {path.parent}.")
             return out | {"run_dir": str(path.parent)}

@@ -26,7 +26,7 @@ class ImageClassification(Task):
     def check_resume(self, cfg, run_dir=None):
         from ..runs import check_resumable
 
-        check_resumable(cfg, run_dir)
+        return check_resumable(cfg, run_dir)
 
     def run(self, cfg, run_dir=None, resume=False, log=print, trust=False):
         from ..runs import run_experiment

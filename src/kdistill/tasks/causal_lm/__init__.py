@@ -37,6 +37,7 @@ class CausalLMTask(Task):
         if not (path / "config.yaml").is_file():
             raise ConfigError(f"--resume: {path} holds no run, so there is nothing to resume. Drop --resume to "
                               "start a new run (or set output.name / --run-dir to the run's folder).")
+        return path
 
     def run(self, cfg, run_dir=None, resume=False, log=print, trust=False):
         from .run import run_lm

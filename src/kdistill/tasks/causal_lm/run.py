@@ -21,15 +21,16 @@ from ...data import split
 from ...devices import resolve_device
 from ...distributed import is_main_process, main_process_first, sync_processes
 from ...engine.trainer import Trainer, get_accelerator
-from ...errors import ConfigError
+from ...errors import ConfigError, DataError
 from ...lm.chunked import LMDistiller
 from ...lm.cross_tokenizer import cross_methods, cross_teacher
-from ...lm.data import TokenDataset, load_text_dataset, records_dataset
+from ...lm.data import TokenDataset, load_text_dataset, read_jsonl, records_dataset
 from ...lm.generate import complete_rows, sample
 from ...lm.metrics import lm_metrics
 from ...lm.models import CausalLM, build_causal_lm, check_same_tokenizer, folder_tokenizer, load_tokenizer
 from ...lm.onpolicy import OnPolicyDistiller
 from ...methods import Distiller, build_term, create
+from ...safe_read import read_json
 from .config import LMRunConfig
 from .positions import check_positions
 
@@ -135,7 +136,7 @@ def sequence_transfer(teacher: CausalLM, train: TokenDataset, tok, cfg: LMRunCon
     fp = train.fingerprint()
     # the main process writes the transfer set; the others, after it, find it and reuse it
     with main_process_first():
-        if path.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()).get("data") == fp:
+        if path.is_file() and meta_path.is_file() and _recorded_data(meta_path) == fp:
             log(f"Reusing the teacher's completions in {path}.")
         else:
             g = torch.Generator().manual_seed(cfg.train.seed)
@@ -156,8 +157,15 @@ def sequence_transfer(teacher: CausalLM, train: TokenDataset, tok, cfg: LMRunCon
             atomic_write_json(meta_path, {"data": fp, "rows": len(lines), "greedy": cfg.lm.greedy,
                                           "seconds": round(time.perf_counter() - t0, 2)})
             log(f"Teacher completions for {len(lines)} prompts written to {path}.")
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return records_dataset(records, tok, train.input_shape[0], "transfer")
+    return records_dataset(read_jsonl(path), tok, train.input_shape[0], "transfer")
+
+
+def _recorded_data(meta_path: Path) -> str | None:
+    """The data fingerprint a transfer set's ``transfer.json`` records (``None``: damaged)."""
+    try:
+        return read_json(meta_path).get("data")
+    except DataError:
+        return None
 
 
 def _completions_through_text(teacher, t_tok, train: TokenDataset, tok, cfg: LMRunConfig, temp: float, g) -> list[str]:
