@@ -144,6 +144,7 @@ TINY_CELLS = {
     "takd_fmnist": ["teacher_convnet4", "student", "kd_from_teacher_convnet4"],
     "takd_mnist1d": ["teacher_cnn1d_c16", "student", "kd_from_teacher_cnn1d_c16"],
     "methods_fmnist": ["teacher", "student", "crd"],
+    "methods_fmnist_cpu": ["teacher", "student", "mlkd_ls"],
     "schemes_mnist1d": ["student", "dml"],
     "transfer_mnist1d": ["teacher", "student", "kd_transfer_5k", "munge_25k"],
 }
