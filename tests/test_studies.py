@@ -90,12 +90,19 @@ def test_every_cell_of_every_study_is_a_valid_config(name, tmp_path):
             assert Path(cfg.data.transfer.path) == tmp_path / "_transfer" / "mnist1d-n100000-seed1-len40.npz"
 
 
-def test_methods_study_covers_every_registered_method():
+@pytest.mark.parametrize("name", ["methods_fmnist", "methods_fmnist_cpu"])
+def test_methods_study_covers_every_registered_method(name):
     from kdistill.methods import METHODS
+    from kdistill.methods._token_method import TokenDivergence
 
-    study = STUDIES["methods_fmnist"]()
+    study = STUDIES[name]()
     distilled = {c.group for c in study.cells if c.role == "distilled"}
-    assert distilled == set(METHODS.names()) - {"ce"}
+    vision = {m for m in METHODS.names() if m != "ce" and not issubclass(METHODS.get(m), TokenDivergence)}
+    # every image method with its defaults, plus logit standardization and DOT as settings of others
+    assert distilled == vision | {"kd_ls", "dkd_ls", "mlkd_ls", "kd_dot"}
+    assert {"mlkd", "ctkd", "skd", "dist_plus"} <= distilled
+    assert study.cell("kd_dot").config["train"]["optimizer"] == "dot"
+    assert study.cell("mlkd_ls").config["method"] == {"name": "mlkd", "standardize": True}
 
 
 def test_only_refuses_an_unknown_group():
