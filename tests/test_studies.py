@@ -160,7 +160,7 @@ TINY_CELLS = {
 @pytest.mark.parametrize("name", sorted(STUDIES))
 def test_study_runs_tiny_and_writes_its_table(name, tmp_path, tiny_fmnist):
     study = STUDIES[name]()
-    data = "fashion-mnist" if study.cells[0].config["data"]["name"] == "fashion-mnist" else "mnist1d"
+    data = "fashion-mnist" if study.cells[0].config["data"]["name"].startswith("fashion-mnist") else "mnist1d"
     sets = [f"data.root={tiny_fmnist}"] if data == "fashion-mnist" else ["data.options.num_samples=300"]
     if name == "transfer_mnist1d":  # the MUNGE set and the generated transfer set, kept tiny
         sets += ["scheme.size=600", "data.transfer.size=200"]
