@@ -275,3 +275,22 @@ def test_cells_a_cache_cannot_serve_keep_the_live_teacher(raw, why):
     lines: list[str] = []
     assert rs.use_teacher_cache(raw, lines.append) is None
     assert raw["teacher"]["model"] == "mlp" and why in lines[0]
+
+
+def test_paired_vs_compares_every_row_with_the_chosen_one_seed_by_seed():
+    import paired_vs
+
+    def row(group, role, accs):
+        from kdistill.report.tables import summarize
+
+        return {"label": group, "group": group, "role": role, "seeds": sorted(accs),
+                "last_acc": summarize(list(accs.values())), "last_acc_by_seed": {str(k): v for k, v in accs.items()}}
+
+    res = {"rows": [row("teacher", "teacher", {0: 0.9, 1: 0.9}), row("student", "student", {0: 0.80, 1: 0.82}),
+                    row("kd", "distilled", {0: 0.84, 1: 0.85}), row("mlkd", "distilled", {0: 0.86, 1: 0.88})]}
+    md = paired_vs.table(res, "kd")
+    lines = {line.split(" | ")[0].strip("| "): line for line in md.splitlines()[2:]}
+    # mlkd - kd per seed: +2 and +3 points -> mean +2.50; vs the student: +6, +6 -> +6.00 with a zero-width interval
+    assert "| +6.00 [+6.00, +6.00] | +2.50 [" in lines["mlkd"]
+    assert lines["kd"].endswith("| - | 3 |")  # kd against itself: no difference; third by accuracy
+    assert lines["mlkd"].endswith("| 2 |") and "| 87.00 ± 1.41 |" in lines["mlkd"]
