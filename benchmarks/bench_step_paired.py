@@ -30,7 +30,7 @@ import torch
 
 def main(argv: list[str] | None = None) -> int:
     from kdistill.config import TrainConfig
-    from kdistill.data import Augment, load_dataset
+    from kdistill.data import Augment, load_dataset, subset
     from kdistill.engine.trainer import Trainer, make_optimizer
     from kdistill.methods import create
     from kdistill.models import create_model
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     dev = torch.device("cpu")
-    data = load_dataset("fashion-mnist", pad_to=32).train.subset(args.n_train, seed=0)
+    data = subset(load_dataset("fashion-mnist", pad_to=32).train, args.n_train, seed=0)
     aug, k, shape, bs = Augment(4, True), data.num_classes, data.input_shape, args.batch_size
     tmp = tempfile.TemporaryDirectory(prefix="kdistill-paired-")
 

@@ -97,7 +97,7 @@ def test_dkd_term_weights_and_linear_warmup():
             out = d(b)
         assert out["loss_dkd_tckd"].item() == pytest.approx(ramp * tckd.mean().item(), rel=1e-5)
         assert out["loss_dkd_nckd"].item() == pytest.approx(ramp * 8.0 * nckd.mean().item(), rel=1e-5)
-    assert term.cfg.temperature == 4.0 and term.cfg.warmup == 20
+    assert term.temperature == 4.0 and term.cfg.warmup == 20
 
 
 def test_dkd_uses_the_teachers_class_for_unlabelled_samples():

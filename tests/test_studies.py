@@ -90,13 +90,21 @@ def test_every_cell_of_every_study_is_a_valid_config(name, tmp_path):
             assert Path(cfg.data.transfer.path) == tmp_path / "_transfer" / "mnist1d-n100000-seed1-len40.npz"
 
 
-def test_methods_study_covers_every_registered_method():
+@pytest.mark.parametrize("name", ["methods_fmnist", "methods_fmnist_cpu"])
+def test_methods_study_covers_every_registered_method(name):
     from kdistill.methods import METHODS
+    from kdistill.methods._token_method import TokenDivergence
 
-    study = STUDIES["methods_fmnist"]()
+    study = STUDIES[name]()
     distilled = {c.group for c in study.cells if c.role == "distilled"}
-    two_heads = {n for n in METHODS.names() if getattr(METHODS.get(n), "student_contract", "")}  # DeiT
-    assert distilled == set(METHODS.names()) - {"ce"} - two_heads
+    vision = {m for m in METHODS.names() if m != "ce" and not issubclass(METHODS.get(m), TokenDivergence)
+              and not getattr(METHODS.get(m), "student_contract", "")  # DeiT: a two-head student
+              and not getattr(METHODS.get(m), "cross_tokenizer", False)}  # uld, gold: another tokenizer
+    # every image method with its defaults, plus logit standardization and DOT as settings of others
+    assert distilled == vision | {"kd_ls", "dkd_ls", "mlkd_ls", "kd_dot"}
+    assert {"mlkd", "ctkd", "skd", "dist_plus"} <= distilled
+    assert study.cell("kd_dot").config["train"]["optimizer"] == "dot"
+    assert study.cell("mlkd_ls").config["method"] == {"name": "mlkd", "standardize": True}
 
 
 def test_only_refuses_an_unknown_group():
@@ -145,6 +153,7 @@ TINY_CELLS = {
     "takd_fmnist": ["teacher_convnet4", "student", "kd_from_teacher_convnet4"],
     "takd_mnist1d": ["teacher_cnn1d_c16", "student", "kd_from_teacher_cnn1d_c16"],
     "methods_fmnist": ["teacher", "student", "crd"],
+    "methods_fmnist_cpu": ["teacher", "student", "mlkd_ls"],
     "schemes_mnist1d": ["student", "dml"],
     "transfer_mnist1d": ["teacher", "student", "kd_transfer_5k", "munge_25k"],
 }
@@ -153,7 +162,7 @@ TINY_CELLS = {
 @pytest.mark.parametrize("name", sorted(STUDIES))
 def test_study_runs_tiny_and_writes_its_table(name, tmp_path, tiny_fmnist):
     study = STUDIES[name]()
-    data = "fashion-mnist" if study.cells[0].config["data"]["name"] == "fashion-mnist" else "mnist1d"
+    data = "fashion-mnist" if study.cells[0].config["data"]["name"].startswith("fashion-mnist") else "mnist1d"
     sets = [f"data.root={tiny_fmnist}"] if data == "fashion-mnist" else ["data.options.num_samples=300"]
     if name == "transfer_mnist1d":  # the MUNGE set and the generated transfer set, kept tiny
         sets += ["scheme.size=600", "data.transfer.size=200"]
@@ -268,3 +277,22 @@ def test_cells_a_cache_cannot_serve_keep_the_live_teacher(raw, why):
     lines: list[str] = []
     assert rs.use_teacher_cache(raw, lines.append) is None
     assert raw["teacher"]["model"] == "mlp" and why in lines[0]
+
+
+def test_paired_vs_compares_every_row_with_the_chosen_one_seed_by_seed():
+    import paired_vs
+
+    def row(group, role, accs):
+        from kdistill.report.tables import summarize
+
+        return {"label": group, "group": group, "role": role, "seeds": sorted(accs),
+                "last_acc": summarize(list(accs.values())), "last_acc_by_seed": {str(k): v for k, v in accs.items()}}
+
+    res = {"rows": [row("teacher", "teacher", {0: 0.9, 1: 0.9}), row("student", "student", {0: 0.80, 1: 0.82}),
+                    row("kd", "distilled", {0: 0.84, 1: 0.85}), row("mlkd", "distilled", {0: 0.86, 1: 0.88})]}
+    md = paired_vs.table(res, "kd")
+    lines = {line.split(" | ")[0].strip("| "): line for line in md.splitlines()[2:]}
+    # mlkd - kd per seed: +2 and +3 points -> mean +2.50; vs the student: +6, +6 -> +6.00 with a zero-width interval
+    assert "| +6.00 [+6.00, +6.00] | +2.50 [" in lines["mlkd"]
+    assert lines["kd"].endswith("| - | 3 |")  # kd against itself: no difference; third by accuracy
+    assert lines["mlkd"].endswith("| 2 |") and "| 87.00 ± 1.41 |" in lines["mlkd"]

@@ -201,7 +201,7 @@ def plan(study: Study, seeds: list[int], only: list[str] | None = None) -> list[
 
 # -- running -------------------------------------------------------------------------------
 #: methods that read nothing of the teacher but its logits, all a teacher cache needs to hold
-LOGIT_METHODS = {"kd", "dkd", "dist", "ce"}
+LOGIT_METHODS = {"kd", "dkd", "dist", "ce", "mlkd", "ctkd", "skd"}
 
 
 def use_teacher_cache(raw: dict[str, Any], log) -> str | None:

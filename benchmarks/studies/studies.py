@@ -23,6 +23,31 @@ from typing import Any
 
 #: Fashion-MNIST, 60k train (54k after the 10% validation split) / 10k test.
 FMNIST = {"name": "fashion-mnist", "val_split": 0.1, "batch_size": 256, "eval_batch_size": 2048}
+#: Fashion-MNIST with a fixed 2,000-image test subset (the CPU method table: evaluating the
+#: full 10,000 test images twice per cell cost more than training a cell on 2,000 images)
+FMNIST_SUBTEST = "fashion-mnist-subtest"
+
+
+def _fashion_mnist_subtest(root: str | None = None, normalize: bool = True, pad_to: int | None = None,
+                           test_size: int = 2000, test_seed: int = 0):
+    """Fashion-MNIST whose test split is ``test_size`` images drawn once with ``test_seed``
+    (the same images for every cell and run seed, so paired differences compare like with like)."""
+    from kdistill.data import DataSplits, load_dataset, subset
+
+    s = load_dataset("fashion-mnist", root=root, normalize=normalize, pad_to=pad_to)
+    return DataSplits(s.train, subset(s.test, test_size, seed=test_seed), s.val)
+
+
+def _register_sources() -> None:
+    from kdistill.data import register_dataset
+    from kdistill.data.datasets import DATASETS
+
+    if FMNIST_SUBTEST not in DATASETS:
+        register_dataset(FMNIST_SUBTEST)(_fashion_mnist_subtest)
+
+
+_register_sources()
+
 #: MNIST-1D (Greydanus 2020, arXiv:2011.14439): the generator's 4000 train / 1000 test.
 MNIST1D = {"name": "mnist1d", "val_split": 0.1, "batch_size": 128, "eval_batch_size": 2048}
 
@@ -194,19 +219,40 @@ def _first_phase_epochs(method: str) -> int:
     return int(f.default) if f is not None and isinstance(f.default, int) else 0
 
 
-def methods_fmnist(methods: list[str] | None = None) -> Study:
-    """Tian, Krishnan & Isola 2020 (CRD, arXiv:1910.10699) Table 1 layout: teacher, student,
-    then one row per method, on one teacher/student pair."""
+def _method_variants(data: dict, sgd: dict, student: tuple[str, dict | None], methods: list[str]) -> list[CellSpec]:
+    """Rows that are settings of a method rather than methods: logit standardization (Sun
+    et al. CVPR 2024) on kd, dkd and mlkd, and DOT (Zhao et al. ICCV 2023, an optimizer) on kd."""
+    out = []
+    # LSKD's CIFAR-100 recipe for KD: base temperature 2 (the default with standardize), KD weight 9, CE 0.1
+    ls = {"kd": [{"name": "kd", "standardize": True, "weight": 9.0}, {"name": "ce", "weight": 0.1}],
+          "dkd": {"name": "dkd", "standardize": True}, "mlkd": {"name": "mlkd", "standardize": True}}
+    for m, term in ls.items():
+        if m in methods:
+            out.append(CellSpec(f"{m}_ls", "distilled", _cfg(data, *student, sgd, term), teacher_from="teacher",
+                                note=f"{m} with logit standardization (standardize: true, temperature 2"
+                                     + (", KD weight 9 and CE 0.1 as LSKD's KD recipe)" if m == "kd" else ")")))
+    if "kd" in methods:
+        dot = {k: v for k, v in sgd.items() if k != "nesterov"} | {"optimizer": "dot", "dot_delta": 0.075}
+        out.append(CellSpec("kd_dot", "distilled", _cfg(data, *student, dot, {"name": "kd"}),
+                            teacher_from="teacher", note="kd trained with DOT (train.optimizer: dot, delta 0.075; "
+                                                         "heavy-ball momentum, no Nesterov)"))
+    return out
+
+
+def _methods_cells(data: dict, sgd: dict, teacher: tuple[str, dict | None], student: tuple[str, dict | None],
+                   methods: list[str] | None, notes: tuple[str, str]) -> list[CellSpec]:
+    """Teacher, student alone, one row per method with its defaults, then the variants."""
     if methods is None:
         from kdistill.methods import METHODS
+        from kdistill.methods._token_method import TokenDivergence
 
-        # a method that needs a two-head student (DeiT) has no row on this CNN pair
-        methods = [m for m in METHODS.names() if m != "ce" and not getattr(METHODS.get(m), "student_contract", "")]
-    data = {**FMNIST, "batch_size": 512, "options": {"pad_to": 32}}
-    sgd = {"epochs": 4, "optimizer": "sgd", "lr": 0.2, "momentum": 0.9, "nesterov": True,
-           "weight_decay": 5e-4, "schedule": "cosine", "warmup_epochs": 0.5}
-    cells = [CellSpec("teacher", "teacher", _cfg(data, "resnet20", None, {**sgd, "epochs": 6}), note="resnet20"),
-             CellSpec("student", "student", _cfg(data, "resnet8", None, sgd), note="resnet8 alone")]
+        # the token-level divergences (forward_kl, gkd, tvd, ...) are the causal-LM methods
+        # and a method needing a two-head student (DeiT) or another tokenizer (uld, gold) has no row on this CNN pair
+        methods = [m for m in METHODS.names() if m != "ce" and not issubclass(METHODS.get(m), TokenDivergence)
+                   and not getattr(METHODS.get(m), "student_contract", "")
+                   and not getattr(METHODS.get(m), "cross_tokenizer", False)]
+    cells = [CellSpec("teacher", "teacher", _cfg(data, *teacher, {**sgd, "epochs": 6}), note=notes[0]),
+             CellSpec("student", "student", _cfg(data, *student, sgd), note=notes[1])]
     for m in methods:
         term: dict[str, Any] = {"name": m}
         note = f"{m} with its default settings"
@@ -215,8 +261,23 @@ def methods_fmnist(methods: list[str] | None = None) -> Study:
             # RepDistiller's 30 first-phase epochs are 1/8 of its 240; 1/8 of 4 epochs rounds up to 1
             term["init_epochs"] = 1
             note += f", but its initialisation stage shortened from {pre} epochs to 1"
-        cells.append(CellSpec(m, "distilled", _cfg(data, "resnet8", None, sgd, term),
-                              teacher_from="teacher", note=note))
+        cells.append(CellSpec(m, "distilled", _cfg(data, *student, sgd, term), teacher_from="teacher", note=note))
+    return cells + _method_variants(data, sgd, student, methods)
+
+
+_METHODS_NOTE = ("Every method uses its registered defaults (see `kdistill list methods`), except that "
+                 "pre-stages (AB's and FT's `init_epochs`, 30 in RepDistiller next to 240 main epochs) "
+                 "run 1 epoch, about the same share of the training. The token-level (causal-LM) "
+                 "divergences are not in this table.")
+
+
+def methods_fmnist(methods: list[str] | None = None) -> Study:
+    """Tian, Krishnan & Isola 2020 (CRD, arXiv:1910.10699) Table 1 layout: teacher, student,
+    then one row per method, on one teacher/student pair."""
+    data = {**FMNIST, "batch_size": 512, "options": {"pad_to": 32}}
+    sgd = {"epochs": 4, "optimizer": "sgd", "lr": 0.2, "momentum": 0.9, "nesterov": True,
+           "weight_decay": 5e-4, "schedule": "cosine", "warmup_epochs": 0.5}
+    cells = _methods_cells(data, sgd, ("resnet20", None), ("resnet8", None), methods, ("resnet20", "resnet8 alone"))
     return Study(
         "methods_fmnist",
         "Every registered method, resnet20 -> resnet8 on Fashion-MNIST padded to 32x32",
@@ -226,10 +287,35 @@ def methods_fmnist(methods: list[str] | None = None) -> Study:
         cells,
         notes=["resnet20 (0.27M params) teacher, resnet8 (0.08M) student, the CRD repo's CIFAR "
                "ResNets; SGD lr 0.2 (batch 512), Nesterov, weight decay 5e-4, cosine, half an epoch "
-               "of warm-up; teacher 6 epochs, students 4.",
-               "Every method uses its registered defaults (see `kdistill list methods`), except that "
-               "pre-stages (AB's and FT's `init_epochs`, 30 in RepDistiller next to 240 main epochs) "
-               "run 1 epoch, about the same share of the training."],
+               "of warm-up; teacher 6 epochs, students 4.", _METHODS_NOTE],
+    )
+
+
+#: half-width CIFAR ResNets (stem 8, stages 8/16/32 channels) for the 2-core CPU table
+_HALF = {"widths": [8, 8, 16, 32]}
+
+
+def methods_fmnist_cpu(methods: list[str] | None = None) -> Study:
+    """The method table at a size a loaded 2-core CPU finishes in about half an hour with
+    three seeds (use ``--set data.subset=N``): half-width resnet20 -> resnet8 on the 28x28
+    images, batch 128."""
+    data = {**FMNIST, "name": FMNIST_SUBTEST, "batch_size": 128}
+    sgd = {"epochs": 4, "optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True,
+           "weight_decay": 5e-4, "schedule": "cosine", "warmup_epochs": 0.5}
+    cells = _methods_cells(data, sgd, ("resnet", {"depth": 20, **_HALF}), ("resnet", {"depth": 8, **_HALF}), methods,
+                           ("resnet20, half width (8/16/32 channels)", "resnet8, half width, alone"))
+    return Study(
+        "methods_fmnist_cpu",
+        "Every registered method, half-width resnet20 -> resnet8 on Fashion-MNIST 28x28 (CPU size)",
+        "The published CIFAR-100 order for resnet32x4 -> resnet8x4 is KD 73.33 < DKD 76.32 < MLKD 77.08 < "
+        "MLKD + logit standardization 78.28 (DKD, MLKD and LSKD papers). Here a far smaller pair and "
+        "budget: which of these orderings survive, and does distillation beat the student alone?",
+        cells,
+        notes=["Test accuracy is on a fixed 2,000-image subset of the 10,000 test images (the same for "
+               "every cell and seed; `fashion-mnist-subtest`, defined in studies.py).",
+               "resnet(depth 20, widths 8/16/32) teacher, resnet(depth 8, widths 8/16/32) student, no "
+               "padding; SGD lr 0.05 (batch 128), Nesterov, weight decay 5e-4, cosine, half an epoch of "
+               "warm-up; teacher 6 epochs, students 4 (before --epochs-scale).", _METHODS_NOTE],
     )
 
 
@@ -317,6 +403,7 @@ STUDIES = {
     "takd_fmnist": takd_fmnist,
     "takd_mnist1d": takd_mnist1d,
     "methods_fmnist": methods_fmnist,
+    "methods_fmnist_cpu": methods_fmnist_cpu,
     "schemes_mnist1d": schemes_mnist1d,
     "transfer_mnist1d": transfer_mnist1d,
 }

@@ -115,7 +115,10 @@ class TrainConfig(Strict):
     #: ``epochs``, as transformers' ``max_steps`` does; the learning-rate schedule spans it);
     #: 0: train ``epochs`` epochs
     max_steps: Annotated[int, Field(ge=0, le=10**12)] = 0
-    optimizer: Literal["sgd", "adamw", "adam"] = "adamw"
+    #: "dot": SGD with one momentum for the distillation gradient and one for the task's
+    #: (DOT, Zhao et al. ICCV 2023; kdistill.engine.dot), the gap set by dot_delta
+    optimizer: Literal["sgd", "adamw", "adam", "dot"] = "adamw"
+    dot_delta: Annotated[float, Field(ge=0, lt=1)] = 0.075
     lr: Annotated[float, Field(gt=0, le=100, allow_inf_nan=False)] = 1e-3
     weight_decay: NonNegFloat = 0.0
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9

@@ -34,7 +34,10 @@ def run_first_phases(trainer: Any) -> list[dict]:
         # the run's own optimizer, momentum and weight decay at the phase's learning rate, as
         # RepDistiller's init stage does (its SGD at the main learning rate); an Adam here
         # at an SGD-sized learning rate (0.05-0.2) wrecked the layers it initialised
-        opt = make_optimizer(params, trainer.cfg.model_copy(update={"lr": phase.lr or trainer.cfg.lr}), trainer.device)
+        # (DOT splits a distiller's task and KD gradients; a first phase has one loss: SGD)
+        kind = "sgd" if trainer.cfg.optimizer == "dot" else trainer.cfg.optimizer
+        opt = make_optimizer(params, trainer.cfg.model_copy(update={"lr": phase.lr or trainer.cfg.lr, "optimizer": kind}),
+                             trainer.device)
         distiller.train()
         for epoch in range(epochs):
             total, n = 0.0, 0

@@ -367,6 +367,8 @@ class Trainer:
                 m.to("cpu")
             self.units = sharding.set_units(self.accelerator, work, work.student, cfg.fsdp_wrap)
         self.optimizer = make_optimizer(work.trainable_parameters(), cfg, self.device, sharded=self.fsdp)
+        if hasattr(self.optimizer, "attach"):  # an optimizer that reads the distiller (DOT)
+            self.optimizer.attach(work)
         self.model, self.optimizer = self.accelerator.prepare(work, self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)  # the first step sees its own gradients only
         del work

@@ -1,6 +1,28 @@
 """Distillation methods: one file per method, each a registered loss term."""
 
-from . import ab, at, cc, ce, crd, dist, dkd, fitnet, fsp, ft, kd, nst, pkt, reviewkd, rkd, sp, vid  # noqa: F401  (register)
+from . import (  # noqa: F401  (register every method)
+    ab,
+    at,
+    cc,
+    ce,
+    crd,
+    ctkd,
+    dist,
+    dist_plus,
+    dkd,
+    fitnet,
+    fsp,
+    ft,
+    kd,
+    mlkd,
+    nst,
+    pkt,
+    reviewkd,
+    rkd,
+    skd,
+    sp,
+    vid,
+)
 from ._base import Context, Distiller, FirstPhase, Method, as_teacher
 from ._registry import METHODS, build_term, create, register_method
 from ._token import TokenTopK

@@ -82,6 +82,9 @@ class Method(nn.Module):
     #: weight of the hard-label CE term added when the method is used alone
     default_ce_weight: ClassVar[float] = 1.0
     needs_teacher: ClassVar[bool] = True
+    #: what the term's loss is for an optimizer that treats the two apart (DOT,
+    #: :mod:`kdistill.engine.dot`): "task" (the hard-label CE) or "kd" (distillation)
+    role: ClassVar[str] = "kd"
 
     @dataclass
     class Config:
@@ -152,6 +155,10 @@ class Distiller(nn.Module):
         self.teacher_specs = list(dict.fromkeys(t for m in self.terms for t in m.teacher_taps))
         self._taps = FeatureTaps(student, s_specs) if s_specs else None
         self.uses_teacher = any(m.needs_teacher for m in self.terms)
+        #: set by an optimizer that needs the KD gradient apart (DOT's ``attach``): called in
+        #: the training forward with ``(params, grads of the "kd" terms)``; the returned loss
+        #: then backpropagates the "task" terms only (its value is unchanged)
+        self.grad_split = None
         if self.uses_teacher and teacher is None:
             need = [m.name for m in self.terms if m.needs_teacher]
             raise ConfigError(f"Method(s) {', '.join(need)} need a teacher; none was given.")
@@ -200,6 +207,7 @@ class Distiller(nn.Module):
         logits = ctx.student_logits
         out: dict[str, Tensor] = {}
         total = logits.new_zeros((), dtype=torch.float32)
+        totals = {"task": total, "kd": total}
         for w, term in zip(self.weights, self.terms):
             if w == 0:
                 continue
@@ -208,8 +216,25 @@ class Distiller(nn.Module):
             for part, v in parts.items():
                 key = f"loss_{term.name}" + (f"_{part}" if part else "")
                 out[key] = w * v
+                role = "task" if term.role == "task" else "kd"
+                totals[role] = totals[role] + out[key]
                 total = total + out[key]
-        return {"loss": total, "logits": logits, **out}
+        return {"loss": self._split(total, totals), "logits": logits, **out}
+
+    def _split(self, total: Tensor, totals: dict[str, Tensor]) -> Tensor:
+        """The total loss; with a ``grad_split`` set (and a training forward that builds a
+        graph), the "kd" part's gradient goes to it now and the returned loss, equal in
+        value, carries only the "task" part's gradient."""
+        kd_loss = totals["kd"]
+        if self.grad_split is None or not (self.training and torch.is_grad_enabled() and kd_loss.requires_grad):
+            return total
+        params = self.trainable_parameters()
+        grads = torch.autograd.grad(kd_loss, params, retain_graph=True, allow_unused=True)
+        self.grad_split(params, grads)
+        task = totals["task"]
+        if not task.requires_grad:  # no task term: a loss that still backpropagates (zeros)
+            task = task + 0.0 * kd_loss
+        return task + kd_loss.detach()
 
 
 def _device_of(args: tuple, kwargs: dict) -> torch.device | None:

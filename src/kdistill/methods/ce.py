@@ -16,6 +16,7 @@ class CrossEntropy(Method):
     """Cross-entropy with the dataset's labels (unlabelled transfer samples, label -1, skipped)."""
 
     needs_teacher = False
+    role = "task"
 
     @dataclass
     class Config:

@@ -17,6 +17,10 @@ class as their target, since the decomposition needs one.
 
 Defaults (the paper's CIFAR-100 setting, mdistiller): alpha 1.0, beta 8.0, T 4.0,
 warm-up 20 epochs, CE weight 1.0, term weight 1.0.
+
+``standardize: true`` applies logit standardization (Sun et al. 2024, CVPR,
+arXiv:2403.01427; :mod:`kdistill.methods._logits`) to both sides before the decomposition;
+the temperature then defaults to the paper's base temperature 2.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ._base import Context, Method
+from ._logits import full_teacher_logits, resolve_temperature, standardize
 from ._registry import register_method
 
 
@@ -71,13 +76,16 @@ class DKD(Method):
     class Config:
         alpha: float = 1.0
         beta: float = 8.0
-        temperature: float = 4.0
+        #: None: 4, or 2 with ``standardize`` (the papers' defaults)
+        temperature: float | None = None
         warmup: int = 20
+        standardize: bool = False
 
     def __init__(self, cfg, student, teacher, example):
         super().__init__(cfg, student, teacher, example)
-        if cfg.temperature <= 0 or cfg.warmup < 0:
-            raise ConfigError(f"dkd: need temperature > 0 and warmup >= 0; got {cfg}.")
+        if cfg.warmup < 0:
+            raise ConfigError(f"dkd: need warmup >= 0; got {cfg.warmup}.")
+        self.temperature = resolve_temperature("dkd", cfg.temperature, cfg.standardize, 4.0)
 
     def ramp(self, epoch: int) -> float:
         """Warm-up factor; epochs count from 0 here and from 1 in mdistiller, hence ``epoch + 1``."""
@@ -87,7 +95,10 @@ class DKD(Method):
         ramp = self.ramp(ctx.epoch)
         labels = ctx.labels
         target = torch.where(labels >= 0, labels, ctx.teacher_logits.argmax(1))
-        tckd, nckd = dkd_parts(ctx.student_logits, ctx.teacher_logits, target, self.cfg.temperature)
+        z_s, z_t = ctx.student_logits, ctx.teacher_logits
+        if self.cfg.standardize:
+            z_s, z_t = standardize(z_s), standardize(full_teacher_logits("dkd", ctx.teacher))
+        tckd, nckd = dkd_parts(z_s, z_t, target, self.temperature)
         return {
             "tckd": ramp * self.cfg.alpha * tckd.mean(),
             "nckd": ramp * self.cfg.beta * nckd.mean(),
