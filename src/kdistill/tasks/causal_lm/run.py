@@ -312,12 +312,12 @@ def run_lm(cfg: LMRunConfig, run_dir: str | Path | None = None, resume: bool = F
         from ...lm.served_run import other_teacher
 
         train, dist_teacher, t_record = other_teacher(cfg, tok, train, path, log)
+    elif teacher is not None and not same_vocab and cross_methods(cfg):  # uld, gold: the live teacher, wrapped
+        dist_teacher = cross_teacher(cfg, teacher, tok)
     else:
         if cfg.lm.regime == "sequence":
             train = sequence_transfer(teacher, train, tok, cfg, path, log)
         dist_teacher = cached_teacher(cfg, teacher, train, tok, path, t_record, log)
-        if teacher is not None and not same_vocab and cross_methods(cfg):
-            dist_teacher = cross_teacher(cfg, teacher, tok)
     student, s_record = build_student(cfg, tok)
     distiller = build_distiller(cfg, student, dist_teacher, train, tok)
     res = train_lm(student, distiller, train, val, cfg.train, cfg, path, resume, log, teacher if same_vocab else None)
