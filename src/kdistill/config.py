@@ -79,6 +79,8 @@ class DataConfig(Strict):
     resident_budget_mb: Annotated[float, Field(gt=0, le=1e9, allow_inf_nan=False)] = 2048
     #: DataLoader worker processes decoding streamed images (default: the cores less one, at most 8)
     workers: Annotated[int, Field(ge=0, le=64)] | None = None
+    #: class names, label = position (overrides the source's own names: folder names, a ClassLabel)
+    class_names: list[str] | None = None
 
     @model_validator(mode="after")
     def _one_augmentation(self):

@@ -117,15 +117,29 @@ def profile_cmd(
 
 @app.command("predict")
 def predict_cmd(
-    source: Annotated[Path, typer.Argument(help="A run folder or an exported .onnx file.")],
-    inputs: Annotated[Path, typer.Argument(help=".npz with array 'x' of shape (N, *input_shape).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output .npz (logits, probs, pred).")] = Path("predictions.npz"),
+    source: Annotated[Path, typer.Argument(help="A run folder or an exported .onnx file (float, baked or int8).")],
+    inputs: Annotated[list[Path], typer.Argument(help="Image files and folders of images, or one .npz with array "
+                                                      "'x' of shape (N, *input_shape) (preprocessed arrays).")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Images: a .csv of file, rank, label, class, "
+                                                "probability. .npz input: the output .npz (default predictions.npz).")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Images: classes listed per file.")] = 1,
     batch_size: Annotated[int, typer.Option(min=1, help="Samples per forward pass.")] = 256,
     trust_code: TrustCodeOpt = False,
 ) -> None:
-    """Batch inference with the saved student: writes logits, probs and pred."""
-    from ..predict import predict
+    """Run the saved student on image files (decoded as the test split is) or on an .npz of arrays."""
+    if len(inputs) == 1 and inputs[0].suffix == ".npz":
+        from ..predict import predict
 
-    res = predict(source, inputs, out, batch_size=batch_size, trust_code=trust_code)
-    console.print(f"Predicted {res['samples']} samples ({res['num_classes']} classes, {res['backend']}) "
-                  f"-> {res['out']}", highlight=False)
+        res = predict(source, inputs[0], out or Path("predictions.npz"), batch_size=batch_size, trust_code=trust_code)
+        console.print(f"Predicted {res['samples']} samples ({res['num_classes']} classes, {res['backend']}) "
+                      f"-> {res['out']}", highlight=False)
+        return
+    from ..predict import predict_files
+
+    res = predict_files(source, inputs, top_k=top_k, out=out, batch_size=batch_size, trust_code=trust_code)
+    table = Table("file", "rank", "class", "probability")
+    for r in res["rows"]:
+        table.add_row(r["file"], str(r["rank"]), r["class"], f"{r['probability']:.3f}")
+    console.print(table)
+    console.print(f"{res['files']} image(s), {res['backend']}" + (f" -> {res['out']}" if res["out"] else "")
+                  + ("" if res["class_names"] else " (no class names recorded: labels are numbers)"), highlight=False)
