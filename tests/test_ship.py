@@ -42,7 +42,7 @@ def _cfg(root: Path, **data) -> dict:
 @pytest.fixture(scope="module")
 def photo_run(tmp_path_factory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("ship")
-    x, y = make_images((10, 10, 10), hw=(16, 20))
+    x, y = make_images((12, 12, 12), hw=(16, 20))
     xt, yt = make_images((3, 3, 3), hw=(18, 15), seed=1)
     write_folder(tmp / "photos", x, y, "train", ext="jpg", names=NAMES)
     write_folder(tmp / "photos", xt, yt, "test", ext="png", names=NAMES)
@@ -137,3 +137,21 @@ def test_array_contract_is_refused_for_images(tmp_path):
     with pytest.raises(DataError, match="inconsistent"):
         check_image_contract({"kind": "image", "channels": 3, "resize": 8, "size": 12, "mean": [0] * 3,
                               "std": [1] * 3}, "x.onnx")
+
+
+def test_predict_on_the_int8_onnx_uses_the_same_metadata(photo_run):
+    pytest.importorskip("torchao")
+    from kdistill.quantize import quantize_run
+
+    run, photos = photo_run
+    res = quantize_run(run, "ptq", log=lambda s: None)
+    assert res["calib"] == 36  # every training image: fewer than 512
+    path = Path(res["onnx"]["path"])
+    rows = predict_files(path, [photos / "test"])["rows"]
+    ref = predict_files(run, [photos / "test"])["rows"]
+    assert len(rows) == 9 and {r["class"] for r in rows} <= set(NAMES)
+    agree = np.mean([a["class"] == b["class"] for a, b in zip(rows, ref)])
+    # the int8 ONNX passed its parity check (all 9 agree with int8 PyTorch), so its agreement with the
+    # float run folder on these files is int8 PyTorch's agreement with float on the test split
+    assert res["onnx"]["parity_int8_pytorch"]["top1_agreement"] == 1.0
+    assert agree == pytest.approx(res["test"]["agreement_int8_float"])
