@@ -91,3 +91,22 @@ def test_default_quantize_is_compact_exact_on_this_cpu_and_measured(big_run):
         acc = float((q(batch["x"]).argmax(1) == batch["y"]).float().mean())
     assert acc == pytest.approx(saved["test"]["acc_int8"], abs=1e-9)
     assert any(t.dtype == torch.int8 and t.numel() == 256 * 512 for t in q.int8.state_dict().values())
+
+
+def test_qat_graph_with_batchnorm_reloads_from_the_compact_file(tmp_path):
+    from kdistill.config import load_config
+    from kdistill.runs import prepare_data
+
+    cfg = {"data": {"name": "synthetic", "options": {"input_shape": [3, 8, 8], "n_train": 40, "n_test": 24},
+                    "batch_size": 8, "eval_batch_size": 8},
+           "student": {"model": "convnet", "kwargs": {"layers": 4}}, "method": {"name": "ce"},
+           "train": {"epochs": 1, "progress": False, "device": "cpu"}}
+    run_experiment(validate_config(cfg), tmp_path / "run", log=lambda s: None)
+    res = quantize_run(tmp_path / "run", "qat", epochs=1, onnx=False, log=lambda s: None)
+    assert res["batchnorm_left"] == 0
+    q, _ = load_int8(tmp_path / "run", "qat")
+    test = prepare_data(load_config(tmp_path / "run" / "config.yaml")).test
+    batch = test.take(torch.arange(len(test)))
+    with torch.no_grad():
+        acc = float((q(batch["x"]).argmax(1) == batch["y"]).float().mean())
+    assert acc == pytest.approx(res["test"]["acc_int8"], abs=1e-9)
