@@ -67,7 +67,8 @@ def profile_cmd(
     num_classes: Annotated[int, typer.Option(help="With --model: number of classes.")] = 10,
     kwargs: Annotated[Optional[str], typer.Option(help='With --model: factory arguments as JSON, e.g. \'{"hidden": [64]}\'.')] = None,
     batch_sizes: Annotated[str, typer.Option(help="Batch sizes to time.")] = "1,64",
-    repeats: Annotated[int, typer.Option(min=1, help="Timed passes per measurement.")] = 50,
+    repeats: Annotated[int, typer.Option(min=1, help="At most this many interleaved timing rounds (3 to 15).")] = 50,
+    seconds: Annotated[float, typer.Option(min=0.01, help="Time bound per backend and batch size (all models together).")] = 1.0,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed passes first.")] = 10,
     onnx: Annotated[bool, typer.Option("--onnx/--no-onnx", help="Also time ONNX Runtime (needs the export extra).")] = True,
     threads: Annotated[Optional[int], typer.Option(min=1, help="Intra-op threads for PyTorch and ONNX Runtime (default: PyTorch's).")] = None,
@@ -103,10 +104,10 @@ def profile_cmd(
         if not isinstance(kw, dict):
             raise ConfigError(f"--kwargs must be a JSON object, got {kwargs!r}.")
         result = profile_zoo_model(model, parse_ints(input_shape, "--input-shape"), num_classes, kw,
-                                   sizes, repeats, warmup, onnx, threads)
+                                   sizes, repeats, warmup, onnx, threads, seconds)
     else:
         result = profile_run(run_dir, sizes, repeats, warmup, onnx=onnx, teacher=teacher, threads=threads,
-                             trust_code=trust_code)
+                             trust_code=trust_code, seconds=seconds)
     if as_json:
         print(json.dumps(result, indent=2, default=str))
         return
