@@ -11,7 +11,6 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-
 log = logging.getLogger("kdistill.measure")
 
 

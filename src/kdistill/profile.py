@@ -187,7 +187,7 @@ def time_models(models: dict[str, nn.Module], input_shape: tuple[int, ...], batc
         for b in batch_sizes:
             x = torch.randn((b, *input_shape), device=dev)
             with torch.no_grad():
-                fill(f"pytorch/{dev}/b{b}", {n: (lambda m=m.to(dev): m(x)) for n, m in models.items()}, sync)
+                fill(f"pytorch/{dev}/b{b}", {n: (lambda m=m.to(dev), x=x: m(x)) for n, m in models.items()}, sync)
         for m in models.values():
             m.cpu()
     note = _time_onnx(models, input_shape, devices, batch_sizes, fill) if onnx else "off"
@@ -223,7 +223,7 @@ def _time_onnx(models: dict[str, nn.Module], input_shape, devices, batch_sizes, 
             sessions = {n: ort.InferenceSession(str(p), sess_options=opts, providers=providers) for n, p in paths.items()}
             for b in batch_sizes:
                 x = np.random.default_rng(0).standard_normal((b, *input_shape)).astype(np.float32)
-                fill(f"onnxruntime/{dev}/b{b}", {n: (lambda s=s: s.run(None, {s.get_inputs()[0].name: x}))
+                fill(f"onnxruntime/{dev}/b{b}", {n: (lambda s=s, x=x: s.run(None, {s.get_inputs()[0].name: x}))
                                                  for n, s in sessions.items()})
             timed.append(dev)
     return f"onnxruntime {ort.__version__} on {', '.join(timed)} (exporter: {', '.join(sorted(exporters))})"
