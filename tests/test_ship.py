@@ -155,3 +155,28 @@ def test_predict_on_the_int8_onnx_uses_the_same_metadata(photo_run):
     # float run folder on these files is int8 PyTorch's agreement with float on the test split
     assert res["onnx"]["parity_int8_pytorch"]["top1_agreement"] == 1.0
     assert agree == pytest.approx(res["test"]["agreement_int8_float"])
+
+
+def test_report_and_demo_mark_latency_measured_on_a_busy_machine(tmp_path):
+    from rich.console import Console
+    from test_report import write_run
+
+    from kdistill.demo import print_demo_table
+    from kdistill.report.tables import aggregate_dir, table_rows
+
+    for seed, busy in ((0, False), (1, True)):
+        d = write_run(tmp_path, f"kd-s{seed}", seed, 0.8, 0.8)
+        res = json.loads((d / "results.json").read_text())
+        res["student"]["latency_ms_cpu_b1"]["busy"] = busy
+        (d / "results.json").write_text(json.dumps(res))
+    cells = {r[0].split(" [")[0]: r[-1] for r in table_rows(aggregate_dir(tmp_path))}
+    assert cells["kd"].endswith("(busy)") and not cells["teacher"].endswith("(busy)")
+    row = {"test_acc": 0.5, "agreement": None, "params": 10, "ece": 0.1, "latency_ms": 192.0}
+    from kdistill import demo
+
+    result = {"seed": 0, "wall_time_s": 1.0, "run_dir": "x",
+              "runs": {n: dict(row, latency_busy=i == 0) for i, n in enumerate(demo.STAGES)}}
+    console = Console(record=True, width=140)
+    print_demo_table(result, console)
+    text = console.export_text()
+    assert text.count("192.000 (busy)") == 1 and "not comparable" in text
