@@ -180,3 +180,24 @@ def test_report_and_demo_mark_latency_measured_on_a_busy_machine(tmp_path):
     print_demo_table(result, console)
     text = console.export_text()
     assert text.count("192.000 (busy)") == 1 and "not comparable" in text
+
+
+def test_baked_onnx_takes_pixels_and_gives_the_run_folders_answers(photo_run, tmp_path):
+    run, photos = photo_run
+    path = tmp_path / "baked" / "model.onnx"
+    assert main(["export", str(run), "--bake-preprocess", "--out", str(path)]) == 0
+    entry = json.loads((run / "export.json").read_text())["onnx-baked"]
+    assert entry["passed"] and entry["parity"]["max_abs_diff"] < 1e-4  # probabilities against PyTorch's softmax
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (inp,), (out,) = sess.get_inputs(), sess.get_outputs()
+    assert (inp.name, inp.type, inp.shape[1:], out.name) == ("image", "tensor(uint8)", [14, 14, 3], "probs")
+    baked = predict_files(path, [photos / "test"], top_k=2)
+    ref = predict_files(run, [photos / "test"], top_k=2)
+    assert "baked" in baked["backend"]
+    assert [(r["file"], r["class"]) for r in baked["rows"]] == [(r["file"], r["class"]) for r in ref["rows"]]
+    np.testing.assert_allclose([r["probability"] for r in baked["rows"]], [r["probability"] for r in ref["rows"]],
+                               atol=1e-4)
+    # an array run has no image contract to bake
+    assert main(["export", str(run), "--bake-preprocess", "--format", "torchscript"]) == ConfigError.exit_code

@@ -55,12 +55,13 @@ from .data import Dataset
 from .errors import CheckpointError, ConfigError, KdistillError, ShapeError
 from .runs import load_saved, prepare_data
 
-FORMATS = ("onnx", "torchscript", "safetensors")
+FORMATS = ("onnx", "torchscript", "safetensors")  # and "onnx-baked": ONNX with the preprocessing inside
 EXPORTERS = ("auto", "dynamo", "legacy")
 #: below this top-1 agreement with the PyTorch student an export is refused
 MIN_AGREEMENT = 0.999
 INSTALL_HINT = 'pip install -e ".[export]"'
-DEFAULT_NAMES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "safetensors": "safetensors"}
+DEFAULT_NAMES = {"onnx": "model.onnx", "onnx-baked": "model.baked.onnx", "torchscript": "model.torchscript.pt",
+                 "safetensors": "safetensors"}
 # ONNX stores the graph in one protobuf, capped at 2 GiB; keep a margin for the graph itself
 _EXTERNAL_DATA_BYTES = 1_500_000_000
 
@@ -98,13 +99,14 @@ def _quiet_export():
 def _example(input_shape: tuple[int, ...], example: Tensor | None) -> Tensor:
     # batch 2: torch.export specialises a batch of size 1 to a constant
     if example is not None and example.shape[0] >= 2:
-        return example[:2].float().cpu()
+        return example[:2].cpu() if not example.is_floating_point() else example[:2].float().cpu()
     return torch.randn((2, *input_shape))
 
 
 def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path, exporter: str = "auto",
-                example: Tensor | None = None) -> str:
-    """Write ``model`` to ``path`` as ONNX with input ``x`` and output ``logits``, batch axis dynamic.
+                example: Tensor | None = None, names: tuple[str, str] = ("x", "logits")) -> str:
+    """Write ``model`` to ``path`` as ONNX with input ``x`` and output ``logits`` (or ``names``),
+    batch axis dynamic.
 
     Returns the exporter that produced the file (``"dynamo"`` or ``"legacy"``; see the
     module docstring for the choice).
@@ -124,14 +126,14 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path
             with _quiet_export():
                 if kind == "dynamo":
                     torch.onnx.export(
-                        model, (x,), str(path), input_names=["x"], output_names=["logits"],
+                        model, (x,), str(path), input_names=[names[0]], output_names=[names[1]],
                         dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True,
                         external_data=external, verbose=False,
                     )
                 else:
                     torch.onnx.export(
-                        model, (x,), str(path), input_names=["x"], output_names=["logits"],
-                        dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
+                        model, (x,), str(path), input_names=[names[0]], output_names=[names[1]],
+                        dynamic_axes={names[0]: {0: "batch"}, names[1]: {0: "batch"}}, dynamo=False,
                     )
             return kind
         except Exception as e:  # exporters raise many types; the message is what matters
@@ -185,6 +187,14 @@ def batched_logits(fn: Callable[[Tensor], Tensor | np.ndarray], data: Dataset, b
     for batch in data.batches(batch_size):
         out = fn(batch["x"])
         outs.append(torch.as_tensor(np.asarray(out) if not isinstance(out, Tensor) else out).float().cpu())
+    return torch.cat(outs)
+
+
+@torch.no_grad()
+def _scores(fn: Callable[[dict[str, Tensor]], Any], data: Dataset, batch_size: int) -> Tensor:
+    """``fn`` applied to every test batch (the whole batch dict), as one float32 CPU tensor."""
+    outs = [torch.as_tensor(np.asarray(o) if not isinstance(o := fn(b), Tensor) else o).float().cpu()
+            for b in data.batches(batch_size)]
     return torch.cat(outs)
 
 
@@ -260,22 +270,77 @@ def stamp_onnx(path: Path, record: dict[str, Any], extra: dict[str, str] | None 
         onnx.save(graph, str(path))
 
 
-def _write_onnx(model: nn.Module, record: dict[str, Any], target: Path, ctx: dict[str, Any]):
+def _onnx_facts(target: Path) -> dict[str, Any]:
     import onnx
+
+    graph = onnx.load(str(target), load_external_data=False)
+    return {"opset": max((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), default=None),
+            "initializers": len(graph.graph.initializer),
+            "metadata_props": sorted(p.key for p in graph.metadata_props)}
+
+
+def _write_onnx(model: nn.Module, record: dict[str, Any], target: Path, ctx: dict[str, Any]):
     import onnxruntime
 
     if target.exists():
         target.unlink()
     entry = {"exporter": export_onnx(model, tuple(record["input_shape"]), target, ctx["exporter"], ctx["example"])}
     stamp_onnx(target, record)
-    graph = onnx.load(str(target), load_external_data=False)
-    entry["opset"] = max((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), default=None)
-    entry["initializers"] = len(graph.graph.initializer)
-    entry["metadata_props"] = sorted(p.key for p in graph.metadata_props)
+    entry.update(_onnx_facts(target))
     session = onnx_session(target)
     name = session.get_inputs()[0].name
     entry["runtime"] = f"onnxruntime {onnxruntime.__version__} {session.get_providers()[0]}"
-    return (lambda xb: session.run(None, {name: xb.numpy()})[0]), entry
+    return _on_x(lambda xb: session.run(None, {name: xb.numpy()})[0]), entry, None
+
+
+class BakedPreprocess(nn.Module):
+    """The student with the image contract's crop and normalisation in front and a softmax
+    behind: uint8 ``(N, resize, resize, C)`` pixels (the decoded square, channels last) in,
+    class probabilities out (``kdistill export --bake-preprocess``)."""
+
+    def __init__(self, model: nn.Module, contract: dict[str, Any]):
+        super().__init__()
+        self.model, self.size, self.load = model, int(contract["size"]), int(contract["resize"])
+        self.register_buffer("mean", torch.tensor(contract["mean"], dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(contract["std"], dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, image: Tensor) -> Tensor:
+        x = image.permute(0, 3, 1, 2).float() / 255.0
+        top = int(round((self.load - self.size) / 2.0))  # the center crop of data.recipe.center_crop
+        x = x[:, :, top : top + self.size, top : top + self.size]
+        return torch.softmax(self.model((x - self.mean) / self.std), dim=1)
+
+
+def _write_onnx_baked(model: nn.Module, record: dict[str, Any], target: Path, ctx: dict[str, Any]):
+    import onnxruntime
+
+    contract, test = record.get("preprocess") or {}, ctx["test"]
+    if contract.get("kind") != "image" or not hasattr(test, "pixels"):
+        raise ConfigError("--bake-preprocess needs a run on image files (its model.json records an image input "
+                          "contract); this run's inputs are arrays: export it without --bake-preprocess.")
+    baked = BakedPreprocess(model, contract).eval()
+    example = test.pixels([0, min(1, len(test) - 1)]).permute(0, 2, 3, 1).contiguous()
+    if target.exists():
+        target.unlink()
+    entry = {"exporter": export_onnx(baked, tuple(example.shape[1:]), target, ctx["exporter"], example,
+                                     ("image", "probs")),
+             "input": f"uint8 (N, {contract['resize']}, {contract['resize']}, {contract['channels']}) "
+                      f"{contract['channel_order']} pixels: the decoded square (module kdistill.data.contract)",
+             "output": "class probabilities (softmax)"}
+    stamp_onnx(target, record, {"kdistill.baked": "1"})
+    entry.update(_onnx_facts(target))
+    session = onnx_session(target)
+    entry["runtime"] = f"onnxruntime {onnxruntime.__version__} {session.get_providers()[0]}"
+
+    def run(batch: dict[str, Tensor]):
+        px = test.pixels(batch["index"].tolist()).permute(0, 2, 3, 1).contiguous().numpy()
+        return session.run(None, {"image": px})[0]
+
+    return run, entry, (lambda batch: torch.softmax(model(batch["x"]), dim=1))
+
+
+def _on_x(fn: Callable[[Tensor], Any]) -> Callable[[dict[str, Tensor]], Any]:
+    return lambda batch: fn(batch["x"])
 
 
 def _write_torchscript(model: nn.Module, record: dict[str, Any], target: Path, ctx: dict[str, Any]):
@@ -283,7 +348,7 @@ def _write_torchscript(model: nn.Module, record: dict[str, Any], target: Path, c
     with _quiet_export():  # the record rides along as an extra file: torch.jit.load(_extra_files={"kdistill.json": ""})
         loaded = torch.jit.load(str(target), map_location="cpu").eval()
         torch.jit.save(loaded, str(target), _extra_files={"kdistill.json": json.dumps(record)})
-    return loaded, {"runtime": f"torch.jit {torch.__version__}", "extra_files": ["kdistill.json"]}
+    return _on_x(loaded), {"runtime": f"torch.jit {torch.__version__}", "extra_files": ["kdistill.json"]}, None
 
 
 def _write_safetensors(model: nn.Module, record: dict[str, Any], target: Path, ctx: dict[str, Any]):
@@ -299,13 +364,15 @@ def _write_safetensors(model: nn.Module, record: dict[str, Any], target: Path, c
     tmp.replace(target / "model.safetensors")
     atomic_write_json(target / "model.json", record)
     runner, _ = load_saved(target, "exported student", ctx["trust_code"])
-    return runner, {"runtime": f"torch {torch.__version__} (rebuilt from model.json)"}
+    return _on_x(runner), {"runtime": f"torch {torch.__version__} (rebuilt from model.json)"}, None
 
 
-#: format -> writer(model, record, target, ctx) -> (runner on a float batch, entry fields);
-#: a new format (or a task's own path) is one more entry here
-WRITERS: dict[str, Callable[..., tuple[Callable[[Tensor], Any], dict[str, Any]]]] = {
-    "onnx": _write_onnx, "torchscript": _write_torchscript, "safetensors": _write_safetensors}
+#: format -> writer(model, record, target, ctx) -> (runner on a test batch, entry fields,
+#: reference on a test batch or None for the student's logits); ctx holds ``exporter``,
+#: ``example``, ``trust_code`` and ``test``. A new format (or a task's own path) is one more entry
+WRITERS: dict[str, Callable[..., tuple[Callable[[dict], Any], dict[str, Any], Callable[[dict], Any] | None]]] = {
+    "onnx": _write_onnx, "onnx-baked": _write_onnx_baked, "torchscript": _write_torchscript,
+    "safetensors": _write_safetensors}
 
 
 def _target(run_dir: Path, format: str, out: str | Path | None) -> Path:
@@ -347,12 +414,12 @@ def export_run(run_dir: str | Path, format: str = "onnx", out: str | Path | None
             inspection, and ``export.json`` records ``"passed": false``).
     """
     if format not in WRITERS:
-        raise ConfigError(f"Unsupported export format {format!r}; choose one of: {', '.join(WRITERS)}.")
+        raise ConfigError(f"Unsupported export format {format!r}; choose one of: {', '.join(FORMATS)}.")
     if exporter not in EXPORTERS:
         raise ConfigError(f"Unknown ONNX exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}.")
     run_dir = Path(run_dir)
     model, record = load_saved(run_dir, "student", trust_code)
-    if format == "onnx":
+    if format.startswith("onnx"):
         _require("onnxruntime", "Checking an ONNX export")
         _require("onnx", "ONNX export")
     cfg, test = _test_set(run_dir, record)
@@ -364,13 +431,13 @@ def export_run(run_dir: str | Path, format: str = "onnx", out: str | Path | None
                              "params": sum(p.numel() for p in model.parameters()),
                              "student_tensors": len(model.state_dict()),
                              "preprocess": record.get("preprocess"), "class_names": record.get("class_names")}
-    ctx = {"exporter": exporter, "example": test.example(2), "trust_code": trust_code}
-    runner, fields = WRITERS[format](model, record, target, ctx)
+    ctx = {"exporter": exporter, "example": test.example(2), "trust_code": trust_code, "test": test}
+    runner, fields, reference = WRITERS[format](model, record, target, ctx)
     entry.update(fields)
     entry["file_bytes"] = _size(target)
     entry["export_s"] = time.perf_counter() - t0
     with torch.no_grad():
-        ref, got = batched_logits(model, test, bs), batched_logits(runner, test, bs)
+        ref, got = _scores(reference or _on_x(model), test, bs), _scores(runner, test, bs)
     _check_parity(entry, ref, got, test, {"dataset": cfg.data.name, "split": "test", "batch_size": bs})
     entry["torch"] = torch.__version__
     entry["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -198,7 +198,7 @@ class Predictor:
         inp = session.get_inputs()[0]
         self.baked = inp.type == "tensor(uint8)"
         self.backend = "onnxruntime" + (" (preprocessing baked in)" if self.baked else "")
-        dtype = _ORT_DTYPES.get(inp.type, np.float32)
+        dtype = np.uint8 if self.baked else _ORT_DTYPES.get(inp.type, np.float32)
         self._run = lambda x: np.asarray(session.run(None, {inp.name: x.astype(dtype, copy=False)})[0], np.float32)
 
     def inputs(self, files: list[Path]) -> np.ndarray:

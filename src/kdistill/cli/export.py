@@ -24,6 +24,7 @@ def export_cmd(
     trust_code: TrustCodeOpt = False,
     int8: Annotated[bool, typer.Option("--int8", help="Export the run's int8 student (from `kdistill quantize`) as ONNX instead.")] = False,
     int8_method: Annotated[Optional[str], typer.Option(help="With --int8: which one, ptq, qat or qad (default: qad, else qat, else ptq, whichever exists).")] = None,
+    bake_preprocess: Annotated[bool, typer.Option("--bake-preprocess", help="ONNX with the image crop and normalisation inside: uint8 (N, resize, resize, C) pixels in, probabilities out (export.json key onnx-baked).")] = False,
 ) -> None:
     """Export the run's student and check it against PyTorch on the test set (writes export.json)."""
     if int8 or int8_method is not None:
@@ -39,6 +40,10 @@ def export_cmd(
         return
     from ..export import export_run
 
+    if bake_preprocess:
+        if format != "onnx":
+            raise ConfigError("--bake-preprocess builds an ONNX graph; use it with --format onnx (the default).")
+        format = "onnx-baked"
     entry = export_run(run_dir, format=format, out=out, exporter=exporter, trust_code=trust_code)
     if as_json:
         print(json.dumps(entry, indent=2))
@@ -54,10 +59,21 @@ def export_cmd(
         *([("exporter", f"{entry['exporter']} (opset {entry.get('opset')})")] if "exporter" in entry else []),
         (f"max |logit diff| ({p['samples']} test samples)", f"{p['max_abs_diff']:.3g}"),
         ("top-1 agreement", f"{p['top1_agreement']:.4%}"),
+        ("classes", ", ".join(entry.get("class_names") or []) or "not recorded (labels are numbers)"),
+        ("input", entry.get("input") or _contract_words(entry.get("preprocess"))),
     ]
     for k, v in rows:
         table.add_row(k, str(v))
     console.print(table)
+
+def _contract_words(c: dict | None) -> str:
+    if not c:
+        return "not recorded"
+    if c.get("kind") != "image":
+        return f"arrays, normalised with mean {c.get('mean')} std {c.get('std')}"
+    return (f"{c['channel_order']} image, fit to {c['resize']}x{c['resize']} ({c['interpolation']}), center "
+            f"{c['size']}x{c['size']}, /255, mean {c['mean']} std {c['std']}")
+
 
 @app.command("profile")
 def profile_cmd(
