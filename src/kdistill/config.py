@@ -91,6 +91,8 @@ class DataConfig(Strict):
     resident_budget_mb: Annotated[float, Field(gt=0, le=1e9, allow_inf_nan=False)] = _DECODE.resident_budget_mb
     #: DataLoader worker processes decoding streamed images (default: the cores less one, at most 8)
     workers: Annotated[int, Field(ge=0, le=64)] | None = _DECODE.workers
+    #: class names, label = position (overrides the source's own names: folder names, a ClassLabel)
+    class_names: list[str] | None = None
 
     def decode_options(self) -> DecodeOptions:
         """How image sources decode, as the one typed object they take."""

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import statistics
 import time
-import warnings
+from collections.abc import Callable
 
 import torch
 from torch import nn
+
+log = logging.getLogger("kdistill.measure")
 
 
 def count_params(model: nn.Module) -> int:
@@ -104,12 +107,11 @@ def latency_ms(
     model.train(was)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     busy = best["spread"] > BUSY_SPREAD
-    if busy:
-        warnings.warn(
-            f"Latency of {type(model).__name__} varied by {best['spread']:.0%} between rounds in {attempts} attempts"
+    if busy:  # a logged line, not a Python warning: the caller's output decides how it shows
+        log.warning(
+            f"latency of {type(model).__name__} varied by {best['spread']:.0%} between rounds in {attempts} attempts"
             + (f" (load average {load:.1f} on {os.cpu_count()} cores)" if load is not None else "")
-            + ": the machine was busy. The median is recorded with busy: true; time on an idle machine to compare.",
-            stacklevel=2,
+            + ": the machine was busy. The median is recorded with busy: true; time on an idle machine to compare."
         )
     return {
         "p50": best["p50"],
@@ -123,3 +125,104 @@ def latency_ms(
         "rounds": round_plan(repeats, rounds)[0],
         "threads": torch.get_num_threads(),
     }
+
+
+# -- interleaved timing -------------------------------------------------------------------------
+#: others' share of the machine's CPU time while timing above which no ratio is shown
+BUSY_OTHERS = 0.5
+
+
+def _cpu_ticks() -> tuple[float, float] | None:
+    """``(busy, total)`` CPU seconds of the whole machine since boot (``/proc/stat``), or None."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [float(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)
+    return (sum(fields) - idle) / hz, sum(fields) / hz
+
+
+class LoadProbe:
+    """How much of the machine other processes used during a window: the machine's busy CPU
+    time (``/proc/stat``) less this process's own (``time.process_time``), over the wall
+    time times the cores. 0 is an idle machine, 1 every core busy with someone else's work."""
+
+    def __enter__(self) -> LoadProbe:
+        self.t0, self.cpu0, self.stat0 = time.perf_counter(), time.process_time(), _cpu_ticks()
+        self.others: float | None = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        stat1, wall = _cpu_ticks(), time.perf_counter() - self.t0
+        if self.stat0 is None or stat1 is None or wall <= 0:
+            load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+            self.others = None if load is None else min(1.0, load / (os.cpu_count() or 1))
+            return
+        mine = time.process_time() - self.cpu0
+        busy, total = stat1[0] - self.stat0[0], stat1[1] - self.stat0[1]
+        cores = total / wall if total > 0 else float(os.cpu_count() or 1)
+        self.others = max(0.0, min(1.0, (busy - mine) / (wall * max(cores, 1.0))))
+
+
+def _spread(meds: list[float]) -> float:
+    """Interquartile range of the round medians relative to their median."""
+    if len(meds) < 2:
+        return 0.0
+    q = statistics.quantiles(meds, n=4, method="inclusive")
+    mid = statistics.median(meds)
+    return (q[2] - q[0]) / mid if mid > 0 else 0.0
+
+
+def _passes(run: Callable[[], object], warmup: int, round_s: float) -> int:
+    """Warm ``run`` up; passes per round so one round takes about ``round_s`` (1..200)."""
+    t = 0.0
+    for _ in range(max(1, warmup)):
+        t0 = time.perf_counter()
+        run()
+        t = time.perf_counter() - t0
+    return int(max(1, min(200, round_s / max(t, 1e-7))))
+
+
+def interleaved(runners: dict[str, Callable[[], object]], budget_s: float = 2.0, warmup: int = 3,
+                max_rounds: int = 15, min_rounds: int = 3, sync: Callable[[], None] | None = None) -> dict[str, dict]:
+    """Time several models against each other fairly: rounds in which every runner takes its
+    turn (the order rotating), so a change in machine load hits all of them alike; stops after
+    ``max_rounds`` or once ``budget_s`` seconds have passed (at least ``min_rounds``).
+
+    Per runner: ``p50`` (median of the round medians), ``p05``/``p95`` of all passes,
+    ``spread`` (interquartile range of round medians / p50), ``others_load`` (the machine's
+    CPU share other processes used meanwhile, :class:`LoadProbe`) and ``reliable``:
+    spread at most :data:`BUSY_SPREAD` and others' load at most :data:`BUSY_OTHERS`."""
+    names = list(runners)
+    round_s = budget_s / (max_rounds * max(1, len(names)))
+    per = {n: _passes(runners[n], warmup, round_s) for n in names}
+    times: dict[str, list[list[float]]] = {n: [] for n in names}
+    start = time.perf_counter()
+    with LoadProbe() as probe:
+        for r in range(max_rounds):
+            for n in names[r % len(names):] + names[: r % len(names)]:
+                one = []
+                for _ in range(per[n]):
+                    if sync:
+                        sync()
+                    t0 = time.perf_counter()
+                    runners[n]()
+                    if sync:
+                        sync()
+                    one.append((time.perf_counter() - t0) * 1e3)
+                times[n].append(one)
+            if r + 1 >= min_rounds and time.perf_counter() - start > budget_s:
+                break
+    out = {}
+    for n in names:
+        meds = [statistics.median(t) for t in times[n]]
+        flat = sorted(t for r in times[n] for t in r)
+        spread = _spread(meds)
+        others = probe.others
+        out[n] = {"p50": statistics.median(meds), "p05": flat[int(0.05 * (len(flat) - 1))],
+                  "p95": flat[int(round(0.95 * (len(flat) - 1)))], "spread_pct": round(100 * spread, 1),
+                  "others_load_pct": None if others is None else round(100 * others, 1), "rounds": len(meds),
+                  "passes": len(flat), "reliable": spread <= BUSY_SPREAD and (others is None or others <= BUSY_OTHERS)}
+    return out

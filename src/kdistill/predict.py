@@ -1,20 +1,33 @@
 """Batch inference with a shipped student: a run folder or an exported ``.onnx`` file.
 
-Input is an ``.npz`` with array ``x`` (channels first, ``(N, *input_shape)``, floating
-point, already preprocessed the way the training data was). Output is an ``.npz`` with
-``logits`` (float32, ``(N, classes)``), ``probs`` (softmax of the logits) and ``pred``
-(int64 arg-max).
+Two kinds of input:
+
+* **image files** (:func:`predict_files`; files and folders, searched recursively): each is
+  decoded and normalised by :func:`kdistill.data.images.load_images`, the very code the
+  run's test split goes through, driven by the input contract the artifact carries
+  (``model.json``'s ``preprocess`` or the ONNX file's ``metadata_props``), so an ``.onnx``
+  file alone is enough. The answer per file is its top-k classes by name with their
+  softmax probabilities (printed, and written to a ``.csv``). A baked ONNX file
+  (``kdistill export --bake-preprocess``: uint8 HWC pixels in, probabilities out) gets the
+  decoded ``resize`` square and does the crop and normalisation itself.
+* **an .npz** with array ``x`` (channels first, ``(N, *input_shape)``, floating point,
+  already preprocessed the way the training data was); output an ``.npz`` with ``logits``
+  (float32, ``(N, classes)``), ``probs`` (softmax of the logits) and ``pred`` (int64 arg-max).
 """
 
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from .data import imagefolder
+from .data.contract import check_image_contract
+from .data.images import BadImage, Geometry, decode, load_images
 from .errors import CheckpointError, DataError, ShapeError
 
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16}
@@ -127,3 +140,119 @@ def predict(source: str | Path, input_npz: str | Path, out_npz: str | Path, batc
     out = Path(out_npz)
     atomic_write_bytes(out, buf.getvalue())
     return {"samples": int(x.shape[0]), "num_classes": int(logits.shape[1]), "out": str(out), "backend": backend}
+
+
+# -- image files -------------------------------------------------------------------------------
+def collect_images(inputs: list[str | Path]) -> list[Path]:
+    """Image files among ``inputs`` (files as given; folders searched recursively, sorted;
+    the extensions of :mod:`kdistill.data.imagefolder`)."""
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = [Path(f) for f, _ in imagefolder._images_in(p)]
+            if not found:
+                raise DataError(f"{p} holds no images ({', '.join(imagefolder.EXTENSIONS)}).")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise DataError(f"Input {str(p)!r} not found; give image files or folders of images.")
+    return files
+
+
+class Predictor:
+    """A shipped student as a function of image files: its contract, class names and runner.
+
+    ``baked``: the ONNX graph takes uint8 ``(N, resize, resize, C)`` and returns probabilities."""
+
+    def __init__(self, source: str | Path, trust_code: bool = False):
+        source = Path(source)
+        self.source = source
+        if source.suffix == ".onnx":
+            self._open_onnx(source)
+        else:
+            from .runs import load_saved
+
+            model, record = load_saved(source, "model", trust_code)
+            self.meta = record
+            self.baked, self.backend = False, "pytorch"
+            self._run = lambda x: model(torch.from_numpy(x)).float().numpy()
+        self.contract = check_image_contract(self.meta.get("preprocess"), str(source))
+        names = self.meta.get("class_names")
+        k = int(self.meta.get("num_classes") or 0)
+        self.class_names = [str(n) for n in names] if isinstance(names, list) and len(names) == k else None
+
+    def _open_onnx(self, source: Path) -> None:
+        if not source.is_file():
+            raise CheckpointError(f"ONNX file {str(source)!r} not found.")
+        from .export import onnx_session
+
+        session = onnx_session(source)
+        props = session.get_modelmeta().custom_metadata_map
+        try:
+            self.meta = {k.split(".", 1)[1]: json.loads(v) for k, v in props.items() if k.startswith("kdistill.")
+                         and k != "kdistill.model"}
+        except ValueError:
+            raise DataError(f"{source}: the kdistill metadata in the ONNX file is damaged (not JSON).") from None
+        inp = session.get_inputs()[0]
+        self.baked = inp.type == "tensor(uint8)"
+        self.backend = "onnxruntime" + (" (preprocessing baked in)" if self.baked else "")
+        dtype = np.uint8 if self.baked else _ORT_DTYPES.get(inp.type, np.float32)
+        self._run = lambda x: np.asarray(session.run(None, {inp.name: x.astype(dtype, copy=False)})[0], np.float32)
+
+    def inputs(self, files: list[Path]) -> np.ndarray:
+        """The model's input batch for ``files`` (uint8 HWC squares for a baked graph)."""
+        if not self.baked:
+            return load_images(files, self.contract).numpy()
+        c = self.contract
+        geo = Geometry(c["size"], c["resize"], c["channels"])
+        try:
+            return np.stack([decode(f, geo).transpose(1, 2, 0) for f in files])
+        except (BadImage, OSError) as e:
+            raise DataError(f"cannot decode one of {[str(f) for f in files][:3]}: {e}.") from None
+
+    def probs(self, files: list[Path]) -> np.ndarray:
+        with torch.no_grad():
+            out = self._run(self.inputs(files))
+        return out if self.baked else _softmax(out)
+
+
+def predict_files(source: str | Path, inputs: list[str | Path], top_k: int = 1, out: str | Path | None = None,
+                  batch_size: int = 64, trust_code: bool = False) -> dict[str, Any]:
+    """Top-``top_k`` classes of every image file in ``inputs`` (see the module docstring).
+
+    Returns ``{"rows": [{"file", "rank", "label", "class", "probability"}], "files",
+    "backend", "out"}``; with ``out`` (a ``.csv``) the rows are written there too.
+    """
+    if top_k < 1 or batch_size < 1:
+        raise DataError(f"top_k and batch_size must be at least 1, got {top_k} and {batch_size}.")
+    pred = Predictor(source, trust_code)
+    files = collect_images(inputs)
+    rows = []
+    for i in range(0, len(files), batch_size):
+        chunk = files[i : i + batch_size]
+        probs = pred.probs(chunk)
+        k = min(top_k, probs.shape[1])
+        for f, p in zip(chunk, probs):
+            for rank, c in enumerate(np.argsort(-p, kind="stable")[:k], start=1):
+                name = pred.class_names[c] if pred.class_names else str(int(c))
+                rows.append({"file": str(f), "rank": rank, "label": int(c), "class": name,
+                             "probability": float(p[c])})
+    if out is not None:
+        _write_csv(Path(out), rows)
+    return {"rows": rows, "files": len(files), "backend": pred.backend, "out": str(out) if out else None,
+            "class_names": pred.class_names is not None}
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    import csv
+
+    from .engine.checkpoint import atomic_write_text
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["file", "rank", "label", "class", "probability"], lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({**r, "probability": f"{r['probability']:.6f}"})
+    atomic_write_text(path, buf.getvalue())

@@ -24,6 +24,7 @@ def export_cmd(
     trust_code: TrustCodeOpt = False,
     int8: Annotated[bool, typer.Option("--int8", help="Export the run's int8 student (from `kdistill quantize`) as ONNX instead.")] = False,
     int8_method: Annotated[Optional[str], typer.Option(help="With --int8: which one, ptq, qat or qad (default: qad, else qat, else ptq, whichever exists).")] = None,
+    bake_preprocess: Annotated[bool, typer.Option("--bake-preprocess", help="ONNX with the image crop and normalisation inside: uint8 (N, resize, resize, C) pixels in, probabilities out (export.json key onnx-baked).")] = False,
 ) -> None:
     """Export the run's student and check it against PyTorch on the test set (writes export.json)."""
     if int8 or int8_method is not None:
@@ -43,6 +44,10 @@ def export_cmd(
     from ..config import run_task
 
     options = {"format": format} if format is not None else {}
+    if bake_preprocess:
+        if format not in (None, "onnx"):
+            raise ConfigError("--bake-preprocess builds an ONNX graph; use it with --format onnx (the default).")
+        options["format"] = "onnx-baked"
     entry = run_task(run_dir).export(run_dir, out=out, exporter=exporter, trust_code=trust_code, **options)
     if as_json:
         print(json.dumps(entry, indent=2))
@@ -59,10 +64,21 @@ def export_cmd(
         (f"max |logit diff| ({p['samples']} {'validation rows' if entry['format'] == 'hf' else 'test samples'})",
          f"{p['max_abs_diff']:.3g}"),
         ("top-1 agreement", f"{p['top1_agreement']:.4%}"),
+        ("classes", ", ".join(entry.get("class_names") or []) or "not recorded (labels are numbers)"),
+        ("input", entry.get("input") or _contract_words(entry.get("preprocess"))),
     ]
     for k, v in rows:
         table.add_row(k, str(v))
     console.print(table)
+
+def _contract_words(c: dict | None) -> str:
+    if not c:
+        return "not recorded"
+    if c.get("kind") != "image":
+        return f"arrays, normalised with mean {c.get('mean')} std {c.get('std')}"
+    return (f"{c['channel_order']} image, fit to {c['resize']}x{c['resize']} ({c['interpolation']}), center "
+            f"{c['size']}x{c['size']}, /255, mean {c['mean']} std {c['std']}")
+
 
 @app.command("profile")
 def profile_cmd(
@@ -72,7 +88,8 @@ def profile_cmd(
     num_classes: Annotated[int, typer.Option(help="With --model: number of classes.")] = 10,
     kwargs: Annotated[Optional[str], typer.Option(help='With --model: factory arguments as JSON, e.g. \'{"hidden": [64]}\'.')] = None,
     batch_sizes: Annotated[str, typer.Option(help="Batch sizes to time.")] = "1,64",
-    repeats: Annotated[int, typer.Option(min=1, help="Timed passes per measurement.")] = 50,
+    repeats: Annotated[int, typer.Option(min=1, help="At most this many interleaved timing rounds (3 to 15).")] = 50,
+    seconds: Annotated[float, typer.Option(min=0.01, help="Time bound per backend and batch size (all models together).")] = 1.0,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed passes first.")] = 10,
     onnx: Annotated[bool, typer.Option("--onnx/--no-onnx", help="Also time ONNX Runtime (needs the export extra).")] = True,
     threads: Annotated[Optional[int], typer.Option(min=1, help="Intra-op threads for PyTorch and ONNX Runtime (default: PyTorch's).")] = None,
@@ -111,12 +128,12 @@ def profile_cmd(
         if not isinstance(kw, dict):
             raise ConfigError(f"--kwargs must be a JSON object, got {kwargs!r}.")
         result = profile_zoo_model(model, parse_ints(input_shape, "--input-shape"), num_classes, kw,
-                                   sizes, repeats, warmup, onnx, threads)
+                                   sizes, repeats, warmup, onnx, threads, seconds)
     else:
         from ..config import run_task
 
         result = run_task(run_dir).profile(run_dir, batch_sizes=sizes, repeats=repeats, warmup=warmup, onnx=onnx,
-                                           teacher=teacher, threads=threads, trust_code=trust_code)
+                                           teacher=teacher, threads=threads, trust_code=trust_code, seconds=seconds)
     if as_json:
         print(json.dumps(result, indent=2, default=str))
         return
@@ -136,22 +153,36 @@ def profile_cmd(
 
 @app.command("predict")
 def predict_cmd(
-    source: Annotated[Path, typer.Argument(help="A run folder or an exported .onnx file.")],
-    inputs: Annotated[Path, typer.Argument(help=".npz with array 'x' of shape (N, *input_shape).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output .npz (logits, probs, pred).")] = Path("predictions.npz"),
+    source: Annotated[Path, typer.Argument(help="A run folder or an exported .onnx file (float, baked or int8).")],
+    inputs: Annotated[list[Path], typer.Argument(help="Image files and folders of images, or one .npz with array "
+                                                      "'x' of shape (N, *input_shape) (preprocessed arrays).")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Images: a .csv of file, rank, label, class, "
+                                                "probability. .npz input: the output .npz (default predictions.npz).")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Images: classes listed per file.")] = 1,
     batch_size: Annotated[int, typer.Option(min=1, help="Samples per forward pass.")] = 256,
     trust_code: TrustCodeOpt = False,
 ) -> None:
-    """Batch inference with the saved student: writes logits, probs and pred."""
+    """Run the saved student on image files (decoded as the test split is) or on an .npz of arrays."""
     from ..config import run_task
-    from ..predict import predict
 
     if source.is_dir() and (source / "config.yaml").is_file():
         run_task(source).require("predict")
+    if len(inputs) == 1 and inputs[0].suffix == ".npz":
+        from ..predict import predict
 
-    res = predict(source, inputs, out, batch_size=batch_size, trust_code=trust_code)
-    console.print(f"Predicted {res['samples']} samples ({res['num_classes']} classes, {res['backend']}) "
-                  f"-> {res['out']}", highlight=False)
+        res = predict(source, inputs[0], out or Path("predictions.npz"), batch_size=batch_size, trust_code=trust_code)
+        console.print(f"Predicted {res['samples']} samples ({res['num_classes']} classes, {res['backend']}) "
+                      f"-> {res['out']}", highlight=False)
+        return
+    from ..predict import predict_files
+
+    res = predict_files(source, inputs, top_k=top_k, out=out, batch_size=batch_size, trust_code=trust_code)
+    table = Table("file", "rank", "class", "probability")
+    for r in res["rows"]:
+        table.add_row(r["file"], str(r["rank"]), r["class"], f"{r['probability']:.3f}")
+    console.print(table)
+    console.print(f"{res['files']} image(s), {res['backend']}" + (f" -> {res['out']}" if res["out"] else "")
+                  + ("" if res["class_names"] else " (no class names recorded: labels are numbers)"), highlight=False)
 
 
 @app.command("generate")

@@ -16,7 +16,7 @@ from .app import TrustCodeOpt, app, console, log
 def quantize_cmd(
     run_dir: Annotated[Path, typer.Argument(help="A finished run folder.")],
     method: Annotated[str, typer.Option(help="ptq (calibrate only), qat (fake-quant training, CE) or qad (fake-quant distillation from the float teacher).")] = "ptq",
-    calib: Annotated[int, typer.Option(help="Calibration samples drawn from the run's training data.")] = 512,
+    calib: Annotated[Optional[int], typer.Option(help="Calibration samples drawn from the run's training data (default: all, up to 512; at least 32).")] = None,
     epochs: Annotated[int, typer.Option(help="qat/qad: epochs of fake-quantized training.")] = 2,
     lr: Annotated[float, typer.Option(help="qat/qad: SGD learning rate (cosine to 0).")] = 1e-3,
     batch_size: Annotated[Optional[int], typer.Option(help="qat/qad batch size (default: the run's).")] = None,
@@ -26,7 +26,7 @@ def quantize_cmd(
     keep_float: Annotated[Optional[list[str]], typer.Option("--keep-float", help="A layer (dotted name) to leave in float (repeatable).")] = None,
     allow_float: Annotated[bool, typer.Option("--allow-float", help="Run layers the quantizer cannot quantize in float instead of failing.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of calibration draw and training order.")] = 0,
-    full_range: Annotated[bool, typer.Option("--full-range", help="8-bit activations (exact in ONNX Runtime only on CPUs with VNNI); default 7-bit.")] = False,
+    full_range: Annotated[Optional[bool], typer.Option("--full-range/--reduce-range", help="8-bit or 7-bit activations; default: 8-bit where this CPU has VNNI/AMX (exact there), else 7-bit.")] = None,
     onnx: Annotated[bool, typer.Option("--onnx/--no-onnx", help="Also write the int8 ONNX model, size and latency.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print quantize.json.")] = False,
     trust_code: TrustCodeOpt = False,
@@ -38,7 +38,7 @@ def quantize_cmd(
     run_task(run_dir).require("quantize")
     res = quantize_run(run_dir, method, teacher=teacher, calib=calib, epochs=epochs, lr=lr, batch_size=batch_size,
                        alpha=alpha, temperature=temperature, keep_float=keep_float or (), allow_float=allow_float,
-                       seed=seed, reduce_range=not full_range, onnx=onnx, log=log if not as_json else (lambda s: None), trust_code=trust_code)
+                       seed=seed, reduce_range=None if full_range is None else not full_range, onnx=onnx, log=log if not as_json else (lambda s: None), trust_code=trust_code)
     if as_json:
         print(json.dumps(res, indent=2))
         return
@@ -58,7 +58,10 @@ def quantize_cmd(
             rows.append((f"ORT latency {b} ms, float -> int8", f"{lat['float']['p50']:.3f} -> {lat['int8']['p50']:.3f}"))
     if res.get("float_layers"):
         rows.append(("layers left in float", ", ".join(f"{op}:{name}" for op, name in res["float_layers"])))
+    rows.append(("CPU int8 flags", ", ".join(res["cpu"]["flags"]) or "none read"))
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)
+    if "speed" in res:
+        console.print(res["speed"]["remark"], highlight=False)
     console.print(f"Wrote {Path(run_dir) / 'int8' / method}", highlight=False)

@@ -45,6 +45,7 @@ from torch import Tensor
 
 from ..errors import DataError
 from ..safe_read import read_bytes
+from .contract import image_contract, to_model_input
 from .decode import DecodeOptions, default_workers  # noqa: F401  (default_workers: re-exported)
 from .loaders import Augment, epoch_order
 from .recipe import Recipe, RecipeConfig, center_crop
@@ -143,6 +144,21 @@ class _Decode(torch.utils.data.Dataset):
         return {"pos": torch.as_tensor(positions, dtype=torch.int64), "x": torch.from_numpy(x), "bad": bad}
 
 
+def load_images(files: list[Any], contract: dict[str, Any]) -> Tensor:
+    """Image files (paths or bytes) -> the model's input batch, decoded and normalised
+    exactly as the test split of a run with this input ``contract`` is (same :func:`decode`,
+    same :func:`~kdistill.data.contract.to_model_input`). A file that cannot be decoded is
+    a :class:`DataError` naming it."""
+    geo = Geometry(int(contract["size"]), int(contract["resize"]), int(contract["channels"]))
+    px = np.zeros((len(files), geo.channels, geo.load, geo.load), dtype=np.uint8)
+    for k, f in enumerate(files):
+        try:
+            px[k] = decode(f, geo)
+        except (BadImage, OSError) as e:
+            raise DataError(f"cannot decode image {f}: {e}.") from None
+    return to_model_input(torch.from_numpy(px), geo.size, contract["mean"], contract["std"])
+
+
 def _identity(batch):
     return batch
 
@@ -225,6 +241,12 @@ class ImageSet:
         return self.mean, self.std
 
     @property
+    def contract(self) -> dict[str, Any]:
+        """How a file becomes this set's model input (:mod:`kdistill.data.contract`)."""
+        g = self.geo
+        return image_contract(g.channels, g.load, g.size, self.mean.tolist(), self.std.tolist())
+
+    @property
     def resident(self) -> bool:
         if self.resident_mode == "auto":
             g = self.geo
@@ -253,9 +275,7 @@ class ImageSet:
 
     def eval_view(self, u8: Tensor) -> Tensor:
         """uint8 ``load`` squares -> normalised center ``size`` crops (float32)."""
-        x = center_crop(u8.float().div_(255.0), (self.geo.size, self.geo.size))
-        m, s = (t.to(x.device).view(1, -1, 1, 1) for t in (self.mean, self.std))
-        return (x - m) / s
+        return to_model_input(u8, self.geo.size, self.mean, self.std)
 
     def take(self, index: Tensor) -> dict[str, Tensor]:
         index = torch.as_tensor(index, dtype=torch.int64)

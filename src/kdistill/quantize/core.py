@@ -21,7 +21,23 @@ from .backend import (
     graph_bytes,
     prepare,
 )
+from .isa import cpu_flags, full_range_exact
 from .train import calibrate, finetune
+
+#: calibration samples when none are asked for: all training samples up to this many
+DEFAULT_CALIB = 512
+
+
+def default_calib(n_train: int) -> int:
+    """``--calib`` when not given: the whole training set up to :data:`DEFAULT_CALIB`
+    samples (the floor :data:`~kdistill.quantize.backend.MIN_CALIB` still applies)."""
+    return min(DEFAULT_CALIB, int(n_train))
+
+
+def default_reduce_range() -> bool:
+    """7-bit activations unless this CPU's int8 kernels are exact with 8 bits (VNNI/AMX,
+    :mod:`~kdistill.quantize.isa`)."""
+    return not full_range_exact(cpu_flags())
 
 METHODS = ("ptq", "qat", "qad")
 
@@ -52,6 +68,9 @@ def check_settings(method: str, calib: int, n_train: int, epochs: int, alpha: fl
     """One clear message for each bad setting."""
     if method not in METHODS:
         raise QuantizeError(f"Unknown quantization method {method!r}; choose one of {', '.join(METHODS)}.")
+    if n_train < MIN_CALIB:
+        raise QuantizeError(f"The training data has only {n_train} samples; int8 calibration needs at least "
+                            f"{MIN_CALIB} to set its ranges.")
     if calib < MIN_CALIB:
         raise QuantizeError(f"{calib} calibration samples are too few to set int8 ranges; use at least {MIN_CALIB} "
                             "(a few hundred is typical).")
@@ -65,16 +84,17 @@ def check_settings(method: str, calib: int, n_train: int, epochs: int, alpha: fl
 
 
 def quantize_model(model: nn.Module, train: Dataset, method: str = "ptq", *,
-                   teacher: Callable[[Tensor], Tensor] | None = None, calib: int = 512, epochs: int = 2,
+                   teacher: Callable[[Tensor], Tensor] | None = None, calib: int | None = None, epochs: int = 2,
                    lr: float = 1e-3, batch_size: int = 64, alpha: float = 0.9, temperature: float = 4.0,
                    keep_float: Sequence[str] = (), allow_float: bool = False, seed: int = 0,
-                   reduce_range: bool = True, log: Callable[[str], None] = print) -> Quantized:
+                   reduce_range: bool | None = None, log: Callable[[str], None] = print) -> Quantized:
     """Quantize ``model`` to int8 with training data ``train``.
 
     Args:
         model: the float network (left unchanged; it is copied by the capture).
         train: training data: calibration samples come from it (``calib`` of them, drawn
-            with ``seed``, as the run stored them: no augmentation), and QAT/QAD train on it.
+            with ``seed``, as the run stored them: no augmentation; default
+            :func:`default_calib`), and QAT/QAD train on it.
         method: ``"ptq"`` (calibrate only), ``"qat"`` (calibrate, then train with
             cross-entropy) or ``"qad"`` (calibrate, then train against ``teacher``).
         teacher: for QAD, a function from inputs to float logits (a frozen teacher, or
@@ -82,10 +102,13 @@ def quantize_model(model: nn.Module, train: Dataset, method: str = "ptq", *,
         alpha, temperature: QAD's loss ``alpha*KD_T + (1-alpha)*CE`` (QAT uses ``alpha=0``).
         keep_float: dotted module names to leave in float.
         reduce_range: 7-bit activations, safe for int8 kernels on x86 CPUs without VNNI
-            (see :func:`~kdistill.quantize.backend.make_quantizer`); ``False`` for 8 bits.
+            (see :func:`~kdistill.quantize.backend.make_quantizer`); ``False`` for 8 bits;
+            ``None`` (default): 8 bits where this CPU has VNNI/AMX (:func:`default_reduce_range`).
         allow_float: accept weighted layers the quantizer cannot quantize (they run in
             float); without it they raise :class:`QuantizeError` naming them.
     """
+    calib = default_calib(len(train)) if calib is None else int(calib)
+    reduce_range = default_reduce_range() if reduce_range is None else bool(reduce_range)
     check_settings(method, calib, len(train), epochs, alpha)
     if method == "qad" and teacher is None:
         raise QuantizeError("qad distils from a float model; give a teacher (or use method='qat').")

@@ -2,10 +2,12 @@
 
 The folder holds:
 
-* ``quantized.safetensors``: the state of the calibrated / trained graph (float weights
-  after QAT, observer and fake-quantizer ranges). The int8 model is rebuilt from the
-  student's ``model.json`` by the same capture, prepare and conversion, then this state:
-  nothing executable is loaded from disk (:func:`load_int8`).
+* ``quantized.safetensors``: the int8 graph's constants (int8 weights, their scales and
+  zero points, biases, each activation's scale and zero point; :mod:`.store`). The int8
+  model is rebuilt from the student's ``model.json`` by the same capture, prepare and
+  conversion, then these constants: nothing executable is loaded from disk
+  (:func:`load_int8`). Folders written before this format (the prepared graph's observer
+  state) still load.
 * ``model.int8.onnx``: the int8 model in ONNX's QDQ form (``QuantizeLinear`` /
   ``DequantizeLinear`` around each quantized operator; ONNX Runtime fuses them into
   integer kernels such as ``QLinearConv``), written by ``torch.onnx.export`` from the
@@ -28,15 +30,17 @@ from torch import Tensor, nn
 
 from ..atomic import atomic_write_json
 from ..config import load_config, run_task
-from ..engine.checkpoint import remove_litter, state_dict_tensors
+from ..engine.checkpoint import remove_litter
 from ..errors import CheckpointError, ConfigError
 from ..losses import kd_loss
 from ..measure import summarize_times
 from ..metrics import accuracy, agreement
 from ..runs import load_saved, prepare_data, teacher_from_checkpoints
 from ..safe_read import QuantizeRecord, read_json
-from .backend import QuantizeError, quiet, torchao_pt2e
-from .core import METHODS, Quantized, quantize_model, rebuild_int8
+from .backend import MIN_CALIB, QuantizeError, convert, prepare, quiet, torchao_pt2e
+from .core import DEFAULT_CALIB, METHODS, Quantized, default_calib, quantize_model, rebuild_int8
+from .isa import EXACT_FULL_RANGE, cpu_flags, full_range_exact
+from .store import FORMAT, int8_state, load_int8_state
 
 #: int8 ONNX against int8 PyTorch: ONNX Runtime accumulates in integers and requantizes,
 #: PyTorch's reference graph computes in float between quantize/dequantize pairs, so
@@ -178,16 +182,37 @@ def _float_onnx(run_dir: Path, student: nn.Module, shape) -> Path:
     return path
 
 
-def quantize_run(run_dir: str | Path, method: str = "ptq", *, teacher: str = "teacher", calib: int = 512,
+def _plan(method: str, calib: int | None, reduce_range: bool | None, n_train: int, onnx: bool,
+          log: Callable[[str], None]) -> tuple[int, bool, dict[str, Any]]:
+    """Calibration size and activation range (defaults from the data and this CPU), said
+    before any training, with a warning when the ONNX parity check cannot be exact here."""
+    cpu = cpu_flags()
+    exact = full_range_exact(cpu)
+    calib = default_calib(n_train) if calib is None else int(calib)
+    rr = (not exact) if reduce_range is None else bool(reduce_range)
+    chosen = "default for this CPU" if reduce_range is None else "asked for"
+    flags = ", ".join(cpu["flags"]) or "none of " + ", ".join(EXACT_FULL_RANGE)
+    log(f"int8 {method}: {calib} calibration samples (of {n_train}; default all up to {DEFAULT_CALIB}, at least "
+        f"{MIN_CALIB}); {'7-bit' if rr else '8-bit'} activations ({chosen}; CPU flags: {flags}).")
+    if onnx and not rr and not exact:
+        log("warning: 8-bit activations on a CPU without VNNI/AMX: ONNX Runtime's int8 kernels saturate here, so the "
+            f"int8 ONNX check (at least {MIN_INT8_AGREEMENT:.0%} agreement) is expected to fail after quantizing; "
+            "drop --full-range, or pass --no-onnx.")
+    return calib, rr, cpu
+
+
+def quantize_run(run_dir: str | Path, method: str = "ptq", *, teacher: str = "teacher", calib: int | None = None,
                  epochs: int = 2, lr: float = 1e-3, batch_size: int | None = None, alpha: float = 0.9,
                  temperature: float | None = None, keep_float: Sequence[str] = (), allow_float: bool = False,
-                 seed: int = 0, reduce_range: bool = True, onnx: bool = True, log: Callable[[str], None] = print,
-                 trust_code: bool = False) -> dict[str, Any]:
+                 seed: int = 0, reduce_range: bool | None = None, onnx: bool = True,
+                 log: Callable[[str], None] = print, trust_code: bool = False) -> dict[str, Any]:
     """Quantize a run's student; writes ``RUN/int8/<method>/`` and returns its ``quantize.json``.
 
-    QAD's temperature defaults to the run's KD temperature (4 when the run used another
-    method). ``onnx=False`` skips the ONNX files (and so the latency and size columns).
-    ``trust_code`` allows the folder's records to name an importable model factory.
+    ``calib`` defaults to the training set up to 512 samples; ``reduce_range`` to what is
+    exact on this CPU (:mod:`.isa`). QAD's temperature defaults to the run's KD temperature
+    (4 when the run used another method). ``onnx=False`` skips the ONNX files (and so the
+    latency and size columns). ``trust_code`` allows the folder's records to name an
+    importable model factory.
     """
     run_dir = Path(run_dir)
     if method not in METHODS:
@@ -201,46 +226,63 @@ def quantize_run(run_dir: str | Path, method: str = "ptq", *, teacher: str = "te
     cfg = _config(run_dir)
     torchao_pt2e()
     data = prepare_data(cfg)
-    shape = tuple(record["input_shape"])
+    calib, reduce_range, cpu = _plan(method, calib, reduce_range, len(data.train), onnx, log)
     if temperature is None:
         m = cfg.method if isinstance(cfg.method, dict) else {}
         temperature = float(m.get("temperature", 4.0)) if m.get("name") == "kd" else 4.0
-    bs = int(batch_size or cfg.data.batch_size)
     teacher_fn, teacher_name = (None, None)
     if method == "qad":
         teacher_fn, teacher_name = _teacher_fn(run_dir, cfg, data, teacher, student, trust_code)
     t0 = time.perf_counter()
-    log(f"Quantizing {run_dir} ({record['model']}) with {method} on {calib} calibration samples...")
     q = quantize_model(student, data.train, method, teacher=teacher_fn, calib=calib, epochs=epochs, lr=lr,
-                       batch_size=bs, alpha=alpha, temperature=temperature, keep_float=keep_float,
-                       allow_float=allow_float, seed=seed, reduce_range=reduce_range, log=log)
-    seconds = time.perf_counter() - t0
-    test, ebs = data.test, int(cfg.data.eval_batch_size)
-    labels = test.labels()
-    f_logits, q_logits = _logits(student, test, ebs), _logits(q.int8, test, ebs)
+                       batch_size=int(batch_size or cfg.data.batch_size), alpha=alpha, temperature=temperature,
+                       keep_float=keep_float, allow_float=allow_float, seed=seed, reduce_range=reduce_range, log=log)
+    ctx = {"run_dir": run_dir, "cfg": cfg, "data": data, "student": student, "record": record,
+           "trust_code": trust_code, "temperature": temperature}
+    result = _record(q, ctx, method, teacher_name, time.perf_counter() - t0, cpu)
     out = int8_dir(run_dir, method)
     out.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save_file
 
     tmp = out / ".quantized.safetensors.tmp"
-    save_file(state_dict_tensors(q.prepared), str(tmp), metadata={"kdistill_int8": method})
+    save_file(int8_state(q.int8), str(tmp), metadata={"kdistill_int8": method, "format": FORMAT})
     tmp.replace(out / "quantized.safetensors")
+    result["int8_file_bytes"] = (out / "quantized.safetensors").stat().st_size
+    atomic_write_json(out / "quantize.json", result)  # kept whatever the ONNX step does
+    if onnx:
+        result["onnx"] = _write_onnx(run_dir, out, student, q.int8, tuple(record["input_shape"]), data.test,
+                                     int(cfg.data.eval_batch_size), ctx["q_logits"], record)
+        result["speed"] = speed_remark(result["onnx"]["latency_ms"], cpu)
+        atomic_write_json(out / "quantize.json", result)
+        log(result["speed"]["remark"])
+        _check_parity(result["onnx"])
+    return result
+
+
+def _record(q: Quantized, ctx: dict[str, Any], method: str, teacher_name: str | None, seconds: float,
+            cpu: dict[str, Any]) -> dict[str, Any]:
+    """``quantize.json`` before the ONNX step: settings, test accuracies and agreements."""
+    student, record, data, cfg = ctx["student"], ctx["record"], ctx["data"], ctx["cfg"]
+    test, ebs = data.test, int(cfg.data.eval_batch_size)
+    labels = test.labels()
+    f_logits, q_logits = _logits(student, test, ebs), _logits(q.int8, test, ebs)
+    ctx["q_logits"] = q_logits
     result: dict[str, Any] = {
-        "method": method, "model": record["model"], "input_shape": list(shape), "num_classes": record["num_classes"],
-        "qat_graph": method != "ptq", **q.info, "quantize_s": seconds,
+        "method": method, "model": record["model"], "input_shape": list(record["input_shape"]),
+        "num_classes": record["num_classes"], "qat_graph": method != "ptq", **q.info, "quantize_s": seconds,
         "teacher": teacher_name, "backend": f"torchao {torchao_pt2e()['version']} PT2E, X86InductorQuantizer "
-        "(uint8 activations per tensor, int8 weights per channel)",
+        "(uint8 activations per tensor, int8 weights per channel)", "cpu": cpu,
         "test": {"samples": len(test), "acc_float": accuracy(f_logits, labels), "acc_int8": accuracy(q_logits, labels),
                  "agreement_int8_float": agreement(q_logits, f_logits)},
         "float_param_bytes": sum(t.numel() * t.element_size() for t in student.state_dict().values()),
         "torch": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     try:
-        tf, _ = _teacher_fn(run_dir, cfg, data, "teacher", student, trust_code)
+        tf, _ = _teacher_fn(ctx["run_dir"], cfg, data, "teacher", student, ctx["trust_code"])
     except QuantizeError:  # a run without a teacher: no teacher columns
         tf = None
     if tf is not None:
-        t_logits = _logits(tf, test, ebs)
+        t_logits, temperature = _logits(tf, test, ebs), ctx["temperature"]
         result["test"].update({
             "acc_teacher": accuracy(t_logits, labels), "agreement_int8_teacher": agreement(q_logits, t_logits),
             "agreement_float_teacher": agreement(f_logits, t_logits),
@@ -248,17 +290,31 @@ def quantize_run(run_dir: str | Path, method: str = "ptq", *, teacher: str = "te
             "kd_float_teacher": float(kd_loss(f_logits, t_logits, temperature)),
             "kd_int8_teacher": float(kd_loss(q_logits, t_logits, temperature)),
         })
-    atomic_write_json(out / "quantize.json", result)  # kept whatever the ONNX step does
-    if onnx:
-        result["onnx"] = _write_onnx(run_dir, out, student, q.int8, shape, test, ebs, q_logits)
-        atomic_write_json(out / "quantize.json", result)
-        _check_parity(result["onnx"])
     return result
 
 
-def _write_onnx(run_dir: Path, out: Path, student, int8, shape, test, ebs, q_logits) -> dict[str, Any]:
+def speed_remark(latency: dict[str, Any], cpu: dict[str, Any]) -> dict[str, Any]:
+    """int8 against float ONNX Runtime latency per batch size (median ms), in words: a
+    speedup where int8 is faster, a plain "slower" where it is not."""
+    ratios = {b: lat["float"]["p50"] / max(lat["int8"]["p50"], 1e-9) for b, lat in latency.items()}
+    parts = [f"{b.lstrip('b')}: {r:.2f}x" for b, r in ratios.items()]
+    slower = [b for b, r in ratios.items() if r < 1.0]
+    isa = "VNNI/AMX" if full_range_exact(cpu) else "no VNNI/AMX"
+    if slower:
+        remark = (f"int8 is SLOWER than float on this CPU ({isa}) at batch {', '.join(b.lstrip('b') for b in slower)}"
+                  f" (float/int8 speed by batch {'; '.join(parts)}); ship the float model here, or measure on the "
+                  "target device.")
+    else:
+        remark = f"int8 is faster than float on this CPU ({isa}): float/int8 speed by batch {'; '.join(parts)}."
+    return {"speedup_by_batch": ratios, "int8_slower": bool(slower), "remark": remark}
+
+
+def _write_onnx(run_dir: Path, out: Path, student, int8, shape, test, ebs, q_logits, record) -> dict[str, Any]:
+    from ..export import stamp_onnx
+
     path = out / "model.int8.onnx"
     export_onnx(int8, shape, path)
+    stamp_onnx(path, record, {"kdistill.int8": "1"})
     fpath = _float_onnx(run_dir, student, shape)
     sess, fsess = ort_session(path), ort_session(fpath)
     o_logits = _logits(ort_runner(sess), test, ebs)
@@ -296,12 +352,23 @@ def load_int8(run_dir: str | Path, method: str = "ptq", trust_code: bool = False
     folder = int8_dir(run_dir, method)
     if not (folder / "quantized.safetensors").is_file() or not (folder / "quantize.json").is_file():
         raise QuantizeError(f"{run_dir} has no {method} int8 student; run `kdistill quantize {run_dir} --method {method}` first.")
+    from safetensors import safe_open
+
     info = read_json(folder / "quantize.json", QuantizeRecord, error=QuantizeError,
                      hint=f" Re-run `kdistill quantize {run_dir} --method {method}`.")
     student, record = load_saved(run_dir, "student", trust_code)
-    prepared, int8 = rebuild_int8(student, record["input_shape"], load_file(str(folder / "quantized.safetensors")),
-                                  bool(info.get("qat_graph")), info.get("keep_float") or (),
-                                  bool(info.get("reduce_range", True)))
+    path = folder / "quantized.safetensors"
+    with safe_open(str(path), "pt") as f:
+        fmt = (f.metadata() or {}).get("format")
+    qat, keep, rr = bool(info.get("qat_graph")), info.get("keep_float") or (), bool(info.get("reduce_range", True))
+    if fmt != FORMAT:  # a folder from before the compact format: the prepared graph's state
+        prepared, int8 = rebuild_int8(student, record["input_shape"], load_file(str(path)), qat, keep, rr)
+        return Quantized(method, int8, prepared, info), info
+    example = torch.zeros((2, *record["input_shape"]))
+    prepared = prepare(student, example, qat, keep, rr)
+    with torch.no_grad():
+        prepared(example)  # observers get a range, so the graph converts; the stored constants replace it
+    int8 = load_int8_state(convert(prepared), load_file(str(path)))
     return Quantized(method, int8, prepared, info), info
 
 
@@ -330,6 +397,9 @@ def export_int8(run_dir: str | Path, method: str | None = None, format: str = "o
         target = target / f"model.int8-{method}.onnx"
     t0 = time.perf_counter()
     export_onnx(q.int8, shape, target)
+    from ..export import stamp_onnx
+
+    stamp_onnx(target, record, {"kdistill.int8": method})
     ebs = int(cfg.data.eval_batch_size)
     q_logits, f_logits = _logits(q.int8, data.test, ebs), _logits(student, data.test, ebs)
     o_logits = _logits(ort_runner(ort_session(target)), data.test, ebs)

@@ -182,6 +182,16 @@ class RunRecord:
             return f"{p.parent.parent.name}/{p.parent.name}/{p.name}" if p.parent.name == "teacher" else str(p)
         return f"{self.name}/teacher"
 
+    def teacher_latency_busy(self) -> bool:
+        """Whether the teacher's latency was measured on a busy machine."""
+        lat = self.teacher.get("latency_ms_cpu_b1") or {}
+        if "p50" not in lat and (self.path / "teacher_latency.json").is_file():
+            try:
+                lat = json.loads((self.path / "teacher_latency.json").read_text())
+            except (ValueError, OSError):
+                return False
+        return bool(isinstance(lat, dict) and lat.get("busy"))
+
     def teacher_latency(self) -> float | None:
         lat = self.teacher.get("latency_ms_cpu_b1") or {}
         if "p50" in lat:
@@ -396,6 +406,7 @@ def _teacher_row(records: list[RunRecord]) -> dict[str, Any] | None:
         "params": any_r.teacher.get("params"),
         "bytes": any_r.teacher.get("bytes"),
         "latency_ms_p50": sum(lat_ok) / len(lat_ok) if lat_ok else None,
+        "latency_busy": any(x.teacher_latency_busy() for rs in teachers.values() for x in rs),
     }
 
 
@@ -440,6 +451,8 @@ def aggregate(records: list[RunRecord], skipped: list[dict[str, str]] | None = N
                 "params": rs[0].results["student"].get("params"),
                 "bytes": rs[0].results["student"].get("bytes"),
                 "latency_ms_p50": sum(lat) / len(lat) if lat else None,
+                # measured while the machine was busy (spread between rounds): shown marked
+                "latency_busy": any(_get(r.results, "student", "latency_ms_cpu_b1", "busy") for r in rs),
                 "overrides": _config_values(rs[0]),
             }
         )
@@ -560,7 +573,7 @@ def table_rows(agg: dict[str, Any]) -> list[list[str]]:
                 pct(row["agreement"]),
                 pct(row["ece"]),
                 fmt_num(row["params"]),
-                fmt_num(row["latency_ms_p50"], ".3f"),
+                fmt_num(row["latency_ms_p50"], ".3f") + (" (busy)" if row.get("latency_busy") else ""),
             ]
         )
     return out

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from ..config import RunConfig, TeacherConfig
 from ..data import ArrayDataset, DataSplits, load_dataset, mnist1d_transfer, split, subset
+from ..data.contract import contract_of
 from ..engine.checkpoint import load_into, load_weights
 from ..errors import ConfigError, DataError, ShapeError
 from ..measure import count_params, param_bytes
@@ -39,7 +40,21 @@ def prepare_data(cfg: RunConfig) -> DataSplits:
     for part in (train, splits.test, val):
         if part is not None:
             part.validate()
+    if d.class_names is not None:
+        _name_classes(d.class_names, [p for p in (train, splits.test, val) if p is not None])
     return DataSplits(train, splits.test, val)
+
+
+def _name_classes(names: list[str], parts: list[Any]) -> None:
+    """``data.class_names`` onto every split (label = position), checked against the label space."""
+    k = parts[0].num_classes
+    if len(names) != k or len(set(names)) != len(names):
+        raise ConfigError(f"data.class_names lists {len(names)} name(s) ({len(set(names))} distinct), but the "
+                          f"dataset has {k} classes; give one distinct name per class, label order.")
+    for part in parts:
+        if not hasattr(part, "names"):
+            raise ConfigError(f"data.class_names: the source {part.name!r} does not carry class names.")
+        part.names = list(names)
 
 
 def load_transfer(cfg: RunConfig, data: DataSplits) -> ArrayDataset | None:
@@ -143,9 +158,18 @@ def check_model(model: nn.Module, data: DataSplits, what: str) -> None:
 
 
 def model_record(model: nn.Module, name: str, kwargs: dict, data: DataSplits) -> dict[str, Any]:
-    """What ``model.json`` holds: how to rebuild the network, and its size."""
-    return {"model": name, "kwargs": kwargs, "num_classes": data.num_classes,
-            "input_shape": list(data.input_shape), "params": count_params(model), "bytes": param_bytes(model)}
+    """What ``model.json`` holds: how to rebuild the network, its size, and what it takes
+    and answers: the input contract (``preprocess``, :mod:`kdistill.data.contract`) and the
+    class names, when the data has them."""
+    record = {"model": name, "kwargs": kwargs, "num_classes": data.num_classes,
+              "input_shape": list(data.input_shape), "params": count_params(model), "bytes": param_bytes(model)}
+    contract = contract_of(data.train)
+    if contract is not None:
+        record["preprocess"] = contract
+    names = getattr(data.train, "class_names", None)
+    if names and len(names) == data.num_classes:
+        record["class_names"] = [str(n) for n in names]
+    return record
 
 
 def with_num_data(method: Any, num_data: int) -> Any:
