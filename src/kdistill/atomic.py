@@ -24,6 +24,20 @@ def user_mode(mode: int) -> int:
     return mode & ~mask
 
 
+def writer_alive(pid: int) -> bool:
+    """Whether the process that named a temporary file (``.<name>.<pid>...``) still runs:
+    its litter is removed only once it is gone."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename inside ``path`` durable (where the platform allows opening a folder)."""
     try:

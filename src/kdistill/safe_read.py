@@ -23,6 +23,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .atomic import writer_alive
 from .errors import DataError, KdistillError
 
 MiB = 1 << 20
@@ -272,18 +273,6 @@ def safetensors_os_error(e: Exception, path: str | Path | None = None) -> OSErro
     return OSError(code, os.strerror(code), None if path is None else str(path))
 
 
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
-
-
 def remove_dead_temps(folder: str | Path, stem: str) -> list[str]:
     """Remove ``.<stem>.<pid>.*`` temporaries in ``folder`` whose writing process is gone
     (what a killed writer left); a write in progress is never touched. Returns the names."""
@@ -298,7 +287,7 @@ def remove_dead_temps(folder: str | Path, stem: str) -> list[str]:
         return removed
     for p in entries:
         m = pattern.match(p.name)
-        if not m or _alive(int(m["pid"])):
+        if not m or writer_alive(int(m["pid"])):
             continue
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)

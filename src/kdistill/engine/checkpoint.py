@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 # the writers moved to the leaf module kdistill.atomic; imported here too for callers of the old place
-from ..atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, user_mode  # noqa: F401
+from ..atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, user_mode, writer_alive  # noqa: F401
 from ..atomic import fsync_dir as _fsync_dir
 from ..errors import CheckpointError
 from ..safe_read import safetensors_os_error
@@ -131,18 +131,6 @@ _OLD_TEMP = re.compile(r"^\.((last|best)-\d{9}\.[a-z0-9_]{8}|.+\.[a-z0-9_]{8}\.t
 OLD_TEMP_AGE_S = 600
 
 
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
-
-
 def remove_litter(folder: str | Path) -> list[str]:
     """Remove what interrupted atomic writes left in ``folder``: temporary checkpoint folders
     and files whose writing process is gone (or, for names without a process id, that are
@@ -157,7 +145,7 @@ def remove_litter(folder: str | Path) -> list[str]:
     for p in entries:
         m = _TEMP.match(p.name)
         if m:
-            stale = not _alive(int(m["pid"]))
+            stale = not writer_alive(int(m["pid"]))
         elif _OLD_TEMP.match(p.name):
             try:
                 stale = time.time() - p.lstat().st_mtime > OLD_TEMP_AGE_S
