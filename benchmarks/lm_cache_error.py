@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
+from kdistill.cache.tokens import LMCachedTeacher, write_lm_cache
 from kdistill.config import load_config
 from kdistill.lm import build_causal_lm, load_tokenizer
-from kdistill.lm.cache import LMCachedTeacher, write_lm_cache
 from kdistill.methods._token import token_loss
 from kdistill.tasks.causal_lm.run import load_data
 from kdistill.teachers import TeacherOutput

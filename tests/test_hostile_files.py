@@ -271,7 +271,7 @@ LM_META = {"format": "kdistill-lm-topk/1", "k": 2, "vocab": 10, "rows": 4, "bloc
 @pytest.mark.parametrize("case", ["short-rows", "indices-out-of-vocab", "object-array", "float-indices",
                                   "meta-k-string"])
 def test_a_tampered_lm_cache_is_refused(tmp_path, case):
-    from kdistill.lm.cache import _checked_topk
+    from kdistill.cache.tokens import _checked_topk
     from kdistill.safe_read import LMCacheMeta, validate
 
     meta = dict(LM_META)

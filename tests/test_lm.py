@@ -261,7 +261,7 @@ def test_sequence_level_across_tokenizers_passes_text(corpus, tmp_path):
 
 
 def test_teacher_cache_round_trip_and_fingerprints(corpus, tmp_path):
-    from kdistill.lm.cache import LMCachedTeacher, write_lm_cache
+    from kdistill.cache.tokens import LMCachedTeacher, write_lm_cache
     from kdistill.methods._token import token_loss
     from kdistill.teachers import TeacherOutput
 

@@ -155,7 +155,7 @@ def test_two_processes_train_the_teacher_and_write_the_cache_once(lm_setup):
     two = json.loads((tmp / "two_cache" / "results.json").read_text())
     assert two["teacher"]["trained_in_run"] and two["teacher"]["cache"]["k"] == 8
     assert two["teacher"]["val"]["nll"] == pytest.approx(one["teacher"]["val"]["nll"], rel=1e-4)
-    from kdistill.lm.cache import module_fingerprint
+    from kdistill.cache.tokens import module_fingerprint
 
     saved, _ = build_causal_lm(f"hf:{tmp / 'two_cache' / 'teacher'}", {}, 257)
     assert two["teacher"]["cache"]["teacher"] == module_fingerprint(saved)  # the cache of the saved teacher

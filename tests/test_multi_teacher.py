@@ -167,8 +167,8 @@ def test_lm_runs_with_several_teachers(lm_setup):
 
 
 def test_members_from_their_caches_mix_like_the_live_members(lm_setup):
+    from kdistill.cache.tokens import write_lm_cache
     from kdistill.lm import ByteTokenizer, build_causal_lm
-    from kdistill.lm.cache import write_lm_cache
     from kdistill.lm.multi_teacher import multi_teacher
     from kdistill.tasks.causal_lm.run import load_data
 

@@ -24,10 +24,10 @@ import torch
 
 pytest.importorskip("transformers")
 
+from kdistill.cache.tokens import LMCachedTeacher, write_lm_cache  # noqa: E402
 from kdistill.config import load_config  # noqa: E402
 from kdistill.errors import ConfigError, DataError  # noqa: E402
 from kdistill.lm import ByteTokenizer, build_causal_lm, load_text_dataset  # noqa: E402
-from kdistill.lm.cache import LMCachedTeacher, write_lm_cache  # noqa: E402
 from kdistill.lm.served import ServedClient, fill_served_cache  # noqa: E402
 from kdistill.lm.teacher_config import ServedTeacherConfig  # noqa: E402
 from kdistill.tasks.causal_lm.run import run_lm  # noqa: E402

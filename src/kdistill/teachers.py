@@ -75,6 +75,25 @@ class TeacherOutput:
         return self.log_soft_targets(temperature).exp()
 
 
+@dataclass
+class TokenTopK(TeacherOutput):
+    """A teacher output known by its top-k tokens per position (an LM teacher cache).
+
+    ``logits`` holds the kept log-probabilities (``(..., k)``, *not* vocabulary-wide);
+    losses read :attr:`topk_logprobs` and :attr:`topk_indices`.
+    """
+
+    topk_logprobs: Tensor | None = None
+    topk_indices: Tensor | None = None
+
+    def log_soft_targets(self, temperature: float) -> Tensor:
+        raise ConfigError(
+            "This teacher is a top-k cache of next-token log-probabilities: use a token-level method "
+            "(forward_kl, reverse_kl, gkd, skew_kl, skew_reverse_kl, tvd), which compare on the kept tokens "
+            "plus a tail bin."
+        )
+
+
 @runtime_checkable
 class Teacher(Protocol):
     """The teacher protocol. ``features`` are tap specs (see :mod:`kdistill.taps`)."""

@@ -1,8 +1,8 @@
 """The building blocks of the causal-LM task (``task: causal-lm``, :mod:`kdistill.tasks.causal_lm`):
 Hugging Face models from local folders or in-process configs and the byte tokenizer
 (:mod:`.models`), text data from local files (:mod:`.data`), sampling (:mod:`.generate`),
-perplexity and token accuracy (:mod:`.metrics`), on-policy distillation (:mod:`.onpolicy`)
-and the teacher's top-k token cache (:mod:`.cache`). Needs the ``lm`` extra (transformers,
+perplexity and token accuracy (:mod:`.metrics`) and on-policy distillation (:mod:`.onpolicy`);
+the teacher's top-k token cache is in the one cache package (:mod:`kdistill.cache.tokens`). Needs the ``lm`` extra (transformers,
 tokenizers); nothing here is imported by the image path. The run itself (config, teacher,
 regimes, run folder) is the task's: :mod:`kdistill.tasks.causal_lm`."""
 

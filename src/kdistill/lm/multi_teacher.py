@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
+from ..cache.tokens import LMCachedTeacher
 from ..errors import ConfigError, DataError
 from ..teachers import EnsembleTeacher, TeacherOutput
-from .cache import LMCachedTeacher
 from .data import TokenDataset, read_jsonl, records_dataset
 from .models import build_causal_lm, check_same_tokenizer, folder_tokenizer
 

@@ -32,8 +32,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..cache.tokens import tokenizer_fingerprint
 from ..errors import ConfigError
-from .cache import tokenizer_fingerprint
 from .generate import sample
 from .models import build_causal_lm, folder_tokenizer
 

@@ -4,8 +4,8 @@ The teacher runs elsewhere -- vLLM (``vllm serve MODEL``), SGLang, or ``kdistill
 serve-teacher FOLDER`` -- behind an OpenAI-compatible ``/v1/completions`` endpoint; the
 student trains here from what it answers:
 
-* ``lm.regime: supervised``: the top-k token cache of :mod:`kdistill.lm.cache` (same
-  files, read by the same :class:`~kdistill.lm.cache.LMCachedTeacher`), filled through
+* ``lm.regime: supervised``: the top-k token cache of :mod:`kdistill.cache.tokens` (same
+  files, read by the same :class:`~kdistill.cache.tokens.LMCachedTeacher`), filled through
   vLLM's ``prompt_logprobs`` contract: each training row is sent as token ids with
   ``prompt_logprobs: k`` and ``max_tokens: 1``; position ``t`` of the cache is the
   answer's ``prompt_logprobs[t + 1]`` and the last position the generated token's
@@ -37,9 +37,9 @@ from typing import Any
 
 import numpy as np
 
+from ..cache.tokens import FORMAT, tokenizer_fingerprint
 from ..engine.checkpoint import atomic_write_json, atomic_write_text
 from ..errors import ConfigError, DataError
-from .cache import FORMAT, tokenizer_fingerprint
 from .data import TokenDataset
 from .teacher_config import ServedTeacherConfig
 

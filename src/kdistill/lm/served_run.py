@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..cache.tokens import LMCachedTeacher
 from ..distributed import main_process_first
 from ..errors import ConfigError
-from .cache import LMCachedTeacher
 from .data import TokenDataset, records_dataset
 from .served import fill_served_cache, served_transfer
 

@@ -36,7 +36,7 @@ class ServedTeacherConfig(Strict):
 
 class MemberConfig(Strict):
     """One teacher of several: ``model: hf:PATH`` (a trained folder) or ``cache: PATH`` (its
-    top-k cache on this run's training data, :mod:`kdistill.lm.cache`), and its ``name``
+    top-k cache on this run's training data, :mod:`kdistill.cache.tokens`), and its ``name``
     (what a record's routing column holds; default: its position, ``"0"``, ``"1"``...)."""
 
     model: str | None = None

@@ -26,39 +26,19 @@ temperature would need the logits that were not kept.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError
-from ..teachers import TeacherOutput
+from ..teachers import TeacherOutput, TokenTopK  # noqa: F401  (TokenTopK: re-exported)
 
 IGNORE_INDEX = -100
 
 TAIL_FLOOR = 1e-6
 
 KINDS = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd")
-
-
-@dataclass
-class TokenTopK(TeacherOutput):
-    """A teacher output known by its top-k tokens per position (an LM teacher cache).
-
-    ``logits`` holds the kept log-probabilities (``(..., k)``, *not* vocabulary-wide);
-    losses read :attr:`topk_logprobs` and :attr:`topk_indices`.
-    """
-
-    topk_logprobs: Tensor | None = None
-    topk_indices: Tensor | None = None
-
-    def log_soft_targets(self, temperature: float) -> Tensor:
-        raise ConfigError(
-            "This teacher is a top-k cache of next-token log-probabilities: use a token-level method "
-            "(forward_kl, reverse_kl, gkd, skew_kl, skew_reverse_kl, tvd), which compare on the kept tokens "
-            "plus a tail bin."
-        )
 
 
 def _xlogy_diff(p: Tensor, log_p: Tensor, log_q: Tensor) -> Tensor:

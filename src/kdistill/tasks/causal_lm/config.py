@@ -136,7 +136,7 @@ class LMConfig(Strict):
     #: sequence-level KD: greedy teacher completions (Kim & Rush's beam of 1) or sampled
     greedy: bool = True
     #: supervised regime: train from a top-k cache of the teacher's next-token
-    #: log-probabilities (k per token) instead of the live teacher (see kdistill.lm.cache)
+    #: log-probabilities (k per token) instead of the live teacher (see kdistill.cache.tokens)
     cache_k: Annotated[int, Field(ge=1)] | None = None
     #: where the cache is written, or reused when it matches (default: <run>/teacher_cache)
     cache_dir: str | None = None

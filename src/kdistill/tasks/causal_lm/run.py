@@ -284,7 +284,7 @@ def cached_teacher(cfg: LMRunConfig, teacher, train: TokenDataset, tok, path: Pa
     """The live teacher, or (``lm.cache_k``) the top-k cache of it, written once."""
     if cfg.lm.cache_k is None:
         return teacher
-    from ...lm.cache import LMCachedTeacher, write_lm_cache
+    from ...cache.tokens import LMCachedTeacher, write_lm_cache
 
     folder = Path(cfg.lm.cache_dir) if cfg.lm.cache_dir else path / "teacher_cache"
     # the main process writes the cache; the others, after it, find it and check its fingerprints

@@ -29,9 +29,10 @@ import torch.nn.functional as F
 
 from ..atomic import atomic_write_json
 from ..errors import ConfigError, DataError
-from ..methods import TokenTopK
 from ..safe_read import LMCacheMeta, check_array, load_npy, read_json
-from .data import TokenDataset
+from ..teachers import TokenTopK
+
+# ``data`` below is a kdistill.lm.data.TokenDataset (the lm layer sits above this one)
 
 FORMAT = "kdistill-lm-topk/1"
 
@@ -48,7 +49,7 @@ def tokenizer_fingerprint(tok) -> str:
     return hashlib.sha256(json.dumps(tok.identity(), sort_keys=True).encode()).hexdigest()[:32]
 
 
-def cache_meta(teacher: torch.nn.Module, data: TokenDataset, tok, k: int) -> dict[str, Any]:
+def cache_meta(teacher: torch.nn.Module, data: Any, tok, k: int) -> dict[str, Any]:
     k = min(int(k), tok.vocab_size)
     return {"format": FORMAT, "k": k, "vocab": tok.vocab_size, "rows": len(data), "block": int(data.input_shape[0]),
             "teacher": module_fingerprint(teacher), "tokenizer": tokenizer_fingerprint(tok), "data": data.fingerprint(),
@@ -56,7 +57,7 @@ def cache_meta(teacher: torch.nn.Module, data: TokenDataset, tok, k: int) -> dic
 
 
 @torch.no_grad()
-def write_lm_cache(teacher: torch.nn.Module, data: TokenDataset, tok, k: int, folder: str | Path,
+def write_lm_cache(teacher: torch.nn.Module, data: Any, tok, k: int, folder: str | Path,
                    batch_size: int = 64, log=print) -> dict[str, Any]:
     """Write (or reuse, when its fingerprints match) the top-k cache of ``teacher`` on ``data``."""
     folder = Path(folder)
@@ -115,7 +116,7 @@ class LMCachedTeacher:
     """A teacher that answers training batches from a top-k cache (rows at
     ``batch["index"]``); it returns :class:`~kdistill.methods._token.TokenTopK`."""
 
-    def __init__(self, folder: str | Path, data: TokenDataset):
+    def __init__(self, folder: str | Path, data: Any):
         folder = Path(folder)
         if not (folder / "meta.json").is_file():
             raise DataError(f"No finished LM teacher cache in {folder} (no meta.json).")
