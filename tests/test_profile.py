@@ -168,27 +168,31 @@ def test_cli_profile(big_teacher_run, capsys):
     assert main(["profile"]) == ConfigError.exit_code
 
 
+# each spinner stops when its parent is gone (reparented), so none outlives the test even
+# if the group kill below is missed
 SPIN = "import multiprocessing as mp, os, time\n" \
-       "def spin(): \n    while True: pass\n" \
+       "def spin(parent): \n    while os.getppid() == parent: pass\n" \
        "if __name__ == '__main__':\n" \
-       "    ps = [mp.Process(target=spin, daemon=True) for _ in range(os.cpu_count() + 1)]\n" \
+       "    ps = [mp.Process(target=spin, args=(os.getpid(),), daemon=True) for _ in range(os.cpu_count() + 1)]\n" \
        "    [p.start() for p in ps]\n    time.sleep(120)\n"
 
 
 def test_profile_under_a_busy_cpu_flags_rows_and_prints_no_ratio(tmp_path, capsys):
+    import os
+    import signal
     import subprocess
     import sys
     import time
 
     run = _run(tmp_path, "tiny", {"model": "mlp", "kwargs": {"hidden": [16]}})
-    busy = subprocess.Popen([sys.executable, "-c", SPIN])
+    busy = subprocess.Popen([sys.executable, "-c", SPIN], start_new_session=True)  # its own process group
     try:
         time.sleep(1.0)  # the spinners start
         t0 = time.perf_counter()
         code = main(["profile", str(run), "--no-onnx", "--seconds", "0.5", "--warmup", "1", "--batch-sizes", "1,8"])
         took = time.perf_counter() - t0
     finally:
-        busy.kill()
+        os.killpg(busy.pid, signal.SIGKILL)  # the spinners with their parent
         busy.wait()
     out = capsys.readouterr().out
     assert code == 0 and took < 60  # bounded by time: seconds, not minutes
