@@ -1,4 +1,5 @@
 import os
+import random
 
 import pytest
 import torch
@@ -55,3 +56,14 @@ def crash_at_batch(monkeypatch):
             monkeypatch.setattr(ImageLoader, "finish", finish)
 
     return crash
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A small text corpus for the causal-LM tests: 120 six-word sentences, ``%``-separated
+    (a module may define its own ``corpus``, as test_lm_demo and test_lm_lora do)."""
+    rng = random.Random(0)
+    words = "the cat sat on a mat and the dog ran to the park while birds sang".split()
+    path = tmp_path_factory.mktemp("text") / "t.txt"
+    path.write_text("".join(" ".join(rng.choice(words) for _ in range(6)) + ".\n%\n" for _ in range(120)))
+    return path

@@ -7,7 +7,6 @@ method still refusing another tokenizer."""
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 import torch
@@ -26,15 +25,6 @@ from kdistill.teachers import TeacherOutput  # noqa: E402
 
 TINY = {"model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
         "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 64}
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    rng = random.Random(0)
-    words = "the cat sat on a mat and the dog ran to the park while birds sang".split()
-    path = tmp_path_factory.mktemp("text") / "t.txt"
-    path.write_text("".join(" ".join(rng.choice(words) for _ in range(6)) + ".\n%\n" for _ in range(120)))
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ Tiny Llama / GPT-2 configs built in the process; no hub, no downloads."""
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 import torch
@@ -25,15 +24,6 @@ from kdistill.tasks.causal_lm.run import run_lm  # noqa: E402
 TINY = {"model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
         "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 64}
 GPT2 = {"model_type": "gpt2", "n_embd": 16, "n_layer": 1, "n_head": 2, "n_positions": 64}
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    rng = random.Random(0)
-    words = "the cat sat on a mat and the dog ran to the park while birds sang".split()
-    path = tmp_path_factory.mktemp("text") / "t.txt"
-    path.write_text("".join(" ".join(rng.choice(words) for _ in range(6)) + ".\n%\n" for _ in range(120)))
-    return path
 
 
 def test_packed_text_targets_are_next_tokens(corpus):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -39,15 +38,6 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 def _env():
     return dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    rng = random.Random(0)
-    words = "the cat sat on a mat and the dog ran to the park while birds sang".split()
-    path = tmp_path_factory.mktemp("text") / "t.txt"
-    path.write_text("".join(" ".join(rng.choice(words) for _ in range(6)) + ".\n%\n" for _ in range(120)))
-    return path
 
 
 @pytest.fixture(scope="module")
