@@ -23,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .atomic import writer_alive
+from .atomic import remove_entry, writer_alive
 from .errors import DataError, KdistillError
 
 MiB = 1 << 20
@@ -277,7 +277,6 @@ def remove_dead_temps(folder: str | Path, stem: str) -> list[str]:
     """Remove ``.<stem>.<pid>.*`` temporaries in ``folder`` whose writing process is gone
     (what a killed writer left); a write in progress is never touched. Returns the names."""
     import re
-    import shutil
 
     pattern = re.compile(rf"^\.{re.escape(stem)}\.(?P<pid>\d+)\..*$")
     removed = []
@@ -289,10 +288,7 @@ def remove_dead_temps(folder: str | Path, stem: str) -> list[str]:
         m = pattern.match(p.name)
         if not m or writer_alive(int(m["pid"])):
             continue
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
+        remove_entry(p)
         removed.append(p.name)
     return removed
 

@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 # the writers moved to the leaf module kdistill.atomic; imported here too for callers of the old place
-from ..atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, user_mode, writer_alive  # noqa: F401
+from ..atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, remove_entry, user_mode, writer_alive  # noqa: F401
 from ..atomic import fsync_dir as _fsync_dir
 from ..errors import CheckpointError
 from ..safe_read import safetensors_os_error
@@ -155,10 +155,7 @@ def remove_litter(folder: str | Path) -> list[str]:
             continue
         if not stale:
             continue
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
+        remove_entry(p)
         removed.append(p.name)
     return removed
 
