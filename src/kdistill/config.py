@@ -106,7 +106,7 @@ class DataConfig(Strict):
 
 
 class ModelConfig(Strict):
-    model: str
+    model: Annotated[str, Field(min_length=1)]  # a name or hf:PATH; empty is a mistake
     kwargs: dict[str, Any] = Field(default_factory=dict)
     checkpoint: str | None = None
 
